@@ -1,0 +1,4 @@
+"""Case studies: latents -> a science's language (climate trends, gene programmes).
+
+Installed as ``sciencevae.case_studies``.
+"""

@@ -1,0 +1,220 @@
+"""The one contract between adapters and the core.
+
+An adapter hands the core a :class:`Prepared`: a samples x features matrix
+(dense numpy or scipy CSR, never densified whole when sparse) with optional
+names, feature weights, an observation mask, size factors and covariates. The
+core turns it into a :class:`BatchSource` that yields device batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Data ready for the core (samples x features).
+
+    Attributes
+    ----------
+    X
+        Dense float array or scipy CSR matrix, (n_obs, n_features). Dense
+        entries that are NaN are unobserved: they are zero in the encoder input
+        and drop out of the loss (``mask``).
+    obs_names, feature_names
+        Optional labels (length n_obs / n_features).
+    feature_weights
+        Optional (n_features,) non-negative weights on each feature's
+        log-likelihood (e.g. cos(latitude) area weights).
+    mask
+        Optional (n_obs, n_features) bool, True where observed; derived from
+        NaNs in a dense X when not given.
+    size_factors
+        Optional (n_obs,) positive per-sample scale for count likelihoods
+        (library size); defaults to the row sums for counts.
+    covariates
+        Optional (n_obs, n_covariates) float matrix given to encoder and
+        decoder (one-hot categories, continuous values).
+    """
+
+    X: np.ndarray | sp.csr_matrix
+    obs_names: np.ndarray | None = None
+    feature_names: np.ndarray | None = None
+    feature_weights: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    size_factors: np.ndarray | None = None
+    covariates: np.ndarray | None = None
+
+    @property
+    def n_obs(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+
+def _to_matrix(X) -> np.ndarray | sp.csr_matrix:
+    if isinstance(X, torch.Tensor):
+        if X.layout != torch.strided:
+            coo = X.detach().cpu().to_sparse_coo().coalesce()
+            rows, cols = coo.indices().numpy()
+            return sp.csr_matrix((coo.values().numpy(), (rows, cols)), shape=tuple(coo.shape))
+        X = X.detach().cpu().numpy()
+    if sp.issparse(X):
+        return sp.csr_matrix(X)
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+    return X
+
+
+def _check_vector(name: str, value, length: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {value.shape}")
+    if not np.all(np.isfinite(value)) or np.any(value < 0):
+        raise ValueError(f"{name} must be finite and non-negative")
+    return value
+
+
+def as_prepared(X, covariates=None, size_factors=None, feature_weights=None) -> Prepared:
+    """Validate any matrix-like input (numpy, torch, scipy sparse, Prepared).
+
+    >>> as_prepared(np.ones((3, 2))).n_features
+    2
+    """
+    if isinstance(X, Prepared):
+        extra = dict(covariates=covariates, size_factors=size_factors, feature_weights=feature_weights)
+        return _validate(replace(X, **{k: v for k, v in extra.items() if v is not None}))
+    prepared = Prepared(
+        X=_to_matrix(X), covariates=covariates, size_factors=size_factors, feature_weights=feature_weights
+    )
+    return _validate(prepared)
+
+
+def _validate(p: Prepared) -> Prepared:
+    X = _to_matrix(p.X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (samples x features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X is empty: shape {X.shape}")
+    values = X.data if sp.issparse(X) else X
+    if sp.issparse(X) and not np.all(np.isfinite(values)):
+        raise ValueError("sparse X holds NaN or infinite values; sparse input cannot be masked")
+    if not sp.issparse(X) and np.any(np.isinf(values)):
+        raise ValueError("X holds infinite values; replace them (NaN marks a missing value)")
+    mask = p.mask
+    if mask is None and not sp.issparse(X) and np.isnan(values).any():
+        mask = ~np.isnan(values)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != X.shape:
+            raise ValueError(f"mask must have the shape of X {X.shape}, got {mask.shape}")
+    covariates = p.covariates
+    if covariates is not None:
+        covariates = np.asarray(covariates, dtype=np.float32)
+        if covariates.ndim == 1:
+            covariates = covariates[:, None]
+        if covariates.shape[0] != X.shape[0] or not np.all(np.isfinite(covariates)):
+            raise ValueError(f"covariates must be a finite ({X.shape[0]}, n_covariates) matrix")
+    return replace(
+        p,
+        X=X,
+        mask=mask,
+        covariates=covariates,
+        size_factors=_check_vector("size_factors", p.size_factors, X.shape[0]),
+        feature_weights=_check_vector("feature_weights", p.feature_weights, X.shape[1]),
+    )
+
+
+def one_hot(values) -> tuple[np.ndarray, list]:
+    """One-hot encode a categorical vector; returns the matrix and the categories.
+
+    >>> m, cats = one_hot(["a", "b", "a"])
+    >>> m.tolist(), cats
+    ([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], ['a', 'b'])
+    """
+    categories, codes = np.unique(np.asarray(values), return_inverse=True)
+    return np.eye(len(categories), dtype=np.float32)[codes], categories.tolist()
+
+
+def densify_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Dense float32 copy of the selected rows of a CSR matrix (one batch)."""
+    return X[rows].toarray().astype(np.float32, copy=False)
+
+
+@dataclass
+class Batch:
+    """One device batch; optional parts are None when absent."""
+
+    x: torch.Tensor
+    mask: torch.Tensor | None
+    size_factor: torch.Tensor | None
+    covariates: torch.Tensor | None
+    feature_weights: torch.Tensor | None
+
+
+class BatchSource:
+    """Serve batches of a Prepared on a device.
+
+    Dense X is copied to the device once (NaNs zeroed, mask kept) and batches
+    are drawn by indexing there; CSR X stays on the host and only each batch's
+    rows are densified.
+
+    >>> src = BatchSource(as_prepared(np.ones((4, 2))), torch.device("cpu"))
+    >>> src.batch(torch.tensor([0, 1])).x.shape
+    torch.Size([2, 2])
+    """
+
+    def __init__(self, prepared: Prepared, device: torch.device, count_data: bool = False):
+        self.device = device
+        self.n_obs, self.n_features = prepared.X.shape
+        self.sparse = sp.issparse(prepared.X)
+        if self.sparse:
+            self.X = prepared.X
+        else:
+            dense = np.nan_to_num(prepared.X, nan=0.0) if prepared.mask is not None else prepared.X
+            self.X = torch.as_tensor(np.asarray(dense, dtype=np.float32), device=device)
+        self.mask = self._tensor(prepared.mask, torch.bool)
+        self.covariates = self._tensor(prepared.covariates)
+        self.feature_weights = self._tensor(prepared.feature_weights)
+        size_factors = prepared.size_factors
+        if size_factors is None and count_data:
+            size_factors = np.asarray(prepared.X.sum(axis=1)).ravel()
+        self.size_factors = self._tensor(size_factors)
+
+    def _tensor(self, value, dtype=torch.float32) -> torch.Tensor | None:
+        return None if value is None else torch.as_tensor(np.asarray(value), dtype=dtype, device=self.device)
+
+    @staticmethod
+    def _take(value: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+        return None if value is None else value[index]
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Rows ``index`` (a 1-D int64 tensor on the CPU) as a device Batch."""
+        if self.sparse:
+            x = torch.from_numpy(densify_rows(self.X, index.numpy())).to(self.device, non_blocking=True)
+        else:
+            x = self.X[index.to(self.device)]
+        device_index = index.to(self.device)
+        return Batch(
+            x=x,
+            mask=self._take(self.mask, device_index),
+            size_factor=self._take(self.size_factors, device_index),
+            covariates=self._take(self.covariates, device_index),
+            feature_weights=self.feature_weights,
+        )
+
+    def batches(self, index: torch.Tensor, batch_size: int):
+        """Yield consecutive batches over ``index`` in its order."""
+        for chunk in index.split(batch_size):
+            yield self.batch(chunk)

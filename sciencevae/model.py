@@ -1,0 +1,348 @@
+"""The β-VAE: a pure ``nn.Module`` (``VAEModule``) and a thin user-facing ``BetaVAE``.
+
+``VAEModule`` follows inference -> generative -> terms: the encoder gives a
+diagonal Gaussian q(z|x), z is drawn by reparameterisation, the decoder and
+likelihood give p(x|z), and :class:`~sciencevae.objectives.ElboTerms` carries
+the per-sample reconstruction and per-latent KL to an
+:class:`~sciencevae.objectives.Objective`. The prior is N(0, I).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from .data import Batch, BatchSource, as_prepared
+from .likelihoods import LIKELIHOODS, make_likelihood
+from .networks import GaussianEncoder, LinearDecoder, MLPDecoder
+from .objectives import ElboTerms, Objective
+from .train import TrainConfig, fit, resolve_device
+
+__all__ = ["ModelConfig", "VAEModule", "BetaVAE"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a β-VAE; validated on construction and on load.
+
+    >>> ModelConfig(n_features=50, n_latent=6).decoder
+    'mlp'
+    """
+
+    n_features: int
+    n_latent: int = 10
+    likelihood: str = "gaussian"
+    likelihood_options: dict = field(default_factory=dict)
+    hidden: tuple[int, ...] = (256, 128)
+    decoder: str = "mlp"
+    n_covariates: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "n_latent"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.n_covariates, int) or self.n_covariates < 0:
+            raise ValueError(f"n_covariates must be an integer >= 0, got {self.n_covariates!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+        if self.decoder not in ("mlp", "linear"):
+            raise ValueError(f"decoder must be 'mlp' or 'linear', got {self.decoder!r}")
+        if not isinstance(self.likelihood_options, dict):
+            raise ValueError("likelihood_options must be a dict")
+        hidden = tuple(self.hidden)
+        if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty sequence of positive integers, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", hidden)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+class VAEModule(nn.Module):
+    """Encoder, decoder and likelihood; returns per-sample ELBO terms.
+
+    >>> m = VAEModule(ModelConfig(n_features=5, n_latent=2, hidden=(8,)))
+    >>> terms = m.terms(Batch(torch.zeros(3, 5), None, None, None, None))
+    >>> terms.reconstruction.shape, terms.kl.shape
+    (torch.Size([3]), torch.Size([3, 2]))
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.likelihood = make_likelihood(c.likelihood, c.n_features, **c.likelihood_options)
+        n_out = c.n_features * self.likelihood.n_heads
+        self.encoder = GaussianEncoder(c.n_features, c.n_latent, c.hidden, c.n_covariates)
+        if c.decoder == "linear":
+            self.decoder = LinearDecoder(c.n_latent, n_out, c.n_covariates)
+        else:
+            self.decoder = MLPDecoder(c.n_latent, n_out, tuple(reversed(c.hidden)), c.n_covariates)
+
+    def inference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of q(z|x)."""
+        return self.encoder(self.likelihood.encoder_input(batch.x), batch.covariates)
+
+    def generative(
+        self, z: torch.Tensor, covariates: torch.Tensor | None, size_factor: torch.Tensor | None
+    ) -> Distribution:
+        """p(x|z) as a torch Distribution."""
+        return self.likelihood(self.decoder(z, covariates), size_factor)
+
+    def terms(self, batch: Batch, generator: torch.Generator | None = None) -> ElboTerms:
+        """Per-sample reconstruction (B,) and per-latent KL (B, L) of one batch."""
+        mu, logvar = self.inference(batch)
+        std = torch.exp(0.5 * logvar)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + std * noise
+        log_lik = self.generative(z, batch.covariates, batch.size_factor).log_prob(batch.x)
+        if batch.mask is not None:
+            log_lik = torch.where(batch.mask, log_lik, torch.zeros_like(log_lik))
+        if batch.feature_weights is not None:
+            log_lik = log_lik * batch.feature_weights
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
+        return ElboTerms(reconstruction=-log_lik.sum(-1), kl=kl, z=z, mu=mu, logvar=logvar)
+
+
+def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str) -> None:
+    """Count likelihoods need complete, non-negative integer data."""
+    fix = f"use the gaussian likelihood for continuous data, or give raw counts to {likelihood!r}"
+    if has_nan:
+        raise ValueError(f"X holds NaN values; likelihood {likelihood!r} needs complete counts ({fix})")
+    if values.size and values.min() < 0:
+        raise ValueError(f"X holds negative values (min {values.min():g}); counts must be >= 0 ({fix})")
+    fractional = values != np.round(values)
+    if np.any(fractional):
+        example = values[fractional].flat[0]
+        raise ValueError(f"X holds non-integer values (e.g. {example:g}); {fix}")
+
+
+class BetaVAE:
+    """A β-VAE with a diagonal-Gaussian posterior and an N(0, I) prior.
+
+    Parameters
+    ----------
+    n_features
+        Number of input features.
+    n_latent
+        Number of latent dimensions (knobs).
+    likelihood
+        ``gaussian``, ``bernoulli``, ``poisson``, ``nb`` or ``zinb``.
+    beta
+        KL weight (β-VAE) or TC weight (β-TCVAE). Reconstruction is summed over
+        features and KL over latents, both averaged over the batch: β = 1 is
+        the ELBO.
+    hidden
+        Encoder hidden widths; the MLP decoder mirrors them.
+    decoder
+        ``mlp`` or ``linear`` (its weights are the loadings).
+    n_covariates
+        Width of the covariate matrix given to encoder and decoder.
+    objective
+        ``"beta"``, ``"capacity"``, ``"tcvae"`` or an :class:`Objective`.
+    likelihood_options
+        Extra likelihood arguments, e.g. ``{"learn_variance": False}``.
+    seed
+        Seed of the weight initialisation.
+
+    Examples
+    --------
+    >>> X = np.random.default_rng(0).normal(size=(200, 8)).astype("float32")
+    >>> vae = BetaVAE(n_features=8, n_latent=2, hidden=(16,))
+    >>> history = vae.fit(X, epochs=2, progress=False)
+    >>> vae.encode(X).shape
+    (200, 2)
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_latent: int = 10,
+        likelihood: str = "gaussian",
+        beta: float = 1.0,
+        hidden: tuple[int, ...] = (256, 128),
+        decoder: str = "mlp",
+        n_covariates: int = 0,
+        objective: str | Objective = "beta",
+        likelihood_options: dict | None = None,
+        seed: int = 0,
+    ):
+        self.config = ModelConfig(
+            n_features=n_features,
+            n_latent=n_latent,
+            likelihood=likelihood,
+            likelihood_options=dict(likelihood_options or {}),
+            hidden=tuple(hidden),
+            decoder=decoder,
+            n_covariates=n_covariates,
+        )
+        if isinstance(objective, Objective):
+            if beta != 1.0 and beta != objective.beta:
+                raise ValueError(f"beta={beta} conflicts with the objective's beta={objective.beta}; set it once")
+            self.objective = objective
+        else:
+            self.objective = Objective(kind=objective, beta=float(beta))
+        self.seed = seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module = VAEModule(self.config)
+        self.train_config: TrainConfig | None = None
+        self.history: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"BetaVAE(n_features={c.n_features}, n_latent={c.n_latent}, likelihood={c.likelihood!r}, "
+            f"decoder={c.decoder!r}, objective={self.objective.kind!r}, beta={self.objective.beta})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def fit(
+        self,
+        X,
+        epochs: int = 100,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        seed: int = 0,
+        device: str = "auto",
+        validation: float = 0.1,
+        early_stopping: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        precision: str = "32",
+        progress: bool = True,
+        covariates=None,
+        size_factors=None,
+        feature_weights=None,
+    ) -> pd.DataFrame:
+        """Train on X (numpy, torch, scipy CSR or a Prepared); returns the history.
+
+        The history has one row per epoch: loss, reconstruction, kl, kl_0 ...
+        kl_{L-1} (per-latent KL, nats), val_loss, val_reconstruction, val_kl and
+        seconds. ``early_stopping`` is a patience in epochs on the validation
+        loss (the training loss without validation); the best weights are
+        kept. ``checkpoint_dir`` gets ``checkpoint.pt`` after every epoch and
+        ``resume=True`` continues from it. A NaN/inf loss raises
+        :class:`~sciencevae.train.TrainingDiverged` naming the epoch and
+        restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
+        """
+        prepared = as_prepared(X, covariates, size_factors, feature_weights)
+        self._check_input(prepared)
+        config = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            validation=validation,
+            early_stopping=early_stopping,
+            precision=precision,
+        )
+        self.module.to(resolve_device(device))
+        source = BatchSource(prepared, self.device, count_data=self.module.likelihood.is_count)
+        self.history = fit(
+            self.module, self.objective, source, config, checkpoint_dir=checkpoint_dir,
+            resume=resume, progress=progress,
+        )
+        self.train_config = config
+        return self.history
+
+    def _check_input(self, prepared) -> None:
+        c = self.config
+        if prepared.n_features != c.n_features:
+            raise ValueError(f"X has {prepared.n_features} features but the model was built for {c.n_features}")
+        n_cov = 0 if prepared.covariates is None else prepared.covariates.shape[1]
+        if n_cov != c.n_covariates:
+            raise ValueError(f"the model expects {c.n_covariates} covariate columns, got {n_cov}")
+        values = prepared.X.data if sp.issparse(prepared.X) else prepared.X
+        if self.module.likelihood.is_count:
+            _check_counts(values, prepared.mask is not None, c.likelihood)
+        if c.likelihood == "bernoulli":
+            if np.any((values < 0) | (values > 1)):
+                raise ValueError("likelihood 'bernoulli' needs values in [0, 1]; binarise the data first")
+
+    @torch.no_grad()
+    def _posterior(self, X, covariates=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        prepared = as_prepared(X, covariates)
+        self._check_input(prepared)
+        self.module.eval()
+        source = BatchSource(prepared, self.device)
+        means, logvars = [], []
+        for batch in source.batches(torch.arange(source.n_obs), batch_size):
+            mu, logvar = self.module.inference(batch)
+            means.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+        return torch.cat(means).numpy(), torch.cat(logvars).numpy()
+
+    def encode(self, X, covariates=None, return_std: bool = False, batch_size: int = 1024):
+        """Posterior means (n_obs, n_latent); with ``return_std`` also the std.
+
+        >>> vae = BetaVAE(n_features=3, n_latent=2, hidden=(4,))
+        >>> mean, std = vae.encode(np.zeros((5, 3)), return_std=True)
+        >>> mean.shape, std.shape
+        ((5, 2), (5, 2))
+        """
+        mean, logvar = self._posterior(X, covariates, batch_size)
+        return (mean, np.exp(0.5 * logvar)) if return_std else mean
+
+    @torch.no_grad()
+    def decode(self, Z, covariates=None, size_factors=None) -> np.ndarray:
+        """Means of p(x|z) for latent codes Z (n, n_latent).
+
+        Count likelihoods give expected counts for ``size_factors`` (default 1:
+        normalised expression, i.e. proportions).
+
+        >>> BetaVAE(n_features=3, n_latent=2, hidden=(4,)).decode(np.zeros((1, 2))).shape
+        (1, 3)
+        """
+        self.module.eval()
+        z = torch.as_tensor(np.asarray(Z), dtype=torch.float32, device=self.device)
+        if z.ndim != 2 or z.shape[1] != self.config.n_latent:
+            raise ValueError(f"Z must have shape (n, {self.config.n_latent}), got {tuple(z.shape)}")
+        cov = None if covariates is None else torch.as_tensor(covariates, dtype=torch.float32, device=self.device)
+        sf = None if size_factors is None else torch.as_tensor(size_factors, dtype=torch.float32, device=self.device)
+        return self.module.generative(z, cov, sf).mean.float().cpu().numpy()
+
+    def reconstruct(self, X, covariates=None) -> np.ndarray:
+        """Decode the posterior means of X (counts at each sample's library size)."""
+        prepared = as_prepared(X, covariates)
+        size_factors = None
+        if self.module.likelihood.is_count:
+            size_factors = np.asarray(prepared.X.sum(axis=1)).ravel()
+        return self.decode(self.encode(prepared), prepared.covariates, size_factors)
+
+    @property
+    def loadings(self) -> np.ndarray:
+        """Linear-decoder loadings (n_features, n_latent); first head for ZINB."""
+        if self.config.decoder != "linear":
+            raise AttributeError("loadings exist for decoder='linear' only; use decoder sensitivities for MLPs")
+        return self.module.decoder.loadings(self.config.n_features).detach().float().cpu().numpy()
+
+    def kl_per_latent(self, X, covariates=None) -> np.ndarray:
+        """Mean KL(q(z_j|x) || N(0,1)) over the samples of X, in nats per latent."""
+        mean, logvar = self._posterior(X, covariates)
+        return 0.5 * np.mean(mean**2 + np.exp(logvar) - 1.0 - logvar, axis=0)
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights + JSON config (+ history.csv) to folder ``path``."""
+        from .io import save
+
+        return save(self, path)
+
+    def to(self, device: str | torch.device) -> "BetaVAE":
+        self.module.to(resolve_device(device) if isinstance(device, str) else device)
+        return self
+

@@ -1,0 +1,277 @@
+"""The training loop: device, batching, bf16 autocast, validation, early
+stopping, checkpoints, divergence checks and progress.
+
+Losses are accumulated on the device and read back once per epoch, so a step
+never waits for the host. Randomness comes from two explicit generators seeded
+from ``TrainConfig.seed`` (shuffling/splitting on the CPU, reparameterisation
+noise on the device): the same seed on the CPU gives identical results.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import BatchSource
+from .io import atomic_torch_save
+from .objectives import Objective
+
+__all__ = ["TrainConfig", "TrainingDiverged", "fit", "resolve_device", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the model holds the last good weights."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one ``fit`` call (saved with the model).
+
+    >>> TrainConfig(epochs=5).batch_size
+    256
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    validation: float = 0.1
+    early_stopping: int | None = None
+    precision: str = "32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2, got {self.batch_size!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.validation < 1.0:
+            raise ValueError(f"validation must be a fraction in [0, 1), got {self.validation!r}")
+        if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):
+            raise ValueError(f"early_stopping must be a patience in epochs (>= 1) or None, got {self.early_stopping!r}")
+        if self.precision not in ("32", "bf16"):
+            raise ValueError(f"precision must be '32' or 'bf16', got {self.precision!r}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is checked.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA device is available; use device='auto' or 'cpu'")
+    return device
+
+
+def split_indices(n_obs: int, validation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random train / validation row indices (CPU int64), fixed by ``seed``."""
+    order = torch.randperm(n_obs, generator=torch.Generator().manual_seed(seed))
+    n_val = int(n_obs * validation)
+    if n_obs - n_val < 2:
+        raise ValueError(f"{n_obs} samples leave fewer than 2 for training with validation={validation}")
+    return order[n_val:], order[:n_val]
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    best_loss: float = math.inf
+    best_weights: dict | None = None
+    bad_epochs: int = 0
+
+
+def _snapshot(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _autocast(device: torch.device, precision: str):
+    enabled = precision == "bf16" and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _epoch_sums(
+    module: nn.Module,
+    objective: Objective,
+    source: BatchSource,
+    index: torch.Tensor,
+    batch_size: int,
+    step: int,
+    noise: torch.Generator,
+    precision: str,
+    optimizer: torch.optim.Optimizer | None,
+) -> torch.Tensor:
+    """Sum over samples of [loss, reconstruction, kl, kl_per_latent...] (on the device)."""
+    totals = None
+    for batch in source.batches(index, batch_size):
+        with _autocast(source.device, precision):
+            parts = objective.loss(module.terms(batch, noise), step, len(index))
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            step += 1
+        n = batch.x.shape[0]
+        row = torch.cat([torch.stack([parts["loss"], parts["reconstruction"], parts["kl"]]), parts["kl_per_latent"]])
+        totals = row.detach() * n if totals is None else totals + row.detach() * n
+    return totals
+
+
+def _record(prefix: str, sums: torch.Tensor, n: int) -> dict:
+    values = (sums / n).tolist()
+    record = {f"{prefix}loss": values[0], f"{prefix}reconstruction": values[1], f"{prefix}kl": values[2]}
+    if not prefix:
+        record.update({f"kl_{j}": v for j, v in enumerate(values[3:])})
+    return record
+
+
+def _save_checkpoint(path: Path, module, optimizer, state: _State, shuffle, noise, config: TrainConfig) -> None:
+    payload = {
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": state.history,
+        "best_loss": state.best_loss,
+        "best_weights": state.best_weights,
+        "bad_epochs": state.bad_epochs,
+        "shuffle_rng": shuffle.get_state(),
+        "noise_rng": noise.get_state(),
+        "train_config": asdict(config),
+    }
+    atomic_torch_save(payload, path)
+
+
+def _load_checkpoint(path: Path, module, optimizer, shuffle, noise, config: TrainConfig) -> _State:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved = payload["train_config"]
+    for key in ("seed", "batch_size", "validation"):
+        if saved[key] != getattr(config, key):
+            raise ValueError(
+                f"cannot resume from {path}: it was trained with {key}={saved[key]!r}, this run asks for "
+                f"{getattr(config, key)!r}; use the same settings or a new checkpoint_dir"
+            )
+    module.load_state_dict(payload["module"])
+    optimizer.load_state_dict(payload["optimizer"])
+    shuffle.set_state(payload["shuffle_rng"])
+    noise.set_state(payload["noise_rng"])
+    return _State(
+        epoch=payload["epoch"],
+        step=payload["step"],
+        history=payload["history"],
+        best_loss=payload["best_loss"],
+        best_weights=payload["best_weights"],
+        bad_epochs=payload["bad_epochs"],
+    )
+
+
+def _diverged(epoch: int, value: float, config: TrainConfig, checkpoint: Path | None) -> TrainingDiverged:
+    kept = f"; the checkpoint {checkpoint} holds the last good epoch" if checkpoint else ""
+    return TrainingDiverged(
+        f"training diverged: the loss became {value} in epoch {epoch}. The model was restored to the end of "
+        f"epoch {epoch - 1}{kept}. Likely causes: a learning rate too high (lr={config.lr:g}; try "
+        f"{config.lr / 10:g}) or unscaled input (standardise the features, or use a count likelihood for counts)."
+    )
+
+
+def fit(
+    module: nn.Module,
+    objective: Objective,
+    source: BatchSource,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train ``module`` on ``source`` with ``objective``; return the per-epoch history.
+
+    >>> import numpy as np
+    >>> from sciencevae.data import as_prepared
+    >>> from sciencevae.model import ModelConfig, VAEModule
+    >>> module = VAEModule(ModelConfig(n_features=4, n_latent=2, hidden=(8,)))
+    >>> source = BatchSource(as_prepared(np.zeros((32, 4))), torch.device("cpu"))
+    >>> len(fit(module, Objective(), source, TrainConfig(epochs=2), progress=False))
+    2
+    """
+    device = source.device
+    if config.precision == "bf16" and device.type != "cuda":
+        warnings.warn("bf16 autocast needs CUDA; training in float32 on the CPU", UserWarning, stacklevel=2)
+    train_index, val_index = split_indices(source.n_obs, config.validation, config.seed)
+    batch_size = min(config.batch_size, len(train_index))
+    steps_per_epoch = math.ceil(len(train_index) / batch_size)
+    objective.warn_if_unfinished(steps_per_epoch * config.epochs)
+
+    module.train()
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    state = _State()
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = _load_checkpoint(checkpoint, module, optimizer, shuffle, noise, config)
+
+    last_good = _snapshot(module)
+    bar = tqdm(range(state.epoch, config.epochs), disable=not progress, desc="training", unit="epoch")
+    for epoch in bar:
+        started = time.perf_counter()
+        order = train_index[torch.randperm(len(train_index), generator=shuffle)]
+        sums = _epoch_sums(module, objective, source, order, batch_size, state.step, noise, config.precision, optimizer)
+        record = {"epoch": epoch + 1, **_record("", sums, len(train_index))}
+        if not math.isfinite(record["loss"]):
+            module.load_state_dict(last_good)
+            raise _diverged(epoch + 1, record["loss"], config, checkpoint)
+        state.step += steps_per_epoch
+        if len(val_index):
+            record.update(_validate(module, objective, source, val_index, batch_size, state.step, config))
+        record["seconds"] = time.perf_counter() - started
+        state.history.append(record)
+        state.epoch = epoch + 1
+        last_good = _snapshot(module)
+        stop = _early_stopping_update(state, record, objective, config, last_good)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, module, optimizer, state, shuffle, noise, config)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", val=f"{record.get('val_loss', math.nan):.4g}")
+        if stop:
+            break
+    if config.early_stopping is not None and state.best_weights is not None:
+        module.load_state_dict(state.best_weights)
+    module.eval()
+    return pd.DataFrame(state.history)
+
+
+@torch.no_grad()
+def _validate(module, objective, source, val_index, batch_size, step, config) -> dict:
+    module.eval()
+    noise = torch.Generator(device=source.device).manual_seed(config.seed + 2)
+    sums = _epoch_sums(module, objective, source, val_index, batch_size, step, noise, config.precision, None)
+    module.train()
+    return _record("val_", sums, len(val_index))
+
+
+def _early_stopping_update(state: _State, record: dict, objective: Objective, config: TrainConfig, weights) -> bool:
+    """Track the best monitored loss; True when patience has run out."""
+    if config.early_stopping is None or state.step < objective.schedule_steps:
+        return False
+    monitored = record.get("val_loss", record["loss"])
+    if monitored < state.best_loss:
+        state.best_loss, state.best_weights, state.bad_epochs = monitored, weights, 0
+        return False
+    state.bad_epochs += 1
+    return state.bad_epochs >= config.early_stopping

@@ -1,0 +1,82 @@
+"""The sciencevae command: --version, --help, fit, clear one-line errors."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import sciencevae
+from sciencevae.cli import main
+
+from sciencevae.datasets import count_programmes, linear_factors
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_version_and_help_through_the_installed_command():
+    command = Path(sys.executable).parent / "sciencevae"
+    out = subprocess.run([str(command), "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"sciencevae {sciencevae.__version__}"
+    out = subprocess.run([sys.executable, "-m", "sciencevae.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "fit" in out.stdout
+
+
+def test_fit_csv_writes_model_latents_and_history(tmp_path, capsys):
+    X, _ = linear_factors(300, n_features=12)
+    frame = pd.DataFrame(X, index=[f"s{i}" for i in range(300)], columns=[f"f{j}" for j in range(12)])
+    data = tmp_path / "data.csv"
+    frame.to_csv(data)
+    before = sha256(data)
+    out = tmp_path / "run"
+    assert main(["fit", str(data), "--out", str(out), "--n-latent", "4", "--epochs", "3", "--quiet"]) == 0
+    assert "per-latent KL" in capsys.readouterr().out
+    latents = pd.read_csv(out / "latents.csv", index_col=0)
+    assert latents.shape == (300, 4) and latents.index[0] == "s0"
+    assert len(pd.read_csv(out / "history.csv")) == 3
+    loaded = sciencevae.load(out / "model")
+    np.testing.assert_allclose(loaded.encode(X), latents.to_numpy(), rtol=1e-5, atol=1e-6)
+    assert sha256(data) == before
+
+
+def test_fit_sparse_counts(tmp_path):
+    counts, _ = count_programmes(n_obs=200)
+    data = tmp_path / "counts.npz"
+    sp.save_npz(data, counts)
+    args = ["fit", str(data), "--out", str(tmp_path / "run"), "--likelihood", "nb", "--decoder", "linear",
+            "--n-latent", "3", "--epochs", "2", "--quiet"]
+    assert main(args) == 0
+    assert sciencevae.load(tmp_path / "run" / "model").loadings.shape == (counts.shape[1], 3)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: ["fit", str(d / "missing.npy"), "--out", str(d / "o")], "does not exist"),
+        (lambda d: ["fit", str(d / "x.npy"), "--out", str(d / "x.npy")], "would overwrite the input"),
+        (lambda d: ["fit", str(d / "x.npy"), "--out", str(d / "full")], "not empty"),
+        (lambda d: ["fit", str(d / "x.npy"), "--out", str(d / "o"), "--likelihood", "poisson"], "non-integer"),
+        (lambda d: ["fit", str(d / "x.txt"), "--out", str(d / "o")], "suffix"),
+    ],
+)
+def test_errors_are_one_line_and_leave_inputs_alone(tmp_path, capsys, setup, message):
+    np.save(tmp_path / "x.npy", np.abs(np.random.default_rng(0).normal(size=(20, 3))))
+    (tmp_path / "x.txt").write_text("1 2 3\n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("keep")
+    before = {p.name: sha256(p) for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(setup(tmp_path) + ["--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert {p.name: sha256(p) for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "fit", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
