@@ -7,6 +7,11 @@ feature names and a first column of sample names) and writes:
 - ``RUN_DIR/model/``       the saved model (config.json, weights.pt, history.csv)
 - ``RUN_DIR/latents.csv``  posterior means, one row per sample, columns z0 ...
 - ``RUN_DIR/history.csv``  the per-epoch training history
+- ``RUN_DIR/run.json``     the input's absolute path and sha256, the toolkit version
+
+``sciencevae diagnose RUN_DIR [--data FILE]`` prints per-latent KL, active
+units and a plain-words collapse verdict for a saved run (on its recorded
+input unless ``--data`` is given).
 
 Errors print one line and exit with status 2 (``--debug`` shows the traceback).
 """
@@ -14,6 +19,8 @@ Errors print one line and exit with status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -44,6 +51,50 @@ def read_matrix(path: Path) -> tuple[np.ndarray | sp.csr_matrix, list[str] | Non
     except (ValueError, OSError) as err:
         raise ValueError(f"could not read {path} as {suffix[1:]}: {err}") from None
     raise ValueError(f"input {path} has suffix {suffix!r}; give a .npy, .npz (scipy sparse) or .csv file")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _diagnose_data(run_dir: Path, data: Path | None) -> Path | None:
+    if data is not None:
+        return data
+    run_file = run_dir / "run.json"
+    if not run_file.exists():
+        return None
+    recorded = Path(json.loads(run_file.read_text(encoding="utf-8"))["input"])
+    return recorded if recorded.exists() else None
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnostics import collapse_report
+    from .io import load
+
+    model_dir = args.run_dir / "model" if (args.run_dir / "model").is_dir() else args.run_dir
+    vae = load(model_dir)
+    print(f"model: {model_dir} ({vae!r})")
+    data = _diagnose_data(args.run_dir, args.data)
+    if data is None:
+        if vae.history is None:
+            raise ValueError(f"{args.run_dir} records no input data and no history; pass --data FILE")
+        last = vae.history.iloc[-1]
+        kl = [last[f"kl_{j}"] for j in range(vae.config.n_latent)]
+        print("per-latent KL at the last training epoch (nats): " + ", ".join(f"z{j}={v:.3f}" for j, v in enumerate(kl)))
+        print("active units need the data: pass --data FILE (the input of the run was not found)")
+        return 0
+    X, _ = read_matrix(data)
+    print(f"data: {data}")
+    report = collapse_report(vae, X, threshold=args.threshold)
+    print(report)
+    if report.n_active <= 1:
+        print(f"warning: {report.verdict}", file=sys.stderr)
+    return 0
 
 
 def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
@@ -77,6 +128,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     vae.save(args.out / "model")
+    run = {
+        "command": "fit",
+        "sciencevae_version": __version__,
+        "input": str(args.input.resolve()),
+        "input_sha256": file_sha256(args.input),
+    }
+    atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
     latents = pd.DataFrame(vae.encode(X), columns=[f"z{j}" for j in range(args.n_latent)], index=names)
     atomic_write_text(latents.to_csv(index_label="sample"), args.out / "latents.csv")
     atomic_write_text(history.to_csv(index=False), args.out / "history.csv")
@@ -110,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_cmd_fit)
+
+    diagnose = commands.add_parser("diagnose", help="per-latent KL, active units and collapse warnings of a run")
+    diagnose.add_argument("run_dir", type=Path, help="a run folder from 'fit' (or a saved model folder)")
+    diagnose.add_argument("--data", type=Path, help="data to evaluate on (default: the run's recorded input)")
+    diagnose.add_argument("--threshold", type=float, default=0.01, help="active when Var_x E[z|x] exceeds this")
+    diagnose.set_defaults(run=_cmd_diagnose)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["linear_factors", "count_programmes"]
+__all__ = ["linear_factors", "count_programmes", "Sprites"]
 
 
 def linear_factors(
@@ -76,3 +76,66 @@ def count_programmes(
     if zero_inflation:
         counts[rng.random(counts.shape) < zero_inflation] = 0
     return sp.csr_matrix(counts.astype(np.float32)), activity
+
+
+class Sprites:
+    """dSprites-like 64x64 binary images drawn from 5 known factors, as code.
+
+    Factors (integer indices; ``factor_sizes`` values each):
+    ``shape`` (square, ellipse, heart), ``scale`` (6 steps, 0.5-1),
+    ``orientation`` (40 steps over 2π), ``x`` and ``y`` (32 positions each).
+    The sampler interface (``factor_sizes``, ``sample_factors``, ``render``)
+    is what :func:`sciencevae.metrics.betavae_score` and
+    :func:`~sciencevae.metrics.factorvae_score` use.
+
+    >>> sprites = Sprites()
+    >>> X, factors = sprites.dataset(10)
+    >>> X.shape, factors.shape, float(X.max())
+    ((10, 4096), (10, 5), 1.0)
+    """
+
+    factor_names = ("shape", "scale", "orientation", "x", "y")
+    factor_sizes = (3, 6, 40, 32, 32)
+
+    def __init__(self, size: int = 64):
+        self.size = int(size)
+        self.image_shape = (1, self.size, self.size)
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, 5) independent uniform factor indices."""
+        return np.stack([rng.integers(0, k, size=n) for k in self.factor_sizes], axis=1)
+
+    def values(self, factors: np.ndarray) -> np.ndarray:
+        """Factor indices -> physical values (shape id, scale, angle in rad, x, y in [0, 1])."""
+        f = np.asarray(factors, dtype=np.float64)
+        return np.stack(
+            [f[:, 0], 0.5 + 0.1 * f[:, 1], 2 * np.pi * f[:, 2] / 40, f[:, 3] / 31, f[:, 4] / 31], axis=1
+        )
+
+    def render(self, factors: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Binary images, flattened row-major to (n, size * size) float32."""
+        factors = np.asarray(factors)
+        return np.concatenate(
+            [self._render_chunk(factors[i : i + chunk]) for i in range(0, len(factors), chunk)]
+        ) if len(factors) else np.zeros((0, self.size**2), np.float32)
+
+    def _render_chunk(self, factors: np.ndarray) -> np.ndarray:
+        shape, scale, angle, x, y = (v[:, None, None] for v in self.values(factors).T)
+        grid = (np.arange(self.size) + 0.5) / self.size
+        v, u = np.meshgrid(grid, grid, indexing="ij")  # v: rows (down), u: columns
+        radius = 0.18 * scale
+        dx = (u[None] - (0.2 + 0.6 * x)) / radius
+        dy = (v[None] - (0.2 + 0.6 * y)) / radius
+        a = np.cos(angle) * dx + np.sin(angle) * dy
+        b = -np.sin(angle) * dx + np.cos(angle) * dy
+        square = np.maximum(np.abs(a), np.abs(b)) <= 0.8
+        ellipse = a**2 + (b / 0.5) ** 2 <= 1.0
+        hx, hy = 1.15 * a, -1.15 * b + 0.15
+        heart = (hx**2 + hy**2 - 1) ** 3 - hx**2 * hy**3 <= 0
+        image = np.where(shape == 0, square, np.where(shape == 1, ellipse, heart))
+        return image.reshape(len(factors), -1).astype(np.float32)
+
+    def dataset(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` random images and their factor indices."""
+        factors = self.sample_factors(n, np.random.default_rng(seed))
+        return self.render(factors), factors

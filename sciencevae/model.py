@@ -21,9 +21,9 @@ from torch.distributions import Distribution
 
 from .data import Batch, BatchSource, as_prepared
 from .likelihoods import LIKELIHOODS, make_likelihood
-from .networks import GaussianEncoder, LinearDecoder, MLPDecoder
+from .networks import ConvDecoder, ConvEncoder, GaussianEncoder, LinearDecoder, MLPDecoder
 from .objectives import ElboTerms, Objective
-from .train import TrainConfig, fit, resolve_device
+from .train import TrainConfig, epoch_sums, fit, resolve_device
 
 __all__ = ["ModelConfig", "VAEModule", "BetaVAE"]
 
@@ -43,6 +43,9 @@ class ModelConfig:
     hidden: tuple[int, ...] = (256, 128)
     decoder: str = "mlp"
     n_covariates: int = 0
+    encoder: str = "mlp"
+    image_shape: tuple[int, ...] | None = None
+    conv_channels: int = 32
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_latent"):
@@ -53,8 +56,11 @@ class ModelConfig:
             raise ValueError(f"n_covariates must be an integer >= 0, got {self.n_covariates!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
-        if self.decoder not in ("mlp", "linear"):
-            raise ValueError(f"decoder must be 'mlp' or 'linear', got {self.decoder!r}")
+        if self.decoder not in ("mlp", "linear", "conv"):
+            raise ValueError(f"decoder must be 'mlp', 'linear' or 'conv', got {self.decoder!r}")
+        if self.encoder not in ("mlp", "conv"):
+            raise ValueError(f"encoder must be 'mlp' or 'conv', got {self.encoder!r}")
+        self._check_image_shape()
         if not isinstance(self.likelihood_options, dict):
             raise ValueError("likelihood_options must be a dict")
         hidden = tuple(self.hidden)
@@ -62,9 +68,21 @@ class ModelConfig:
             raise ValueError(f"hidden must be a non-empty sequence of positive integers, got {self.hidden!r}")
         object.__setattr__(self, "hidden", hidden)
 
+    def _check_image_shape(self) -> None:
+        uses_conv = "conv" in (self.encoder, self.decoder)
+        if self.image_shape is None:
+            if uses_conv:
+                raise ValueError("conv encoder/decoder need image_shape=(channels, height, width)")
+            return
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or int(np.prod(shape)) != self.n_features or min(shape) < 1:
+            raise ValueError(f"image_shape {shape} must be (C, H, W) with C*H*W = n_features = {self.n_features}")
+        object.__setattr__(self, "image_shape", shape)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         return d
 
 
@@ -83,11 +101,18 @@ class VAEModule(nn.Module):
         c = config
         self.likelihood = make_likelihood(c.likelihood, c.n_features, **c.likelihood_options)
         n_out = c.n_features * self.likelihood.n_heads
-        self.encoder = GaussianEncoder(c.n_features, c.n_latent, c.hidden, c.n_covariates)
+        if c.encoder == "conv":
+            self.encoder = ConvEncoder(c.image_shape, c.n_latent, c.hidden, c.conv_channels, c.n_covariates)
+        else:
+            self.encoder = GaussianEncoder(c.n_features, c.n_latent, c.hidden, c.n_covariates)
+        reversed_hidden = tuple(reversed(c.hidden))
         if c.decoder == "linear":
             self.decoder = LinearDecoder(c.n_latent, n_out, c.n_covariates)
+        elif c.decoder == "conv":
+            self.decoder = ConvDecoder(c.image_shape, c.n_latent, self.likelihood.n_heads, reversed_hidden,
+                                       c.conv_channels, c.n_covariates)
         else:
-            self.decoder = MLPDecoder(c.n_latent, n_out, tuple(reversed(c.hidden)), c.n_covariates)
+            self.decoder = MLPDecoder(c.n_latent, n_out, reversed_hidden, c.n_covariates)
 
     def inference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z|x)."""
@@ -145,7 +170,7 @@ class BetaVAE:
     hidden
         Encoder hidden widths; the MLP decoder mirrors them.
     decoder
-        ``mlp`` or ``linear`` (its weights are the loadings).
+        ``mlp``, ``linear`` (its weights are the loadings) or ``conv``.
     n_covariates
         Width of the covariate matrix given to encoder and decoder.
     objective
@@ -154,6 +179,12 @@ class BetaVAE:
         Extra likelihood arguments, e.g. ``{"learn_variance": False}``.
     seed
         Seed of the weight initialisation.
+    encoder
+        ``mlp`` or ``conv`` (4 stride-2 conv layers, Burgess et al. 2018).
+    image_shape
+        (C, H, W) of image rows (flattened row-major); needed by conv networks.
+    conv_channels
+        Channels of every conv layer.
 
     Examples
     --------
@@ -176,6 +207,9 @@ class BetaVAE:
         objective: str | Objective = "beta",
         likelihood_options: dict | None = None,
         seed: int = 0,
+        encoder: str = "mlp",
+        image_shape: tuple[int, ...] | None = None,
+        conv_channels: int = 32,
     ):
         self.config = ModelConfig(
             n_features=n_features,
@@ -185,6 +219,9 @@ class BetaVAE:
             hidden=tuple(hidden),
             decoder=decoder,
             n_covariates=n_covariates,
+            encoder=encoder,
+            image_shape=None if image_shape is None else tuple(image_shape),
+            conv_channels=conv_channels,
         )
         if isinstance(objective, Objective):
             if beta != 1.0 and beta != objective.beta:
@@ -330,6 +367,28 @@ class BetaVAE:
         if self.config.decoder != "linear":
             raise AttributeError("loadings exist for decoder='linear' only; use decoder sensitivities for MLPs")
         return self.module.decoder.loadings(self.config.n_features).detach().float().cpu().numpy()
+
+    def evaluate(self, X, covariates=None, size_factors=None, feature_weights=None,
+                 batch_size: int = 1024, seed: int = 0) -> dict:
+        """Distortion and rate over X with one posterior sample per row.
+
+        Returns ``reconstruction`` (mean NLL summed over features: the
+        distortion), ``kl`` (mean KL summed over latents: the rate, nats),
+        ``kl_per_latent`` and ``neg_elbo`` = reconstruction + kl.
+
+        >>> vae = BetaVAE(n_features=3, n_latent=2, hidden=(4,))
+        >>> sorted(vae.evaluate(np.zeros((5, 3))))
+        ['kl', 'kl_per_latent', 'neg_elbo', 'reconstruction']
+        """
+        prepared = as_prepared(X, covariates, size_factors, feature_weights)
+        self._check_input(prepared)
+        self.module.eval()
+        source = BatchSource(prepared, self.device, count_data=self.module.likelihood.is_count)
+        noise = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.no_grad():
+            sums = epoch_sums(self.module, Objective(), source, torch.arange(source.n_obs), batch_size, 0, noise)
+        mean = (sums / source.n_obs).cpu().numpy().astype(np.float64)
+        return {"reconstruction": mean[1], "kl": mean[2], "kl_per_latent": mean[3:], "neg_elbo": mean[0]}
 
     def kl_per_latent(self, X, covariates=None) -> np.ndarray:
         """Mean KL(q(z_j|x) || N(0,1)) over the samples of X, in nats per latent."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp", "GaussianEncoder", "MLPDecoder", "LinearDecoder"]
+__all__ = ["mlp", "GaussianEncoder", "MLPDecoder", "LinearDecoder", "ConvEncoder", "ConvDecoder"]
 
 LOGVAR_MIN, LOGVAR_MAX = -14.0, 8.0
 
@@ -89,3 +89,69 @@ class LinearDecoder(nn.Module):
     def loadings(self, n_features: int) -> torch.Tensor:
         """Weights of the first output head: (n_features, n_latent)."""
         return self.linear.weight[:n_features, : self.n_latent]
+
+
+def _conv_stack(image_shape: Sequence[int], channels: int) -> tuple[int, int]:
+    """Number of stride-2 layers (4) and the flattened width after them."""
+    c, h, w = image_shape
+    if h % 16 or w % 16:
+        raise ValueError(f"conv networks need image height and width divisible by 16, got {h}x{w}")
+    return 4, channels * (h // 16) * (w // 16)
+
+
+class ConvEncoder(nn.Module):
+    """Images (flattened C*H*W rows) -> q(z|x); 4 conv layers (4x4, stride 2) then an MLP.
+
+    The architecture of Burgess et al. 2018 for 64x64 dSprites.
+
+    >>> enc = ConvEncoder((1, 64, 64), n_latent=3, hidden=(32,), channels=8)
+    >>> [t.shape for t in enc(torch.zeros(2, 4096))]
+    [torch.Size([2, 3]), torch.Size([2, 3])]
+    """
+
+    def __init__(self, image_shape: Sequence[int], n_latent: int, hidden: Sequence[int],
+                 channels: int = 32, n_covariates: int = 0):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        n_layers, flat = _conv_stack(image_shape, channels)
+        layers: list[nn.Module] = []
+        n_in = image_shape[0]
+        for _ in range(n_layers):
+            layers += [nn.Conv2d(n_in, channels, 4, stride=2, padding=1), nn.SiLU()]
+            n_in = channels
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.head = GaussianEncoder(flat, n_latent, hidden, n_covariates)
+
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None):
+        features = self.conv(x.reshape(-1, *self.image_shape))
+        return self.head(features, covariates)
+
+
+class ConvDecoder(nn.Module):
+    """z -> MLP -> 4 transposed convs (4x4, stride 2) -> raw output per pixel, flattened.
+
+    >>> ConvDecoder((1, 64, 64), n_latent=3, n_heads=1, hidden=(32,), channels=8)(torch.zeros(2, 3)).shape
+    torch.Size([2, 4096])
+    """
+
+    def __init__(self, image_shape: Sequence[int], n_latent: int, n_heads: int, hidden: Sequence[int],
+                 channels: int = 32, n_covariates: int = 0):
+        super().__init__()
+        c, h, w = image_shape
+        n_layers, flat = _conv_stack(image_shape, channels)
+        self.start = (channels, h // 16, w // 16)
+        self.fc = MLPDecoder(n_latent, flat, hidden, n_covariates)
+        layers: list[nn.Module] = []
+        for i in range(n_layers):
+            last = i == n_layers - 1
+            layers.append(nn.ConvTranspose2d(channels, c * n_heads if last else channels, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.SiLU())
+        self.deconv = nn.Sequential(*layers)
+        self.n_heads, self.channels_out = n_heads, c
+
+    def forward(self, z: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        features = nn.functional.silu(self.fc(z, covariates))
+        out = self.deconv(features.reshape(-1, *self.start))
+        # (B, heads*C, H, W) -> (B, heads * C*H*W): head blocks first, as the likelihoods expect
+        return out.reshape(out.shape[0], self.n_heads, -1).reshape(out.shape[0], -1)

@@ -107,7 +107,7 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _epoch_sums(
+def epoch_sums(
     module: nn.Module,
     objective: Objective,
     source: BatchSource,
@@ -115,8 +115,8 @@ def _epoch_sums(
     batch_size: int,
     step: int,
     noise: torch.Generator,
-    precision: str,
-    optimizer: torch.optim.Optimizer | None,
+    precision: str = "32",
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> torch.Tensor:
     """Sum over samples of [loss, reconstruction, kl, kl_per_latent...] (on the device)."""
     totals = None
@@ -232,7 +232,7 @@ def fit(
     for epoch in bar:
         started = time.perf_counter()
         order = train_index[torch.randperm(len(train_index), generator=shuffle)]
-        sums = _epoch_sums(module, objective, source, order, batch_size, state.step, noise, config.precision, optimizer)
+        sums = epoch_sums(module, objective, source, order, batch_size, state.step, noise, config.precision, optimizer)
         record = {"epoch": epoch + 1, **_record("", sums, len(train_index))}
         if not math.isfinite(record["loss"]):
             module.load_state_dict(last_good)
@@ -260,7 +260,7 @@ def fit(
 def _validate(module, objective, source, val_index, batch_size, step, config) -> dict:
     module.eval()
     noise = torch.Generator(device=source.device).manual_seed(config.seed + 2)
-    sums = _epoch_sums(module, objective, source, val_index, batch_size, step, noise, config.precision, None)
+    sums = epoch_sums(module, objective, source, val_index, batch_size, step, noise, config.precision, None)
     module.train()
     return _record("val_", sums, len(val_index))
 

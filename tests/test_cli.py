@@ -80,3 +80,31 @@ def test_errors_are_one_line_and_leave_inputs_alone(tmp_path, capsys, setup, mes
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "fit", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
+
+
+def test_diagnose_a_run_on_its_recorded_input(tmp_path, capsys):
+    X, _ = linear_factors(800, n_features=10)
+    data = tmp_path / "x.npy"
+    np.save(data, X)
+    run = tmp_path / "run"
+    assert main(["fit", str(data), "--out", str(run), "--n-latent", "5", "--epochs", "30", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "active units:" in out and "of 5" in out and "KL (nats)" in out and str(data) in out
+
+
+def test_diagnose_warns_about_collapse_and_falls_back_to_history(tmp_path, capsys):
+    X, _ = linear_factors(300, n_features=10)
+    data = tmp_path / "x.npy"
+    np.save(data, X)
+    run = tmp_path / "run"
+    assert main(["fit", str(data), "--out", str(run), "--beta", "5000", "--epochs", "20", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--data", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "collapse" in captured.err
+    (run / "run.json").unlink()
+    assert main(["diagnose", str(run)]) == 0
+    assert "pass --data" in capsys.readouterr().out
+    assert main(["diagnose", str(tmp_path / "nowhere")]) == 2
