@@ -143,6 +143,27 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_climate(args: argparse.Namespace) -> int:
+    from .case_studies import climate_trend
+
+    _check_out(args.out, args.inputs, args.overwrite)
+    res = climate_trend.run(
+        [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0]), var=args.var,
+        n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed, device=args.device,
+        progress=not args.quiet,
+    )
+    res.save(args.out)
+    run = {"command": "climate", "sciencevae_version": __version__,
+           "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in args.inputs if p.is_file()]}
+    atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
+    print(res.roles.round(3).to_string())
+    for var, slopes in climate_trend.trend_component_slopes(res).items():
+        print(f"{var}: trend component {slopes['trend_component']:+.3f} per decade "
+              f"(area-weighted mean of the input: {slopes['observed_area_mean']:+.3f})")
+    print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, figures/, model/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sciencevae",
@@ -174,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--data", type=Path, help="data to evaluate on (default: the run's recorded input)")
     diagnose.add_argument("--threshold", type=float, default=0.01, help="active when Var_x E[z|x] exceeds this")
     diagnose.set_defaults(run=_cmd_diagnose)
+
+    climate = commands.add_parser("climate", help="seasonal cycle, trend and other modes of a monthly field")
+    climate.add_argument("inputs", type=Path, nargs="+", help="netCDF file(s) (combined by coordinates) or a .zarr")
+    climate.add_argument("--var", help="variable name (needed when the files hold several)")
+    climate.add_argument("--out", type=Path, required=True, help="run folder to write (must be new or empty)")
+    climate.add_argument("--n-latent", type=int, default=8)
+    climate.add_argument("--beta", type=float, default=8.0)
+    climate.add_argument("--epochs", type=int, default=400)
+    climate.add_argument("--seed", type=int, default=0)
+    climate.add_argument("--device", default="auto")
+    climate.add_argument("--overwrite", action="store_true")
+    climate.add_argument("--quiet", action="store_true")
+    climate.set_defaults(run=_cmd_climate)
     return parser
 
 

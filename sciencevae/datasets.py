@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["linear_factors", "count_programmes", "Sprites"]
+__all__ = ["linear_factors", "count_programmes", "Sprites", "monthly_field"]
 
 
 def linear_factors(
@@ -139,3 +139,68 @@ class Sprites:
         """``n`` random images and their factor indices."""
         factors = self.sample_factors(n, np.random.default_rng(seed))
         return self.render(factors), factors
+
+
+def monthly_field(
+    n_years: int = 40,
+    n_lat: int = 18,
+    n_lon: int = 36,
+    start_year: int = 1960,
+    noise: float = 0.15,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A synthetic monthly surface-temperature-like field with known parts.
+
+    ``field = mean_state + seasonal + trend + enso + noise`` on a regular
+    global grid (latitude descending, as in many products), with a land block
+    that is NaN at every time step and 0.5% scattered missing values:
+
+    - seasonal: an annual cycle whose amplitude grows with |latitude|, whose
+      phase shifts with longitude and flips between hemispheres;
+    - trend: a nonlinear (accelerating) global curve ``g(t)`` times a pattern
+      that is stronger at high northern latitudes;
+    - enso: a 3-7 year quasi-periodic index times a tropical east-Pacific blob.
+
+    Returns a dict of numpy arrays: ``field`` (time, lat, lon), ``seasonal``,
+    ``trend``, ``enso``, ``mean_state`` (lat, lon), ``trend_index`` (time),
+    ``enso_index`` (time), ``month`` (time, 1-12), ``time`` (datetime64[ns]),
+    ``lat``, ``lon``.
+
+    >>> d = monthly_field(n_years=2, n_lat=6, n_lon=8)
+    >>> d["field"].shape, d["time"][:2].astype(str).tolist()
+    ((24, 6, 8), ['1960-01-01T00:00:00.000000000', '1960-02-01T00:00:00.000000000'])
+    """
+    rng = np.random.default_rng(seed)
+    n_time = 12 * n_years
+    time = np.array([np.datetime64(f"{start_year + t // 12:04d}-{t % 12 + 1:02d}-01", "ns") for t in range(n_time)])
+    month = np.arange(n_time) % 12 + 1
+    lat = np.linspace(85.0, -85.0, n_lat)
+    lon = np.linspace(0.0, 360.0, n_lon, endpoint=False) + 180.0 / n_lon
+    la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
+
+    mean_state = 28.0 * np.cos(la) ** 1.5 - 1.0
+    amplitude = 1.0 + 7.0 * np.abs(np.sin(la))
+    phase = 0.5 * lo + np.where(la < 0, np.pi, 0.0)  # radians of the annual cycle
+    angle = 2 * np.pi * (month - 1) / 12
+    seasonal = amplitude[None] * np.cos(angle[:, None, None] - phase[None])
+
+    years = np.arange(n_time) / 12.0
+    trend_index = 0.6 * (years / n_years) ** 2 + 0.2 * (years / n_years)
+    trend_pattern = 1.0 + 0.8 * (np.sin(la) > 0.5) + 0.3 * np.cos(lo)
+    trend = trend_index[:, None, None] * trend_pattern[None]
+
+    slow = np.convolve(rng.normal(size=n_time + 24), np.ones(24) / 24, mode="valid")[:n_time]
+    enso_index = np.sin(2 * np.pi * years / 4.3) * (1 + 0.5 * slow / slow.std()) + 0.3 * slow / slow.std()
+    enso_index = (enso_index - enso_index.mean()) / enso_index.std()
+    blob = np.exp(-((np.rad2deg(la) / 12) ** 2) - ((np.rad2deg(lo) - 250) / 40) ** 2)
+    enso = 1.2 * enso_index[:, None, None] * blob[None]
+
+    field = mean_state[None] + seasonal + trend + enso + noise * rng.normal(size=seasonal.shape)
+    land = (np.rad2deg(la) > 10) & (np.rad2deg(la) < 60) & (np.rad2deg(lo) > 60) & (np.rad2deg(lo) < 120)
+    field[:, land] = np.nan
+    field[rng.random(field.shape) < 0.005] = np.nan
+    return {
+        "field": field.astype(np.float32), "seasonal": seasonal, "trend": trend, "enso": enso,
+        "mean_state": mean_state, "trend_index": trend_index, "enso_index": enso_index, "month": month,
+        "time": time, "lat": lat, "lon": lon, "land": land,
+    }

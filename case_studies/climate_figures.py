@@ -1,0 +1,149 @@
+"""Figures of the climate case study (PNG, matplotlib ``Figure`` without pyplot state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from sciencevae.diagnostics import save_figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .climate_trend import ClimateResult
+
+__all__ = ["save_figures"]
+ROLE_COLOURS = {"seasonal": "tab:blue", "trend": "tab:red", "other": "tab:green", "inactive": "0.6"}
+
+
+def latent_series(res: "ClimateResult") -> Figure:
+    """Each latent's time series, coloured and titled by its role."""
+    n = len(res.roles)
+    figure = Figure(figsize=(9, 1.3 * n))
+    axes = figure.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    time = res.time.values
+    for ax, (j, row) in zip(axes, res.roles.iterrows()):
+        ax.plot(time, res.latents["z"].sel(latent=j), color=ROLE_COLOURS[row.role], lw=0.8)
+        ax.set_ylabel(f"z{j}", rotation=0, ha="right")
+        ax.set_title(f"z{j}: {row.role}  (KL {row.kl:.2f} nats, seasonal R² {row.seasonal_r2:.2f}, "
+                     f"trend R² {row.trend_r2:.2f})", fontsize=8, loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def _plot_grid(ax, da: xr.DataArray, title: str) -> None:
+    values = da.values
+    limit = np.nanmax(np.abs(values)) or 1.0
+    if da.ndim == 2:
+        y, x = da.dims
+        image = ax.pcolormesh(da[x].values, da[y].values, values, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                              shading="auto")
+        ax.set_xlabel(x), ax.set_ylabel(y)
+    else:
+        image = ax.scatter(np.arange(values.size), values.ravel(), c=values.ravel(), cmap="RdBu_r",
+                           vmin=-limit, vmax=limit, s=4)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=da.attrs.get("units", ""))
+    ax.set_title(title, fontsize=9)
+
+
+def latent_maps(res: "ClimateResult", var: str) -> Figure:
+    """Decoder sensitivity map of every active latent."""
+    active = [int(j) for j in res.roles.index[res.roles["role"] != "inactive"]] or [0]
+    columns = min(3, len(active))
+    rows = int(np.ceil(len(active) / columns))
+    figure = Figure(figsize=(5 * columns, 3.2 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, j in zip(axes, active):
+        _plot_grid(ax, res.maps[var].sel(latent=j), f"z{j} ({res.roles.loc[j, 'role']}): {var} per unit z")
+    for ax in axes[len(active):]:
+        ax.set_visible(False)
+    figure.tight_layout()
+    return figure
+
+
+def phase_circle(res: "ClimateResult") -> Figure | None:
+    """The two strongest seasonal latents against each other, coloured by month."""
+    seasonal = res.roles[res.roles["role"] == "seasonal"].sort_values("kl", ascending=False).index[:2]
+    if len(seasonal) < 2:
+        return None
+    z = res.latents["z"]
+    figure = Figure(figsize=(4.5, 4))
+    ax = figure.subplots()
+    points = ax.scatter(z.sel(latent=seasonal[0]), z.sel(latent=seasonal[1]), c=res.time.dt.month.values,
+                        cmap="twilight", s=8)
+    figure.colorbar(points, ax=ax, label="month")
+    ax.set_xlabel(f"z{seasonal[0]}"), ax.set_ylabel(f"z{seasonal[1]}")
+    ax.set_title("seasonal phase circle")
+    return figure
+
+
+def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
+    """Trend latent(s) next to the area-weighted annual mean of the input."""
+    trend = res.latents_of("trend")
+    if not trend:
+        return None
+    weights = res.adapter.grid_weights()[var].fillna(0)
+    dims = list(weights.dims)
+    observed = res.data[var].weighted(weights).mean(dims)
+    year = res.time.dt.year
+    figure = Figure(figsize=(8, 3.5))
+    ax = figure.subplots()
+    ax.plot(np.unique(year), observed.groupby(year).mean().values, color="k", label="area-weighted annual mean")
+    ax.set_ylabel(f"{var} ({res.data[var].attrs.get('units', '')})")
+    twin = ax.twinx()
+    for j in trend:
+        twin.plot(np.unique(year), res.latents["z"].sel(latent=j).groupby(year).mean().values,
+                  color=ROLE_COLOURS["trend"], label=f"z{j} (trend latent)")
+    twin.set_ylabel("latent")
+    figure.legend(loc="upper left", fontsize=8)
+    ax.set_title("trend latent against the area-weighted mean")
+    return figure
+
+
+def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> Figure:
+    """Input, mean + seasonal, trend and residual at the points of largest seasonal and trend signal."""
+    single = len(res.adapter.variables) == 1
+    name = (lambda c: c) if single else (lambda c: f"{var}_{c}")
+    seasonal, trend, residual = (res.components[name(c)] for c in ("seasonal", "trend", "residual"))
+    sample = res.adapter.sample_dim
+    scores = [seasonal.std(sample), trend.max(sample) - trend.min(sample), residual.std(sample)]
+    stacked_dims = [d for d in seasonal.dims if d != sample]
+    points = []
+    for score in scores[:n_points]:
+        flat = score.stack(point=stacked_dims)
+        points.append(flat.isel(point=int(np.nanargmax(flat.values))).point.values.item())
+    figure = Figure(figsize=(9, 2.6 * len(points)))
+    axes = figure.subplots(len(points), 1, squeeze=False)[:, 0]
+    for ax, point in zip(axes, points):
+        where = dict(zip(stacked_dims, point))
+        data = res.data[var].sel(where)
+        ax.plot(res.time, data, color="0.5", lw=0.8, label="input")
+        mean = (data - seasonal.sel(where) - trend.sel(where) - residual.sel(where)).mean()
+        ax.plot(res.time, mean + seasonal.sel(where), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
+        ax.plot(res.time, mean + trend.sel(where), color=ROLE_COLOURS["trend"], label="mean + trend")
+        ax.plot(res.time, residual.sel(where), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
+        ax.set_title(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in where.items()),
+                     fontsize=9, loc="left")
+    axes[0].legend(fontsize=7, ncol=4)
+    figure.tight_layout()
+    return figure
+
+
+def save_figures(res: "ClimateResult", folder: str | Path) -> list[Path]:
+    """Write every figure of a result as PNG into ``folder``; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [save_figure(latent_series(res), folder / "latent_series.png")]
+    circle = phase_circle(res)
+    if circle is not None:
+        written.append(save_figure(circle, folder / "seasonal_phase_circle.png"))
+    for var in res.adapter.variables:
+        suffix = "" if len(res.adapter.variables) == 1 else f"_{var}"
+        written.append(save_figure(latent_maps(res, var), folder / f"latent_maps{suffix}.png"))
+        written.append(save_figure(decomposition_points(res, var), folder / f"decomposition_points{suffix}.png"))
+        trend = trend_vs_mean(res, var)
+        if trend is not None:
+            written.append(save_figure(trend, folder / f"trend_vs_area_mean{suffix}.png"))
+    return written

@@ -1,0 +1,265 @@
+"""Climate case study: separate the seasonal cycle, the long-term trend and
+other modes of a raw monthly field with a Gaussian β-VAE.
+
+Every latent gets a role from its time series:
+
+- ``seasonal``: annual + semi-annual harmonics of the month explain most of it
+  (R² ≥ ``role_threshold``); the cycle usually takes two latents, a phase circle;
+- ``trend``: a smooth curve of time (cubic polynomial) explains most of it;
+  its Theil–Sen slope is reported per decade;
+- ``other``: active but neither (e.g. an ENSO-like mode);
+- ``inactive``: KL below ``kl_threshold`` nats.
+
+Components on the grid, in the data's units: ``seasonal`` = decode with only
+the seasonal latents varying (the rest at their mean) minus the all-mean
+decode, centred to zero time mean; ``trend`` likewise; ``mean_state`` = the
+all-mean decode plus those two time means; ``residual`` = input − mean state
+− seasonal − trend (other modes and noise). :meth:`ClimateResult.counterfactual` sets the trend latents to another
+period's level while the seasons keep moving.
+
+>>> import xarray as xr
+>>> from sciencevae.datasets import monthly_field
+>>> field = synthetic_dataset(monthly_field(n_years=4, n_lat=6, n_lon=8))
+>>> res = run(field, var="sst", n_latent=3, epochs=2, progress=False)
+>>> sorted(res.components.data_vars)
+['mean_state', 'residual', 'seasonal', 'trend']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.stats import theilslopes
+
+from sciencevae import BetaVAE, __version__
+from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, open_field
+from sciencevae.io import atomic_path, atomic_write_text
+
+__all__ = ["run", "ClimateResult", "assign_roles", "synthetic_dataset", "decimal_years"]
+
+
+def synthetic_dataset(parts: dict) -> xr.Dataset:
+    """Wrap :func:`sciencevae.datasets.monthly_field` output as a CF-style Dataset ``sst``."""
+    coords = {
+        "time": ("time", parts["time"]),
+        "lat": ("lat", parts["lat"], {"units": "degrees_north", "standard_name": "latitude"}),
+        "lon": ("lon", parts["lon"], {"units": "degrees_east", "standard_name": "longitude"}),
+    }
+    sst = xr.DataArray(parts["field"], dims=("time", "lat", "lon"), coords=coords,
+                       attrs={"units": "degC", "long_name": "synthetic sea surface temperature"})
+    return xr.Dataset({"sst": sst}, attrs={"title": "sciencevae synthetic monthly field"})
+
+
+def decimal_years(time: xr.DataArray) -> np.ndarray:
+    """Fractional years of a time coordinate (numpy datetime64 or cftime)."""
+    year, month, day = (np.asarray(getattr(time.dt, part).values, dtype=float) for part in ("year", "month", "day"))
+    return year + (month - 1) / 12 + (day - 1) / 365.25
+
+
+def _r2(design: np.ndarray, y: np.ndarray) -> float:
+    design = np.c_[design, np.ones(len(y))]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    var = np.var(y)
+    return float(1 - np.var(y - design @ coef) / var) if var > 0 else 0.0
+
+
+def harmonics(month: np.ndarray) -> np.ndarray:
+    """Annual and semi-annual harmonics of the month (1-12): (n, 4)."""
+    angle = 2 * np.pi * (np.asarray(month) - 1) / 12
+    return np.stack([np.cos(angle), np.sin(angle), np.cos(2 * angle), np.sin(2 * angle)], axis=1)
+
+
+def smooth_basis(years: np.ndarray) -> np.ndarray:
+    """Cubic polynomial of time: the smooth low-frequency curve of a trend."""
+    t = (years - years.mean()) / max(np.ptp(years), 1e-9)
+    return np.stack([t, t**2, t**3], axis=1)
+
+
+def assign_roles(latents: np.ndarray, month: np.ndarray, years: np.ndarray, kl: np.ndarray,
+                 kl_threshold: float = 0.1, role_threshold: float = 0.5) -> pd.DataFrame:
+    """One row per latent: role, kl, seasonal_r2, trend_r2, slope per decade (latent units).
+
+    >>> t = np.arange(120)
+    >>> z = np.c_[np.cos(2 * np.pi * t / 12), t / 120.0, np.zeros(120)]
+    >>> assign_roles(z, t % 12 + 1, 2000 + t / 12, np.array([3.0, 2.0, 0.0]))["role"].tolist()
+    ['seasonal', 'trend', 'inactive']
+    """
+    season, smooth = harmonics(month), smooth_basis(years)
+    rows = []
+    for j, series in enumerate(latents.T):
+        seasonal_r2, trend_r2 = _r2(season, series), _r2(smooth, series)
+        if kl[j] < kl_threshold:
+            role = "inactive"
+        elif seasonal_r2 >= role_threshold and seasonal_r2 >= trend_r2:
+            role = "seasonal"
+        elif trend_r2 >= role_threshold:
+            role = "trend"
+        else:
+            role = "other"
+        slope = theilslopes(series, years)[0] * 10 if np.ptp(series) > 0 else 0.0
+        rows.append({"latent": j, "role": role, "kl": float(kl[j]), "seasonal_r2": seasonal_r2,
+                     "trend_r2": trend_r2, "slope_per_decade": float(slope)})
+    return pd.DataFrame(rows).set_index("latent")
+
+
+@dataclass
+class ClimateResult:
+    """Everything a run found; ``save`` writes it as netCDF, JSON and PNG."""
+
+    model: BetaVAE
+    adapter: ClimateAdapter
+    data: xr.Dataset
+    latents: xr.Dataset
+    roles: pd.DataFrame
+    components: xr.Dataset
+    maps: xr.Dataset
+    settings: dict
+
+    @property
+    def time(self) -> xr.DataArray:
+        return self.latents[self.adapter.sample_dim]
+
+    def latents_of(self, role: str) -> list[int]:
+        return [int(j) for j in self.roles.index[self.roles["role"] == role]]
+
+    def counterfactual(self, trend_from, at=None) -> xr.Dataset:
+        """The field with the trend latents held at the level of ``trend_from``.
+
+        ``trend_from``: a time label or slice understood by ``.sel`` on the
+        time axis (e.g. ``"1955"`` or ``slice("1950", "1959")``); the trend
+        latents take their mean over it. ``at`` selects the output times
+        (default: all). Everything else — seasons, other modes, residual —
+        stays as it was: result = input − trend + trend(level of trend_from).
+        E.g. ``res.counterfactual("1955", at="2005")`` is 2005 with 1955's trend.
+        """
+        trend = self.latents_of("trend")
+        if not trend:
+            raise ValueError("no latent has the role 'trend'; nothing to hold fixed")
+        z = self.latents["z"]
+        level = z.sel({self.adapter.sample_dim: trend_from}).mean(self.adapter.sample_dim).values
+        moved = z.values.copy()
+        moved[:, trend] = level[trend]
+        original, changed = self.model.decode(z.values), self.model.decode(moved)
+        delta = self.adapter.to_field(changed - original, self.time, units="anomaly")
+        field = self.data[self.adapter.variables] + delta
+        return field if at is None else field.sel({self.adapter.sample_dim: at})
+
+    def save(self, path: str | Path) -> Path:
+        """Write latents.nc, components.nc, maps.nc, report.json, figures/*.png, model/, adapter.nc."""
+        from .climate_figures import save_figures
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save(out / "model")
+        self.adapter.save(out / ADAPTER_NAME)
+        for name, ds in (("latents", self.latents), ("components", self.components), ("maps", self.maps)):
+            with atomic_path(out / f"{name}.nc") as tmp:
+                ds.to_netcdf(tmp)
+        report = {"sciencevae_version": __version__, "settings": self.settings,
+                  "latents": self.roles.reset_index().to_dict(orient="records"),
+                  "trend_component_slope_per_decade": trend_component_slopes(self)}
+        atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
+        save_figures(self, out / "figures")
+        return out
+
+
+def _area_mean(ds: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
+    dims = [d for d in weights.dims]
+    return xr.Dataset({v: ds[v].weighted(weights[v].fillna(0)).mean(dims) for v in ds.data_vars if v in weights})
+
+
+def trend_component_slopes(res: ClimateResult) -> dict:
+    """Theil–Sen slope per decade of the area-weighted mean of the trend component and of the input."""
+    years = decimal_years(res.time)
+    weights = res.adapter.grid_weights()
+    out = {}
+    for var in res.adapter.variables:
+        comp = res.components["trend" if len(res.adapter.variables) == 1 else f"{var}_trend"]
+        trend_mean = _area_mean(xr.Dataset({var: comp}), weights)[var].values
+        observed = _area_mean(res.data[[var]], weights)[var].values
+        out[var] = {"trend_component": float(theilslopes(trend_mean, years)[0] * 10),
+                    "observed_area_mean": float(theilslopes(observed, years)[0] * 10)}
+    return out
+
+
+def _components(model: BetaVAE, adapter: ClimateAdapter, data: xr.Dataset, z: np.ndarray,
+                roles: pd.DataFrame, time: xr.DataArray) -> xr.Dataset:
+    center = z.mean(0, keepdims=True)
+    base = model.decode(center)
+    state = base[0].copy()
+    parts = {}
+    for role in ("seasonal", "trend"):
+        chosen = [int(j) for j in roles.index[roles["role"] == role]]
+        varied = np.repeat(center, len(z), 0)
+        varied[:, chosen] = z[:, chosen]
+        response = model.decode(varied) - base
+        state += response.mean(0)  # components have zero time mean; their means join the mean state
+        parts[role] = adapter.to_field(response - response.mean(0), time, units="anomaly")
+    mean_state = adapter.to_field(state[None], None, dim="_state", units="original").isel(_state=0, drop=True)
+    out = {}
+    single = len(adapter.variables) == 1
+    for var in adapter.variables:
+        residual = data[var] - mean_state[var] - parts["seasonal"][var] - parts["trend"][var]
+        named = {"mean_state": mean_state[var], "seasonal": parts["seasonal"][var],
+                 "trend": parts["trend"][var], "residual": residual}
+        for name, da in named.items():
+            dims = [d for d in data[var].dims if d in da.dims]
+            da = da.transpose(*dims).assign_attrs(data[var].attrs)
+            da.attrs["long_name"] = f"{name} component of {data[var].attrs.get('long_name', var)}"
+            out[name if single else f"{var}_{name}"] = da
+    return xr.Dataset(out, attrs={"source": "sciencevae climate_trend", "sciencevae_version": __version__})
+
+
+def _maps(model: BetaVAE, adapter: ClimateAdapter, z: np.ndarray) -> xr.Dataset:
+    """Decoder sensitivity per latent: (decode(c + e_j) - decode(c - e_j)) / 2 at the mean code c."""
+    center = z.mean(0)
+    steps = np.eye(len(center))
+    response = (model.decode(center + steps) - model.decode(center - steps)) / 2
+    maps = adapter.to_field(response, xr.DataArray(np.arange(len(center)), dims="latent", name="latent"),
+                            dim="latent", units="anomaly")
+    for var in maps.data_vars:
+        maps[var].attrs["description"] = "change of the field per unit of the latent, at the mean latent code"
+    return maps
+
+
+def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400, seed: int = 0,
+        batch_size: int = 32, lr: float = 1e-3, hidden: tuple[int, ...] = (256, 128), device: str = "auto",
+        kl_threshold: float = 0.1, progress: bool = True) -> ClimateResult:
+    """Fit a Gaussian β-VAE on a monthly field and decompose it.
+
+    ``data``: a DataArray, a Dataset (+ ``var``), or path(s) to netCDF/zarr.
+    Returns a :class:`ClimateResult` with ``latents``, ``roles``,
+    ``components``, ``maps`` and ``counterfactual``.
+    """
+    ds = open_field(data, var)
+    adapter = ClimateAdapter.from_data(ds, var)
+    ds = ds[adapter.variables].load()
+    prepared = adapter.prepare(ds)
+    model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed)
+    model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+              validation=0.0, progress=progress)
+    z, z_std = model.encode(prepared, return_std=True)
+    kl = model.kl_per_latent(prepared)
+    time = ds[adapter.sample_dim]
+    roles = assign_roles(z, time.dt.month.values, decimal_years(time), kl, kl_threshold)
+    latent_index = np.arange(n_latent)
+    latents = xr.Dataset(
+        {"z": ((adapter.sample_dim, "latent"), z, {"long_name": "posterior mean"}),
+         "z_std": ((adapter.sample_dim, "latent"), z_std, {"long_name": "posterior standard deviation"})},
+        coords={adapter.sample_dim: time, "latent": latent_index,
+                "role": ("latent", roles["role"].to_numpy().astype(str)),
+                "kl": ("latent", kl)},
+        attrs={"roles": json.dumps(roles["role"].to_dict()), "sciencevae_version": __version__},
+    )
+    settings = dict(variables=adapter.variables, n_latent=n_latent, beta=beta, epochs=epochs, seed=seed,
+                    batch_size=batch_size, lr=lr, hidden=list(hidden), kl_threshold=kl_threshold)
+    return ClimateResult(
+        model=model, adapter=adapter, data=ds, latents=latents, roles=roles,
+        components=_components(model, adapter, ds, z, roles, time), maps=_maps(model, adapter, z),
+        settings=settings,
+    )
