@@ -18,19 +18,28 @@ __all__ = ["save_figures"]
 ROLE_COLOURS = {"seasonal": "tab:blue", "trend": "tab:red", "other": "tab:green", "inactive": "0.6"}
 
 
-def latent_series(res: "ClimateResult") -> Figure:
-    """Each latent's time series, coloured and titled by its role."""
-    n = len(res.roles)
-    figure = Figure(figsize=(9, 1.3 * n))
-    axes = figure.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
-    time = res.time.values
-    for ax, (j, row) in zip(axes, res.roles.iterrows()):
-        ax.plot(time, res.latents["z"].sel(latent=j), color=ROLE_COLOURS[row.role], lw=0.8)
-        ax.set_ylabel(f"z{j}", rotation=0, ha="right")
-        ax.set_title(f"z{j}: {row.role}  (KL {row.kl:.2f} nats, seasonal R² {row.seasonal_r2:.2f}, "
-                     f"trend R² {row.trend_r2:.2f})", fontsize=8, loc="left")
+def _series(time: np.ndarray, values: np.ndarray, table, label: str) -> Figure:
+    n = len(table)
+    figure = Figure(figsize=(9, 1.3 * max(n, 1)))
+    axes = figure.subplots(max(n, 1), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (j, row) in zip(axes, table.iterrows()):
+        ax.plot(time, values[:, j], color=ROLE_COLOURS[row.role], lw=0.8)
+        ax.set_ylabel(f"{label}{j}", rotation=0, ha="right")
+        kl = f"KL {row.kl:.2f} nats, " if "kl" in row else ""
+        ax.set_title(f"{label}{j}: {row.role}  ({kl}seasonal R² {row.seasonal_r2:.2f}, trend R² {row.trend_r2:.2f})",
+                     fontsize=8, loc="left")
     figure.tight_layout()
     return figure
+
+
+def latent_series(res: "ClimateResult") -> Figure:
+    """Each latent's time series, coloured and titled by its own role."""
+    return _series(res.time.values, res.latents["z"].values, res.latent_roles, "z")
+
+
+def knob_series(res: "ClimateResult") -> Figure:
+    """Each knob's time series (unit variance), coloured and titled by its role."""
+    return _series(res.time.values, res.latents["knob"].values, res.roles, "knob ")
 
 
 def _plot_grid(ax, da: xr.DataArray, title: str) -> None:
@@ -48,15 +57,17 @@ def _plot_grid(ax, da: xr.DataArray, title: str) -> None:
     ax.set_title(title, fontsize=9)
 
 
-def latent_maps(res: "ClimateResult", var: str) -> Figure:
-    """Decoder sensitivity map of every active latent."""
-    active = [int(j) for j in res.roles.index[res.roles["role"] != "inactive"]] or [0]
+def knob_maps(res: "ClimateResult", var: str) -> Figure | None:
+    """Decoder sensitivity map of every knob (None when no latent is active)."""
+    active = [int(j) for j in res.roles.index]
+    if not active:
+        return None
     columns = min(3, len(active))
     rows = int(np.ceil(len(active) / columns))
     figure = Figure(figsize=(5 * columns, 3.2 * rows))
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for ax, j in zip(axes, active):
-        _plot_grid(ax, res.maps[var].sel(latent=j), f"z{j} ({res.roles.loc[j, 'role']}): {var} per unit z")
+        _plot_grid(ax, res.maps[var].sel(knob=j), f"knob {j} ({res.roles.loc[j, 'role']}): {var} per unit knob")
     for ax in axes[len(active):]:
         ax.set_visible(False)
     figure.tight_layout()
@@ -64,24 +75,23 @@ def latent_maps(res: "ClimateResult", var: str) -> Figure:
 
 
 def phase_circle(res: "ClimateResult") -> Figure | None:
-    """The two strongest seasonal latents against each other, coloured by month."""
-    seasonal = res.roles[res.roles["role"] == "seasonal"].sort_values("kl", ascending=False).index[:2]
+    """The two strongest seasonal knobs against each other, coloured by month."""
+    seasonal = res.roles[res.roles["role"] == "seasonal"].sort_values("seasonal_r2", ascending=False).index[:2]
     if len(seasonal) < 2:
         return None
-    z = res.latents["z"]
+    knob = res.latents["knob"].values
     figure = Figure(figsize=(4.5, 4))
     ax = figure.subplots()
-    points = ax.scatter(z.sel(latent=seasonal[0]), z.sel(latent=seasonal[1]), c=res.time.dt.month.values,
-                        cmap="twilight", s=8)
+    points = ax.scatter(knob[:, seasonal[0]], knob[:, seasonal[1]], c=res.time.dt.month.values, cmap="twilight", s=8)
     figure.colorbar(points, ax=ax, label="month")
-    ax.set_xlabel(f"z{seasonal[0]}"), ax.set_ylabel(f"z{seasonal[1]}")
+    ax.set_xlabel(f"knob {seasonal[0]}"), ax.set_ylabel(f"knob {seasonal[1]}")
     ax.set_title("seasonal phase circle")
     return figure
 
 
 def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
-    """Trend latent(s) next to the area-weighted annual mean of the input."""
-    trend = res.latents_of("trend")
+    """Trend knob(s) next to the area-weighted annual mean of the input."""
+    trend = res.knobs_of("trend")
     if not trend:
         return None
     weights = res.adapter.grid_weights()[var].fillna(0)
@@ -94,11 +104,12 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
     ax.set_ylabel(f"{var} ({res.data[var].attrs.get('units', '')})")
     twin = ax.twinx()
     for j in trend:
-        twin.plot(np.unique(year), res.latents["z"].sel(latent=j).groupby(year).mean().values,
-                  color=ROLE_COLOURS["trend"], label=f"z{j} (trend latent)")
-    twin.set_ylabel("latent")
+        series = res.latents["knob"].isel(knob_index=j)
+        twin.plot(np.unique(year), series.groupby(year).mean().values, color=ROLE_COLOURS["trend"],
+                  label=f"knob {j} (trend)")
+    twin.set_ylabel("trend knob")
     figure.legend(loc="upper left", fontsize=8)
-    ax.set_title("trend latent against the area-weighted mean")
+    ax.set_title("trend knob against the area-weighted mean")
     return figure
 
 
@@ -120,7 +131,7 @@ def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> F
         where = dict(zip(stacked_dims, point))
         data = res.data[var].sel(where)
         ax.plot(res.time, data, color="0.5", lw=0.8, label="input")
-        mean = (data - seasonal.sel(where) - trend.sel(where) - residual.sel(where)).mean()
+        mean = res.components[name("mean_state")].sel(where)
         ax.plot(res.time, mean + seasonal.sel(where), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
         ax.plot(res.time, mean + trend.sel(where), color=ROLE_COLOURS["trend"], label="mean + trend")
         ax.plot(res.time, residual.sel(where), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
@@ -135,13 +146,16 @@ def save_figures(res: "ClimateResult", folder: str | Path) -> list[Path]:
     """Write every figure of a result as PNG into ``folder``; returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = [save_figure(latent_series(res), folder / "latent_series.png")]
+    written = [save_figure(latent_series(res), folder / "latent_series.png"),
+               save_figure(knob_series(res), folder / "knob_series.png")]
     circle = phase_circle(res)
     if circle is not None:
         written.append(save_figure(circle, folder / "seasonal_phase_circle.png"))
     for var in res.adapter.variables:
         suffix = "" if len(res.adapter.variables) == 1 else f"_{var}"
-        written.append(save_figure(latent_maps(res, var), folder / f"latent_maps{suffix}.png"))
+        maps = knob_maps(res, var)
+        if maps is not None:
+            written.append(save_figure(maps, folder / f"knob_maps{suffix}.png"))
         written.append(save_figure(decomposition_points(res, var), folder / f"decomposition_points{suffix}.png"))
         trend = trend_vs_mean(res, var)
         if trend is not None:

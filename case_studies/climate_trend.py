@@ -1,7 +1,7 @@
 """Climate case study: separate the seasonal cycle, the long-term trend and
 other modes of a raw monthly field with a Gaussian β-VAE.
 
-Every latent gets a role from its time series:
+Every latent gets a role from its time series (``latent_roles``):
 
 - ``seasonal``: annual + semi-annual harmonics of the month explain most of it
   (R² ≥ ``role_threshold``); the cycle usually takes two latents, a phase circle;
@@ -9,6 +9,11 @@ Every latent gets a role from its time series:
   its Theil–Sen slope is reported per decade;
 - ``other``: active but neither (e.g. an ENSO-like mode);
 - ``inactive``: KL below ``kl_threshold`` nats.
+
+The knobs a user turns (``roles``, ``knobs``) are the active latents
+themselves with ``rotate=False``, or by default their rotation into seasonal,
+trend and other directions (:mod:`.climate_knobs`), which separates weak modes
+that the β-VAE left mixed (on COBE-SST2 the trend).
 
 Components on the grid, in the data's units: ``seasonal`` = decode with only
 the seasonal latents varying (the rest at their mean) minus the all-mean
@@ -37,10 +42,11 @@ import xarray as xr
 from scipy.stats import theilslopes
 
 from sciencevae import BetaVAE, __version__
+from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs
 from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, open_field
 from sciencevae.io import atomic_path, atomic_write_text
 
-__all__ = ["run", "ClimateResult", "assign_roles", "synthetic_dataset", "decimal_years"]
+__all__ = ["run", "ClimateResult", "synthetic_dataset", "trend_component_slopes"]
 
 
 def synthetic_dataset(parts: dict) -> xr.Dataset:
@@ -55,58 +61,6 @@ def synthetic_dataset(parts: dict) -> xr.Dataset:
     return xr.Dataset({"sst": sst}, attrs={"title": "sciencevae synthetic monthly field"})
 
 
-def decimal_years(time: xr.DataArray) -> np.ndarray:
-    """Fractional years of a time coordinate (numpy datetime64 or cftime)."""
-    year, month, day = (np.asarray(getattr(time.dt, part).values, dtype=float) for part in ("year", "month", "day"))
-    return year + (month - 1) / 12 + (day - 1) / 365.25
-
-
-def _r2(design: np.ndarray, y: np.ndarray) -> float:
-    design = np.c_[design, np.ones(len(y))]
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    var = np.var(y)
-    return float(1 - np.var(y - design @ coef) / var) if var > 0 else 0.0
-
-
-def harmonics(month: np.ndarray) -> np.ndarray:
-    """Annual and semi-annual harmonics of the month (1-12): (n, 4)."""
-    angle = 2 * np.pi * (np.asarray(month) - 1) / 12
-    return np.stack([np.cos(angle), np.sin(angle), np.cos(2 * angle), np.sin(2 * angle)], axis=1)
-
-
-def smooth_basis(years: np.ndarray) -> np.ndarray:
-    """Cubic polynomial of time: the smooth low-frequency curve of a trend."""
-    t = (years - years.mean()) / max(np.ptp(years), 1e-9)
-    return np.stack([t, t**2, t**3], axis=1)
-
-
-def assign_roles(latents: np.ndarray, month: np.ndarray, years: np.ndarray, kl: np.ndarray,
-                 kl_threshold: float = 0.1, role_threshold: float = 0.5) -> pd.DataFrame:
-    """One row per latent: role, kl, seasonal_r2, trend_r2, slope per decade (latent units).
-
-    >>> t = np.arange(120)
-    >>> z = np.c_[np.cos(2 * np.pi * t / 12), t / 120.0, np.zeros(120)]
-    >>> assign_roles(z, t % 12 + 1, 2000 + t / 12, np.array([3.0, 2.0, 0.0]))["role"].tolist()
-    ['seasonal', 'trend', 'inactive']
-    """
-    season, smooth = harmonics(month), smooth_basis(years)
-    rows = []
-    for j, series in enumerate(latents.T):
-        seasonal_r2, trend_r2 = _r2(season, series), _r2(smooth, series)
-        if kl[j] < kl_threshold:
-            role = "inactive"
-        elif seasonal_r2 >= role_threshold and seasonal_r2 >= trend_r2:
-            role = "seasonal"
-        elif trend_r2 >= role_threshold:
-            role = "trend"
-        else:
-            role = "other"
-        slope = theilslopes(series, years)[0] * 10 if np.ptp(series) > 0 else 0.0
-        rows.append({"latent": j, "role": role, "kl": float(kl[j]), "seasonal_r2": seasonal_r2,
-                     "trend_r2": trend_r2, "slope_per_decade": float(slope)})
-    return pd.DataFrame(rows).set_index("latent")
-
-
 @dataclass
 class ClimateResult:
     """Everything a run found; ``save`` writes it as netCDF, JSON and PNG."""
@@ -115,7 +69,8 @@ class ClimateResult:
     adapter: ClimateAdapter
     data: xr.Dataset
     latents: xr.Dataset
-    roles: pd.DataFrame
+    latent_roles: pd.DataFrame
+    knobs: Knobs
     components: xr.Dataset
     maps: xr.Dataset
     settings: dict
@@ -124,8 +79,13 @@ class ClimateResult:
     def time(self) -> xr.DataArray:
         return self.latents[self.adapter.sample_dim]
 
-    def latents_of(self, role: str) -> list[int]:
-        return [int(j) for j in self.roles.index[self.roles["role"] == role]]
+    @property
+    def roles(self) -> pd.DataFrame:
+        """One row per knob: role, seasonal_r2, trend_r2, slope_per_decade, main latent."""
+        return self.knobs.table
+
+    def knobs_of(self, role: str) -> list[int]:
+        return self.knobs.of(role)
 
     def counterfactual(self, trend_from, at=None) -> xr.Dataset:
         """The field with the trend latents held at the level of ``trend_from``.
@@ -137,14 +97,14 @@ class ClimateResult:
         stays as it was: result = input − trend + trend(level of trend_from).
         E.g. ``res.counterfactual("1955", at="2005")`` is 2005 with 1955's trend.
         """
-        trend = self.latents_of("trend")
+        trend = self.knobs_of("trend")
         if not trend:
-            raise ValueError("no latent has the role 'trend'; nothing to hold fixed")
-        z = self.latents["z"]
-        level = z.sel({self.adapter.sample_dim: trend_from}).mean(self.adapter.sample_dim).values
-        moved = z.values.copy()
-        moved[:, trend] = level[trend]
-        original, changed = self.model.decode(z.values), self.model.decode(moved)
+            raise ValueError("no knob has the role 'trend'; nothing to hold fixed")
+        knob = self.latents["knob"]
+        level = knob.sel({self.adapter.sample_dim: trend_from}).mean(self.adapter.sample_dim).values[trend]
+        z = self.latents["z"].values
+        shift = (level - knob.values[:, trend]) @ self.knobs.directions[trend]
+        original, changed = self.model.decode(z), self.model.decode(z + shift)
         delta = self.adapter.to_field(changed - original, self.time, units="anomaly")
         field = self.data[self.adapter.variables] + delta
         return field if at is None else field.sel({self.adapter.sample_dim: at})
@@ -161,7 +121,9 @@ class ClimateResult:
             with atomic_path(out / f"{name}.nc") as tmp:
                 ds.to_netcdf(tmp)
         report = {"sciencevae_version": __version__, "settings": self.settings,
-                  "latents": self.roles.reset_index().to_dict(orient="records"),
+                  "latents": self.latent_roles.reset_index().rename(columns={"latent": "index"}).to_dict("records"),
+                  "knobs": [{**row, "direction": self.knobs.directions[row["knob"]].tolist()}
+                            for row in self.roles.reset_index().to_dict("records")],
                   "trend_component_slope_per_decade": trend_component_slopes(self)}
         atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
         save_figures(self, out / "figures")
@@ -188,16 +150,12 @@ def trend_component_slopes(res: ClimateResult) -> dict:
 
 
 def _components(model: BetaVAE, adapter: ClimateAdapter, data: xr.Dataset, z: np.ndarray,
-                roles: pd.DataFrame, time: xr.DataArray) -> xr.Dataset:
-    center = z.mean(0, keepdims=True)
-    base = model.decode(center)
+                knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
+    base = model.decode(knobs.center[None])
     state = base[0].copy()
     parts = {}
     for role in ("seasonal", "trend"):
-        chosen = [int(j) for j in roles.index[roles["role"] == role]]
-        varied = np.repeat(center, len(z), 0)
-        varied[:, chosen] = z[:, chosen]
-        response = model.decode(varied) - base
+        response = model.decode(knobs.codes(z, knobs.of(role))) - base
         state += response.mean(0)  # components have zero time mean; their means join the mean state
         parts[role] = adapter.to_field(response - response.mean(0), time, units="anomaly")
     mean_state = adapter.to_field(state[None], None, dim="_state", units="original").isel(_state=0, drop=True)
@@ -215,26 +173,28 @@ def _components(model: BetaVAE, adapter: ClimateAdapter, data: xr.Dataset, z: np
     return xr.Dataset(out, attrs={"source": "sciencevae climate_trend", "sciencevae_version": __version__})
 
 
-def _maps(model: BetaVAE, adapter: ClimateAdapter, z: np.ndarray) -> xr.Dataset:
-    """Decoder sensitivity per latent: (decode(c + e_j) - decode(c - e_j)) / 2 at the mean code c."""
-    center = z.mean(0)
-    steps = np.eye(len(center))
-    response = (model.decode(center + steps) - model.decode(center - steps)) / 2
-    maps = adapter.to_field(response, xr.DataArray(np.arange(len(center)), dims="latent", name="latent"),
-                            dim="latent", units="anomaly")
+def _maps(model: BetaVAE, adapter: ClimateAdapter, knobs: Knobs) -> xr.Dataset:
+    """Decoder sensitivity per knob: (decode(c + d_k) - decode(c - d_k)) / 2 at the mean code c."""
+    steps = knobs.directions
+    response = (model.decode(knobs.center + steps) - model.decode(knobs.center - steps)) / 2
+    maps = adapter.to_field(response, xr.DataArray(np.arange(len(steps)), dims="knob", name="knob"),
+                            dim="knob", units="anomaly")
+    maps = maps.assign_coords(role=("knob", knobs.table["role"].to_numpy().astype(str)))
     for var in maps.data_vars:
-        maps[var].attrs["description"] = "change of the field per unit of the latent, at the mean latent code"
+        maps[var].attrs["description"] = "change of the field per unit (one standard deviation) of the knob"
     return maps
 
 
 def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400, seed: int = 0,
         batch_size: int = 32, lr: float = 1e-3, hidden: tuple[int, ...] = (256, 128), device: str = "auto",
-        kl_threshold: float = 0.1, progress: bool = True) -> ClimateResult:
+        kl_threshold: float = 0.1, role_threshold: float = 0.5, rotate: bool = True,
+        progress: bool = True) -> ClimateResult:
     """Fit a Gaussian β-VAE on a monthly field and decompose it.
 
     ``data``: a DataArray, a Dataset (+ ``var``), or path(s) to netCDF/zarr.
-    Returns a :class:`ClimateResult` with ``latents``, ``roles``,
-    ``components``, ``maps`` and ``counterfactual``.
+    Returns a :class:`ClimateResult` with ``latents``, ``latent_roles``,
+    ``knobs`` / ``roles``, ``components``, ``maps`` and ``counterfactual``.
+    ``rotate=False`` makes every active latent a knob.
     """
     ds = open_field(data, var)
     adapter = ClimateAdapter.from_data(ds, var)
@@ -246,20 +206,26 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400,
     z, z_std = model.encode(prepared, return_std=True)
     kl = model.kl_per_latent(prepared)
     time = ds[adapter.sample_dim]
-    roles = assign_roles(z, time.dt.month.values, decimal_years(time), kl, kl_threshold)
-    latent_index = np.arange(n_latent)
+    month, years = time.dt.month.values, decimal_years(time)
+    latent_roles = assign_roles(z, month, years, kl, kl_threshold, role_threshold)
+    knobs = find_knobs(z, kl, month, years, rotate, kl_threshold, role_threshold)
+    sample = adapter.sample_dim
     latents = xr.Dataset(
-        {"z": ((adapter.sample_dim, "latent"), z, {"long_name": "posterior mean"}),
-         "z_std": ((adapter.sample_dim, "latent"), z_std, {"long_name": "posterior standard deviation"})},
-        coords={adapter.sample_dim: time, "latent": latent_index,
-                "role": ("latent", roles["role"].to_numpy().astype(str)),
-                "kl": ("latent", kl)},
-        attrs={"roles": json.dumps(roles["role"].to_dict()), "sciencevae_version": __version__},
+        {"z": ((sample, "latent"), z, {"long_name": "posterior mean"}),
+         "z_std": ((sample, "latent"), z_std, {"long_name": "posterior standard deviation"}),
+         "knob": ((sample, "knob_index"), knobs.scores(z), {"long_name": "knob scores (unit variance)"}),
+         "direction": (("knob_index", "latent"), knobs.directions, {"long_name": "latent-space direction of a knob"})},
+        coords={sample: time, "latent": np.arange(n_latent), "knob_index": np.arange(len(knobs.table)),
+                "latent_role": ("latent", latent_roles["role"].to_numpy().astype(str)), "kl": ("latent", kl),
+                "role": ("knob_index", knobs.table["role"].to_numpy().astype(str))},
+        attrs={"roles": json.dumps(knobs.table["role"].to_dict()),
+               "latent_roles": json.dumps(latent_roles["role"].to_dict()), "sciencevae_version": __version__},
     )
     settings = dict(variables=adapter.variables, n_latent=n_latent, beta=beta, epochs=epochs, seed=seed,
-                    batch_size=batch_size, lr=lr, hidden=list(hidden), kl_threshold=kl_threshold)
+                    batch_size=batch_size, lr=lr, hidden=list(hidden), kl_threshold=kl_threshold,
+                    role_threshold=role_threshold, rotate=rotate)
     return ClimateResult(
-        model=model, adapter=adapter, data=ds, latents=latents, roles=roles,
-        components=_components(model, adapter, ds, z, roles, time), maps=_maps(model, adapter, z),
+        model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
+        components=_components(model, adapter, ds, z, knobs, time), maps=_maps(model, adapter, knobs),
         settings=settings,
     )

@@ -32,9 +32,9 @@ def pooled_r2(found, expected, land):
     return 1 - np.var(found[ok] - expected[ok]) / np.var(expected[ok])
 
 
-def test_roles_find_the_seasonal_cycle_and_the_trend(result, truth):
-    roles = result.roles["role"]
-    seasonal, trend = result.latents_of("seasonal"), result.latents_of("trend")
+def test_latent_roles_find_the_seasonal_cycle_and_the_trend(result, truth):
+    roles = result.latent_roles["role"]
+    seasonal, trend = list(roles.index[roles == "seasonal"]), list(roles.index[roles == "trend"])
     assert len(seasonal) == 2 and len(trend) == 1, roles.tolist()
     z = result.latents["z"].values
     angle = 2 * np.pi * (truth["month"] - 1) / 12
@@ -42,6 +42,16 @@ def test_roles_find_the_seasonal_cycle_and_the_trend(result, truth):
     assert linear_r2(z[:, seasonal], np.sin(angle)) >= 0.98
     assert linear_r2(z[:, trend], truth["trend_index"]) >= 0.95
     assert (roles == "inactive").sum() >= 3
+
+
+def test_knobs_find_the_seasonal_cycle_and_the_trend(result, truth):
+    seasonal, trend = result.knobs_of("seasonal"), result.knobs_of("trend")
+    assert len(seasonal) == 2 and len(trend) == 1, result.roles["role"].tolist()
+    knobs = result.latents["knob"].values
+    angle = 2 * np.pi * (truth["month"] - 1) / 12
+    assert linear_r2(knobs[:, seasonal], np.cos(angle)) >= 0.98
+    assert linear_r2(knobs[:, seasonal], np.sin(angle)) >= 0.98
+    assert linear_r2(knobs[:, trend], truth["trend_index"]) >= 0.95
 
 
 def test_components_match_the_truth(result, truth):
@@ -76,25 +86,28 @@ def test_counterfactual_keeps_the_seasons(result, truth):
 
 def test_maps_have_the_grid_and_nan_on_land(result, truth):
     maps = result.maps["sst"]
-    assert maps.dims == ("latent", "lat", "lon")
-    assert np.isnan(maps.isel(latent=0).values[truth["land"]]).all()
-    trend = result.latents_of("trend")[0]
-    assert float(np.nanmean(maps.sel(latent=trend))) != 0
+    assert maps.dims == ("knob", "lat", "lon")
+    assert np.isnan(maps.isel(knob=0).values[truth["land"]]).all()
+    trend = maps.sel(knob=result.knobs_of("trend")[0]).values[~truth["land"]]
+    expected = (truth["trend"][-1] - truth["trend"][0])[~truth["land"]]
+    assert np.corrcoef(trend, expected)[0, 1] > 0.9  # the trend knob's map is the trend pattern
 
 
 def test_save_writes_documented_outputs(result, tmp_path):
     out = result.save(tmp_path / "run")
     latents = xr.open_dataset(out / "latents.nc")
     assert latents["z"].dims == ("time", "latent") and "z_std" in latents
-    assert json.loads(latents.attrs["roles"])[str(result.latents_of("trend")[0])] == "trend"
+    assert json.loads(latents.attrs["roles"])[str(result.knobs_of("trend")[0])] == "trend"
+    assert latents["knob"].dims == ("time", "knob_index") and "latent_role" in latents.coords
     components = xr.open_dataset(out / "components.nc")
     assert set(components.data_vars) == {"mean_state", "seasonal", "trend", "residual"}
     xr.testing.assert_allclose(components["seasonal"], result.components["seasonal"])
-    assert xr.open_dataset(out / "maps.nc")["sst"].dims == ("latent", "lat", "lon")
+    assert xr.open_dataset(out / "maps.nc")["sst"].dims == ("knob", "lat", "lon")
     report = json.loads((out / "report.json").read_text())
-    assert {"index", "role", "kl", "seasonal_r2", "trend_r2", "slope_per_decade"} <= set(report["latents"][0]) | {"index"}
+    assert {"index", "role", "kl", "seasonal_r2", "trend_r2", "slope_per_decade"} <= set(report["latents"][0])
+    assert {"knob", "role", "direction"} <= set(report["knobs"][0])
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert figures == ["decomposition_points.png", "latent_maps.png", "latent_series.png",
+    assert figures == ["decomposition_points.png", "knob_maps.png", "knob_series.png", "latent_series.png",
                        "seasonal_phase_circle.png", "trend_vs_area_mean.png"]
     model = sciencevae.load(out / "model")
     adapter = ClimateAdapter.load(out / "adapter.nc")

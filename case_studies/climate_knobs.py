@@ -1,0 +1,189 @@
+"""Roles of latent time series (seasonal, trend, other, inactive) and the
+"knobs" of a climate model: linear coordinates of the active latent space,
+each with one role.
+
+Two ways to get knobs from the latents ``z`` (time x latent):
+
+- ``rotate=False``: every active latent is a knob and gets the role its own
+  time series has (:func:`assign_roles`).
+- ``rotate=True`` (default): the active latents are whitened and rotated, as
+  in low-frequency component analysis (Wills et al. 2018): first the
+  directions whose variance the annual + semi-annual harmonics explain best
+  (R² ≥ ``role_threshold``: the seasonal knobs, usually a phase circle of
+  two), then, orthogonal to them, the directions a smooth curve of time
+  explains best (the trend knobs), then the rest (``other``). A β-VAE fixes
+  its latents only up to such mixing when two modes are weak; the rotation
+  reads the knobs off without retraining. Each knob has unit variance over
+  time and a direction in latent space, so it still decodes through the
+  (nonlinear) decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.stats import theilslopes
+
+__all__ = ["decimal_years", "harmonics", "smooth_basis", "explained", "assign_roles", "Knobs", "find_knobs"]
+
+
+def decimal_years(time: xr.DataArray) -> np.ndarray:
+    """Fractional years of a time coordinate (numpy datetime64 or cftime)."""
+    year, month, day = (np.asarray(getattr(time.dt, part).values, dtype=float) for part in ("year", "month", "day"))
+    return year + (month - 1) / 12 + (day - 1) / 365.25
+
+
+def harmonics(month: np.ndarray) -> np.ndarray:
+    """Annual and semi-annual harmonics of the month (1-12): (n, 4)."""
+    angle = 2 * np.pi * (np.asarray(month) - 1) / 12
+    return np.stack([np.cos(angle), np.sin(angle), np.cos(2 * angle), np.sin(2 * angle)], axis=1)
+
+
+def smooth_basis(years: np.ndarray) -> np.ndarray:
+    """Cubic polynomial of time: the smooth low-frequency curve of a trend."""
+    t = (years - years.mean()) / max(np.ptp(years), 1e-9)
+    return np.stack([t, t**2, t**3], axis=1)
+
+
+def explained(design: np.ndarray, y: np.ndarray) -> float:
+    """R² of the least-squares fit of ``y`` on ``design`` plus an intercept.
+
+    >>> explained(np.arange(5.0)[:, None], 2 * np.arange(5.0))
+    1.0
+    """
+    design = np.c_[design, np.ones(len(y))]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    var = np.var(y)
+    return float(1 - np.var(y - design @ coef) / var) if var > 0 else 0.0
+
+
+def _series_stats(series: np.ndarray, month: np.ndarray, years: np.ndarray) -> dict:
+    slope = theilslopes(series, years)[0] * 10 if np.ptp(series) > 0 else 0.0
+    return {"seasonal_r2": explained(harmonics(month), series), "trend_r2": explained(smooth_basis(years), series),
+            "slope_per_decade": float(slope)}
+
+
+def _role(stats: dict, threshold: float) -> str:
+    if stats["seasonal_r2"] >= threshold and stats["seasonal_r2"] >= stats["trend_r2"]:
+        return "seasonal"
+    return "trend" if stats["trend_r2"] >= threshold else "other"
+
+
+def assign_roles(latents: np.ndarray, month: np.ndarray, years: np.ndarray, kl: np.ndarray,
+                 kl_threshold: float = 0.1, role_threshold: float = 0.5) -> pd.DataFrame:
+    """One row per latent: role, kl, seasonal_r2, trend_r2, slope per decade (latent units).
+
+    >>> t = np.arange(120)
+    >>> z = np.c_[np.cos(2 * np.pi * t / 12), t / 120.0, np.zeros(120)]
+    >>> assign_roles(z, t % 12 + 1, 2000 + t / 12, np.array([3.0, 2.0, 0.0]))["role"].tolist()
+    ['seasonal', 'trend', 'inactive']
+    """
+    rows = []
+    for j, series in enumerate(latents.T):
+        stats = _series_stats(series, month, years)
+        role = "inactive" if kl[j] < kl_threshold else _role(stats, role_threshold)
+        rows.append({"latent": j, "role": role, "kl": float(kl[j]), **stats})
+    return pd.DataFrame(rows).set_index("latent")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Knob k has scores ``u[:, k] = (z - center) @ weights[:, k]`` and moves the
+    latent code along ``directions[k]``: ``z = center + u @ directions``."""
+
+    center: np.ndarray  # (n_latent,)
+    weights: np.ndarray  # (n_latent, n_knobs)
+    directions: np.ndarray  # (n_knobs, n_latent)
+    table: pd.DataFrame  # per knob: role, seasonal_r2, trend_r2, slope_per_decade, main_latent
+
+    def scores(self, z: np.ndarray) -> np.ndarray:
+        return (z - self.center) @ self.weights
+
+    def of(self, role: str) -> list[int]:
+        return [int(k) for k in self.table.index[self.table["role"] == role]]
+
+    def codes(self, z: np.ndarray, knobs: list[int], values: np.ndarray | None = None) -> np.ndarray:
+        """Latent codes with only ``knobs`` taken from ``z`` (or set to ``values``), the rest at the centre."""
+        u = self.scores(z)[:, knobs] if values is None else values
+        return self.center + u @ self.directions[knobs]
+
+
+def _orthonormal(basis: np.ndarray) -> np.ndarray:
+    q, _ = np.linalg.qr(basis - basis.mean(0))
+    return q
+
+
+def _leading(whitened: np.ndarray, basis: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Directions (columns, inside span ``within``) ordered by the R² ``basis`` explains; their R²."""
+    projected = (basis.T @ whitened @ within) / np.sqrt(len(whitened))
+    r2, vectors = np.linalg.eigh(projected.T @ projected)
+    order = np.argsort(r2)[::-1]
+    return within @ vectors[:, order], np.clip(r2[order], 0.0, 1.0)
+
+
+def _rotation(z: np.ndarray, active: np.ndarray, month, years, threshold: float):
+    codes = z[:, active]
+    center = codes.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(codes - center, rowvar=False, bias=True).reshape(active.sum(), -1))
+    values = np.clip(values, 1e-12, None)
+    inv_sqrt = vectors @ np.diag(values**-0.5) @ vectors.T
+    sqrt = vectors @ np.diag(values**0.5) @ vectors.T
+    whitened = (codes - center) @ inv_sqrt
+    seasonal, r2_s = _leading(whitened, _orthonormal(harmonics(month)), np.eye(active.sum()))
+    n_seasonal = int(np.sum(r2_s >= threshold))
+    rest, _ = _leading(whitened, _orthonormal(smooth_basis(years)), seasonal[:, n_seasonal:])
+    rotation = np.c_[seasonal[:, :n_seasonal], rest]
+    return inv_sqrt @ rotation, rotation.T @ sqrt, n_seasonal
+
+
+def _orient(z, center, weights, directions, years) -> None:
+    """Fix each knob's sign in place: rising over time when it correlates with time,
+    otherwise with its largest latent weight positive."""
+    scores = (z - center) @ weights
+    for k in range(weights.shape[1]):
+        drift = np.corrcoef(scores[:, k], years)[0, 1] if np.ptp(scores[:, k]) > 0 else 0.0
+        sign = np.sign(drift) if abs(drift) > 0.1 else np.sign(directions[k, np.argmax(np.abs(directions[k]))])
+        if sign < 0:
+            weights[:, k] *= -1
+            directions[k] *= -1
+
+
+def find_knobs(z: np.ndarray, kl: np.ndarray, month: np.ndarray, years: np.ndarray, rotate: bool = True,
+               kl_threshold: float = 0.1, role_threshold: float = 0.5) -> Knobs:
+    """Knobs of the active latents with their roles (see the module docstring).
+
+    >>> t = np.arange(240)
+    >>> season, trend = np.cos(2 * np.pi * t / 12), t / 240.0
+    >>> z = np.c_[season + trend, season - trend, np.zeros(240)]  # mixed latents
+    >>> knobs = find_knobs(z, np.array([2.0, 2.0, 0.0]), t % 12 + 1, 2000 + t / 12)
+    >>> knobs.table["role"].tolist()
+    ['seasonal', 'trend']
+    """
+    n_latent = z.shape[1]
+    active = kl >= kl_threshold
+    center = z.mean(0)
+    weights = np.zeros((n_latent, int(active.sum())))
+    directions = np.zeros((int(active.sum()), n_latent))
+    if rotate and active.sum() > 1:
+        w, d, n_seasonal = _rotation(z, active, month, years, role_threshold)
+        weights[active], directions[:, active] = w, d
+    else:
+        index = np.flatnonzero(active)
+        weights[index, np.arange(len(index))] = 1.0
+        directions[np.arange(len(index)), index] = 1.0
+    _orient(z, center, weights, directions, years)
+    rows = []
+    for k, series in enumerate(((z - center) @ weights).T):
+        stats = _series_stats(series, month, years)
+        share = directions[k] ** 2 / max(np.sum(directions[k] ** 2), 1e-12)
+        role = _role(stats, role_threshold)
+        if rotate and active.sum() > 1:
+            role = "seasonal" if k < n_seasonal else ("trend" if stats["trend_r2"] >= role_threshold else "other")
+        rows.append({"knob": k, "role": role, **stats, "main_latent": int(np.argmax(share)),
+                     "main_latent_share": float(share.max())})
+    table = pd.DataFrame(rows, columns=["knob", "role", "seasonal_r2", "trend_r2", "slope_per_decade",
+                                        "main_latent", "main_latent_share"]).set_index("knob")
+    return Knobs(center=center, weights=weights, directions=directions, table=table)
