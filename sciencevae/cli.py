@@ -164,6 +164,33 @@ def _cmd_climate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cells(args: argparse.Namespace) -> int:
+    from .adapters.cells import read_cells
+    from .case_studies import gene_programmes
+
+    adata = read_cells(args.input)
+    _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []), args.overwrite)
+    res = gene_programmes.run(
+        adata, layer=args.layer, n_latent=args.n_latent, likelihood=args.likelihood, decoder=args.decoder,
+        beta=args.beta, batch_key=args.batch_key, gene_sets=args.gene_sets, gene_symbols=args.gene_symbols,
+        n_top_genes=args.n_top_genes or None, epochs=args.epochs, seed=args.seed, device=args.device,
+        progress=not args.quiet,
+    )
+    res.save(args.out)
+    run = {"command": "cells", "sciencevae_version": __version__, "input": str(args.input.resolve()),
+           "input_sha256": file_sha256(args.input) if args.input.is_file() else None}
+    atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
+    top = res.programmes[(res.programmes["direction"] == "+") & (res.programmes["rank"] <= 5)]
+    for programme, genes in top.groupby("programme")["gene"]:
+        print(f"programme {programme}: {', '.join(genes)}")
+    if res.enrichment is not None and len(res.enrichment):
+        best = res.enrichment.iloc[0]
+        print(f"strongest enrichment: programme {best.programme} ({best.direction}) {best.gene_set} q={best.q:.2g}")
+    print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
+          f"{', enrichment.csv' if res.enrichment is not None else ''}, figures/, model/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sciencevae",
@@ -208,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     climate.add_argument("--overwrite", action="store_true")
     climate.add_argument("--quiet", action="store_true")
     climate.set_defaults(run=_cmd_climate)
+
+    cells = commands.add_parser("cells", help="gene programmes of single-cell counts (AnnData)")
+    cells.add_argument("input", type=Path, help=".h5ad, .zarr, a 10x .h5 file or a 10x mtx folder")
+    cells.add_argument("--out", type=Path, required=True, help="run folder to write (must be new or empty)")
+    cells.add_argument("--layer", help="counts from this layer ('raw' for .raw; default X)")
+    cells.add_argument("--likelihood", default="nb", choices=sorted(LIKELIHOODS))
+    cells.add_argument("--decoder", default="linear", choices=["linear", "mlp"])
+    cells.add_argument("--n-latent", type=int, default=10)
+    cells.add_argument("--beta", type=float, default=1.0)
+    cells.add_argument("--batch-key", help="obs column of the batch (a covariate)")
+    cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment")
+    cells.add_argument("--gene-symbols", help="var column with the gene symbols the gene sets use")
+    cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
+    cells.add_argument("--epochs", type=int, default=100)
+    cells.add_argument("--seed", type=int, default=0)
+    cells.add_argument("--device", default="auto")
+    cells.add_argument("--overwrite", action="store_true")
+    cells.add_argument("--quiet", action="store_true")
+    cells.set_defaults(run=_cmd_cells)
     return parser
 
 

@@ -1,0 +1,87 @@
+"""Figures of the gene-programme case study (PNG, matplotlib ``Figure`` without pyplot state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from sciencevae.adapters.cells import OBSM_KEY
+from sciencevae.diagnostics import save_figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gene_programmes import ProgrammeResult
+
+__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity"]
+
+
+def group_heatmap(res: "ProgrammeResult", key: str) -> Figure:
+    """Mean programme activity per group of ``obs[key]`` (z-scored per programme)."""
+    table = res.association[res.association["obs_key"] == key].pivot(index="group", columns="programme", values="mean")
+    values = table.to_numpy()
+    values = (values - values.mean(0)) / np.where(values.std(0) > 0, values.std(0), 1)
+    figure = Figure(figsize=(1.0 + 0.5 * values.shape[1], 1.0 + 0.35 * values.shape[0]))
+    ax = figure.subplots()
+    image = ax.imshow(values, cmap="RdBu_r", aspect="auto", vmin=-2, vmax=2)
+    ax.set_xticks(range(values.shape[1]), [f"P{j}" for j in table.columns])
+    ax.set_yticks(range(values.shape[0]), table.index)
+    ax.set_title(f"programme activity by {key}", fontsize=9)
+    figure.colorbar(image, ax=ax, label="z-score of the group mean")
+    return figure
+
+
+def top_gene_bars(res: "ProgrammeResult", n_genes: int = 10) -> Figure:
+    """The top positive genes of every programme."""
+    programmes = sorted(res.programmes["programme"].unique())
+    columns = min(5, len(programmes))
+    rows = int(np.ceil(len(programmes) / columns))
+    figure = Figure(figsize=(3.2 * columns, 2.6 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, j in zip(axes, programmes):
+        top = res.programmes[(res.programmes["programme"] == j) & (res.programmes["direction"] == "+")].head(n_genes)
+        ax.barh(top["gene"][::-1], top["weight"][::-1], color="tab:blue")
+        ax.set_title(f"programme {j}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(programmes):]:
+        ax.set_visible(False)
+    figure.tight_layout()
+    return figure
+
+
+def umap_activity(res: "ProgrammeResult", seed: int = 0) -> Figure:
+    """A UMAP of the latents, one panel per programme coloured by its activity."""
+    import anndata as ad
+    import scanpy as sc
+
+    latents = res.adata.obsm[OBSM_KEY]
+    tmp = ad.AnnData(obs=res.adata.obs[[]].copy(), obsm={OBSM_KEY: latents})
+    sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, tmp.n_obs - 1)), random_state=seed)
+    sc.tl.umap(tmp, random_state=seed)
+    xy = tmp.obsm["X_umap"]
+    n = latents.shape[1]
+    columns = min(5, n)
+    rows = int(np.ceil(n / columns))
+    figure = Figure(figsize=(3 * columns, 2.8 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, j in zip(axes, range(n)):
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[:, j], s=3, cmap="viridis")
+        ax.set_title(f"programme {j}", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+        figure.colorbar(points, ax=ax, shrink=0.7)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    figure.tight_layout()
+    return figure
+
+
+def save_figures(res: "ProgrammeResult", folder: str | Path) -> list[Path]:
+    """Write every figure as PNG into ``folder``; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [save_figure(top_gene_bars(res), folder / "top_genes.png"),
+               save_figure(umap_activity(res, res.settings.get("seed", 0)), folder / "umap_programmes.png")]
+    for key in res.association["obs_key"].unique():
+        written.append(save_figure(group_heatmap(res, key), folder / f"programmes_by_{key}.png"))
+    return written

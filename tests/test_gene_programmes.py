@@ -1,0 +1,168 @@
+"""Gene programmes: simulated programmes with known genes and usages, enrichment and
+association with known answers, outputs, CLI, and the real CellBench / PBMC data."""
+
+import hashlib
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.stats import hypergeom, spearmanr
+from sklearn.metrics import roc_auc_score
+
+import sciencevae
+from sciencevae import BetaVAE
+from sciencevae.case_studies import gene_programmes as gp
+from sciencevae.cli import main
+from sciencevae.datasets import cell_programmes
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+CELLBENCH = DATA / "scrna" / "cellbench_celseq2_5cl_3plates_counts.h5ad"
+
+
+def simulated(n_cells=2000, n_genes=500, seed=0):
+    sim = cell_programmes(n_cells, n_genes=n_genes, seed=seed)
+    obs = pd.DataFrame({"batch": sim["batch"].astype(str), "cell_type": [f"type{i}" for i in sim["identity"]]},
+                       index=[f"c{i}" for i in range(n_cells)])
+    return ad.AnnData(sim["counts"], obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])), sim
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    adata, sim = simulated()
+    sets = {f"programme{p}": [f"g{j}" for j in np.flatnonzero(sim["membership"][:, p])] for p in range(6)}
+    sets["random"] = [f"g{j}" for j in np.random.default_rng(9).choice(500, 30, replace=False)]
+    res = gp.run(adata, n_latent=6, batch_key="batch", n_top_genes=None, gene_sets=sets, n_top=30,
+                 epochs=100, seed=0, progress=False)
+    return res, sim, adata
+
+
+def test_programme_genes_are_found_from_the_loadings(fitted):
+    res, sim, _ = fitted
+    for p in range(sim["membership"].shape[1]):
+        member = sim["membership"][:, p]
+        auroc = max(max(roc_auc_score(member, w), roc_auc_score(member, -w)) for w in res.weights.T)
+        assert auroc >= 0.9, (p, auroc)
+
+
+def test_activity_usage_tracks_a_latent(fitted):
+    res, sim, _ = fitted
+    latents = res.adata.obsm["X_sciencevae"]
+    for k in range(sim["usage"].shape[1]):
+        rho = max(abs(spearmanr(sim["usage"][:, k], latents[:, j])[0]) for j in range(latents.shape[1]))
+        assert rho >= 0.6, (k, rho)
+
+
+def test_enrichment_finds_the_true_sets_and_not_the_random_one(fitted):
+    res, _, _ = fitted
+    table = res.enrichment
+    best = table.groupby("gene_set")["q"].min()
+    assert (best.drop("random") < 1e-6).all()
+    assert best["random"] > 0.05
+    row = table.iloc[0]
+    expected = hypergeom.sf(row.overlap - 1, 500, row.set_size, 30)
+    assert row.p == pytest.approx(expected)
+
+
+def test_enrichment_and_association_known_answers():
+    genes = [f"g{j}" for j in range(100)]
+    weights = np.zeros((100, 1))
+    weights[:10, 0] = np.arange(10, 0, -1)  # g0..g9 lead the programme
+    table = gp.enrichment(weights, genes, {"lead": genes[:10], "tail": genes[50:60]}, n_top=10)
+    lead = table[(table.gene_set == "lead") & (table.direction == "+")].iloc[0]
+    assert lead.overlap == 10 and lead.p == pytest.approx(hypergeom.sf(9, 100, 10, 10))
+    assert table[(table.gene_set == "tail") & (table.direction == "+")].iloc[0].overlap == 0
+    latents = np.r_[np.ones(20), np.zeros(30)][:, None] + np.r_[np.zeros(20), np.linspace(-1, 1, 30)][:, None]
+    obs = pd.DataFrame({"group": ["a"] * 20 + ["b"] * 30})
+    assoc = gp.association(latents, obs, ["group"])
+    a = assoc[assoc.group == "a"].iloc[0]
+    assert a["mean"] == pytest.approx(1.0) and a.effect_size > 1.5 and a.n_cells == 20
+
+
+def test_mlp_gene_weights_are_the_mean_log_mean_derivative():
+    counts = sp.csr_matrix(np.random.default_rng(0).poisson(3, size=(40, 12)).astype(np.float32))
+    vae = BetaVAE(12, n_latent=2, likelihood="nb", hidden=(8,))
+    prepared = sciencevae.as_prepared(counts)
+    weights = gp.gene_weights(vae, prepared)
+    z = torch.as_tensor(vae.encode(prepared))
+    h = 1e-3
+    step = torch.tensor([h, 0.0])
+    log_mean = lambda codes: torch.log_softmax(vae.module.decoder(codes), -1)  # noqa: E731
+    finite = ((log_mean(z + step) - log_mean(z - step)) / (2 * h)).mean(0).detach().numpy()
+    np.testing.assert_allclose(weights[:, 0], finite, atol=1e-3)
+
+
+def test_save_writes_the_documented_outputs(fitted, tmp_path):
+    res, _, adata = fitted
+    out = res.save(tmp_path / "run")
+    cells = ad.read_h5ad(out / "cells.h5ad")
+    np.testing.assert_array_equal(cells.obsm["X_sciencevae"], res.adata.obsm["X_sciencevae"])
+    assert cells.varm["sciencevae_loadings"].shape == (500, 6)
+    assert cells.uns["sciencevae"]["likelihood"] == "nb" and len(cells.uns["sciencevae"]["kl_per_latent"]) == 6
+    assert (cells.X != adata.X).nnz == 0  # counts unchanged
+    programmes = pd.read_csv(out / "programmes.csv")
+    assert list(programmes.columns[:4]) == ["programme", "rank", "gene", "weight"]
+    enrichment = pd.read_csv(out / "enrichment.csv")
+    assert {"programme", "gene_set", "overlap", "p", "q"} <= set(enrichment.columns)
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == ["programmes_by_batch.png", "programmes_by_cell_type.png", "top_genes.png", "umap_programmes.png"]
+    assert sciencevae.load(out / "model").config.n_latent == 6
+
+
+def test_cli_cells(tmp_path, capsys):
+    adata, sim = simulated(300, 200, seed=2)
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    gmt = tmp_path / "sets.gmt"
+    gmt.write_text("P0\tna\t" + "\t".join(f"g{j}" for j in np.flatnonzero(sim["membership"][:, 0])) + "\n")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    out = tmp_path / "run"
+    args = ["cells", str(path), "--out", str(out), "--n-latent", "4", "--epochs", "3", "--gene-sets", str(gmt),
+            "--batch-key", "batch", "--n-top-genes", "0", "--quiet"]
+    assert main(args) == 0
+    assert "programme 0:" in capsys.readouterr().out
+    assert (out / "enrichment.csv").exists() and (out / "cells.h5ad").exists()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    adata.X = adata.X.multiply(0.5).tocsr()
+    adata.write_h5ad(tmp_path / "half.h5ad")
+    assert main(["cells", str(tmp_path / "half.h5ad"), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "non-integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not CELLBENCH.exists(), reason="needs ../shared/data (CellBench counts)")
+def test_cellbench_cell_lines_separate_and_a_cell_cycle_programme_is_found():
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    adata = ad.read_h5ad(CELLBENCH)
+    adata.X = adata.X.astype(np.float32)
+    sets = {**gp.read_gmt(DATA / "genesets" / "msigdb_hallmark_v7.5.1_human_symbols.gmt"),
+            **gp.read_gmt(DATA / "genesets" / "pegasus_signatures" / "cell_cycle_human.gmt")}
+    res = gp.run(adata, n_latent=10, gene_sets=sets, gene_symbols="gene_symbol", epochs=100, progress=False)
+    singlets = (adata.obs["demuxlet_cls"] == "SNG").to_numpy()
+    latents = res.adata.obsm["X_sciencevae"][singlets]
+    labels = adata.obs["cell_line_demuxlet"].to_numpy()[singlets]
+    assert cross_val_score(KNeighborsClassifier(15), latents, labels, cv=5).mean() >= 0.95
+    cycle = res.enrichment[res.enrichment["gene_set"].isin(["G2/M", "G1/S", "HALLMARK_G2M_CHECKPOINT"])]
+    assert cycle["q"].min() < 0.01
+
+
+def test_pbmc68k_reduced_markers_lead_separate_programmes():
+    import scanpy as sc
+
+    pbmc = sc.datasets.pbmc68k_reduced()
+    counts = np.rint(np.expm1(pbmc.raw.X.toarray()) * pbmc.obs["n_counts"].to_numpy()[:, None] / 1e4)
+    adata = ad.AnnData(counts.astype(np.float32), obs=pbmc.obs[["bulk_labels"]].copy(), var=pbmc.raw.var[[]].copy())
+    res = gp.run(adata, n_latent=10, n_top_genes=None, epochs=100, progress=False)
+    top = res.programmes[res.programmes["rank"] <= 10]
+    leading = {}
+    for marker in ("LYZ", "CD79A", "NKG7", "CD3D"):
+        rows = top[top["gene"] == marker]
+        assert len(rows), f"{marker} is not among the top 10 genes of any programme"
+        best = rows.sort_values("rank").iloc[0]
+        leading[marker] = (int(best["programme"]), best["direction"])
+    # a latent's positive and negative ends are two programmes (as with LDVAE's signed loadings)
+    assert len(set(leading.values())) == 4, leading
