@@ -75,6 +75,13 @@ def area_slope(component: xr.DataArray) -> float:
     return float(theilslopes(series.values, decimal_years(component.time))[0] * 10)
 
 
+def methods(epochs: int) -> tuple:
+    """(name, field -> components) of the compared methods."""
+    return (("climatology + linear trend", climatology_and_linear_trend),
+            ("area-weighted EOFs (8) + knob rotation", eof_components),
+            ("sciencevae climate_trend", lambda f: ct.run(f, epochs=epochs, progress=False).components))
+
+
 def synthetic(args) -> None:
     truth = monthly_field(n_years=40, n_lat=18, n_lon=36, seed=0)
     field = ct.synthetic_dataset(truth)["sst"]
@@ -82,9 +89,7 @@ def synthetic(args) -> None:
     expected = {"seasonal": truth["seasonal"], "trend": truth["trend"] - truth["trend"].mean(0)}
     print("synthetic field (40 years x 18 x 36), R² of the components against the truth (ocean cells):")
     print("| method | seasonal R² | trend R² | seconds |\n|---|---|---|---|")
-    for name, method in (("climatology + linear trend", climatology_and_linear_trend),
-                         ("area-weighted EOFs (8) + knob rotation", eof_components),
-                         ("sciencevae climate_trend", lambda f: ct.run(f, epochs=args.epochs, progress=False).components)):
+    for name, method in methods(args.epochs):
         started = time.perf_counter()
         parts = method(field)
         seconds = time.perf_counter() - started
@@ -100,9 +105,7 @@ def cobe(args) -> None:
     observed = area_slope(field - field.mean("time"))
     print(f"\nCOBE-SST2 1950-2009 (4 deg): area-weighted mean slope of the input {observed:+.4f} degC/decade")
     print("| method | trend component slope (degC/decade) | seconds |\n|---|---|---|")
-    for name, method in (("climatology + linear trend", climatology_and_linear_trend),
-                         ("area-weighted EOFs (8) + knob rotation", eof_components),
-                         ("sciencevae climate_trend", lambda f: ct.run(f, epochs=args.epochs, progress=False).components)):
+    for name, method in methods(args.epochs):
         started = time.perf_counter()
         parts = method(field)
         print(f"| {name} | {area_slope(parts['trend']):+.4f} | {time.perf_counter() - started:.1f} |")

@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 256], help="MLP widths (conv: FC widths)")
     parser.add_argument("--sweep", type=float, nargs="+", default=[1, 4, 16, 64, 256],
                         help="betas of the rate-distortion sweep (seed = the first seed)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="which of the compared models to run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/disentanglement"))
     args = parser.parse_args()
@@ -103,7 +105,8 @@ def main() -> None:
     X_eval, f_eval = sprites.dataset(args.n_eval, seed=101)
     fit = dict(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, validation=0.0, progress=False)
     rows, best, sweep = [], (-1.0, None), {}
-    for name, objective in MODELS.items():
+    for name in args.models:
+        objective = MODELS[name]
         for seed in args.seeds:
             started = time.perf_counter()
             vae = build(args, objective, seed)

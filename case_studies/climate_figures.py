@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from sciencevae.diagnostics import save_figure
+from sciencevae.diagnostics import panel_grid, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .climate_trend import ClimateResult
@@ -62,14 +62,9 @@ def knob_maps(res: "ClimateResult", var: str) -> Figure | None:
     active = [int(j) for j in res.roles.index]
     if not active:
         return None
-    columns = min(3, len(active))
-    rows = int(np.ceil(len(active) / columns))
-    figure = Figure(figsize=(5 * columns, 3.2 * rows))
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    figure, axes = panel_grid(len(active), 5, 3.2, max_columns=3)
     for ax, j in zip(axes, active):
         _plot_grid(ax, res.maps[var].sel(knob=j), f"knob {j} ({res.roles.loc[j, 'role']}): {var} per unit knob")
-    for ax in axes[len(active):]:
-        ax.set_visible(False)
     figure.tight_layout()
     return figure
 

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sciencevae.adapters.cells import OBSM_KEY
-from sciencevae.diagnostics import save_figure
+from sciencevae.diagnostics import panel_grid, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
@@ -35,17 +35,12 @@ def group_heatmap(res: "ProgrammeResult", key: str) -> Figure:
 def top_gene_bars(res: "ProgrammeResult", n_genes: int = 10) -> Figure:
     """The top positive genes of every programme."""
     programmes = sorted(res.programmes["programme"].unique())
-    columns = min(5, len(programmes))
-    rows = int(np.ceil(len(programmes) / columns))
-    figure = Figure(figsize=(3.2 * columns, 2.6 * rows))
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    figure, axes = panel_grid(len(programmes), 3.2, 2.6)
     for ax, j in zip(axes, programmes):
         top = res.programmes[(res.programmes["programme"] == j) & (res.programmes["direction"] == "+")].head(n_genes)
         ax.barh(top["gene"][::-1], top["weight"][::-1], color="tab:blue")
         ax.set_title(f"programme {j}", fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(programmes):]:
-        ax.set_visible(False)
     figure.tight_layout()
     return figure
 
@@ -60,18 +55,12 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0) -> Figure:
     sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, tmp.n_obs - 1)), random_state=seed)
     sc.tl.umap(tmp, random_state=seed)
     xy = tmp.obsm["X_umap"]
-    n = latents.shape[1]
-    columns = min(5, n)
-    rows = int(np.ceil(n / columns))
-    figure = Figure(figsize=(3 * columns, 2.8 * rows))
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    for ax, j in zip(axes, range(n)):
+    figure, axes = panel_grid(latents.shape[1], 3, 2.8)
+    for j, ax in enumerate(axes):
         points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[:, j], s=3, cmap="viridis")
         ax.set_title(f"programme {j}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
         figure.colorbar(points, ax=ax, shrink=0.7)
-    for ax in axes[n:]:
-        ax.set_visible(False)
     figure.tight_layout()
     return figure
 

@@ -29,6 +29,7 @@ __all__ = [
     "latent_traversal",
     "plot_traversal",
     "save_figure",
+    "panel_grid",
 ]
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Var_x E[z_j | x] > 0.01
@@ -39,6 +40,22 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+def panel_grid(n: int, width: float, height: float, max_columns: int = 5):
+    """A figure with ``n`` panels in rows of at most ``max_columns``; unused panels hidden.
+
+    >>> figure, axes = panel_grid(7, 3, 2)
+    >>> len(axes)
+    7
+    """
+    columns = max(1, min(max_columns, n))
+    rows = int(np.ceil(max(n, 1) / columns))
+    figure = Figure(figsize=(width * columns, height * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return figure, list(axes[:n])
 
 
 def kl_per_latent(model: BetaVAE, X, covariates=None) -> np.ndarray:

@@ -50,6 +50,7 @@ def test_programme_genes_are_found_from_the_loadings(fitted):
 
 def test_activity_usage_tracks_a_latent(fitted):
     res, sim, _ = fitted
+    np.testing.assert_allclose(res.rotation @ res.rotation.T, np.eye(6), atol=1e-8)  # varimax is orthogonal
     latents = res.adata.obsm["X_sciencevae"]
     for k in range(sim["usage"].shape[1]):
         rho = max(abs(spearmanr(sim["usage"][:, k], latents[:, j])[0]) for j in range(latents.shape[1]))
