@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,17 @@ def test_cli_climate_writes_a_run_and_leaves_the_input_alone(tmp_path, capsys):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     assert main(["climate", str(path), "--var", "tas", "--out", str(tmp_path / "other"), "--quiet"]) == 2
     assert "'tas' is not in the data" in capsys.readouterr().err
+
+
+COBE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "climate" / "cobe_sst2_global_4deg_monthly_1950-2009.nc"
+
+
+@pytest.mark.skipif(not COBE.exists(), reason="needs ../shared/data (COBE-SST2 4 deg)")
+def test_cobe_sst2_finds_the_seasonal_circle_and_the_observed_trend():
+    res = ct.run(str(COBE), var="sst", progress=False)
+    seasonal, trend = res.roles[res.roles["role"] == "seasonal"], res.roles[res.roles["role"] == "trend"]
+    assert len(seasonal) == 2 and (seasonal["seasonal_r2"] > 0.85).all()
+    assert len(trend) >= 1 and trend["trend_r2"].max() > 0.7
+    slopes = ct.trend_component_slopes(res)["sst"]
+    assert slopes["observed_area_mean"] == pytest.approx(0.072, abs=0.002)  # the manifest's +0.07 degC/decade
+    assert slopes["trend_component"] == pytest.approx(slopes["observed_area_mean"], abs=0.02)
