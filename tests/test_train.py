@@ -4,7 +4,6 @@ divergence, early stopping, checkpoints and resume."""
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import torch
 
 import sciencevae.data
