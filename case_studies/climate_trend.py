@@ -42,9 +42,10 @@ import xarray as xr
 from scipy.stats import theilslopes
 
 from sciencevae import BetaVAE, __version__
-from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs
 from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, open_field
 from sciencevae.io import atomic_path, atomic_write_text
+
+from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs
 
 __all__ = ["run", "ClimateResult", "synthetic_dataset", "trend_component_slopes"]
 
