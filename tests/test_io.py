@@ -114,3 +114,11 @@ def test_weights_file_is_a_plain_state_dict(trained, tmp_path):
     folder = trained[0].save(tmp_path)
     state = torch.load(folder / WEIGHTS_NAME, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    from sciencevae.io import atomic_write_text
+
+    atomic_write_text("x", tmp_path / "atomic.txt")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
