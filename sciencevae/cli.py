@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,11 @@ import scipy.sparse as sp
 from . import __version__
 from .io import atomic_write_text
 from .likelihoods import LIKELIHOODS
+from .train import CHECKPOINT_NAME, TrainingInterrupted
 
-__all__ = ["main", "build_parser", "read_matrix"]
+__all__ = ["main", "build_parser", "read_matrix", "run_folder", "INCOMPLETE"]
+
+INCOMPLETE = "INCOMPLETE"
 
 
 def read_matrix(path: Path) -> tuple[np.ndarray | sp.csr_matrix, list[str] | None]:
@@ -108,11 +112,23 @@ def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
         raise ValueError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
 
 
+@contextmanager
+def run_folder(out: Path):
+    """Create ``out`` with an INCOMPLETE marker that is removed only when the run finishes."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / INCOMPLETE
+    atomic_write_text("this run has not finished (or it failed); its outputs may be missing or partial\n", marker)
+    yield out
+    marker.unlink()
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .model import BetaVAE
 
     X, names = read_matrix(args.input)
-    _check_out(args.out, [args.input], args.overwrite)
+    checkpoint_dir = args.out / "checkpoint"
+    resuming = args.resume and (checkpoint_dir / CHECKPOINT_NAME).exists()
+    _check_out(args.out, [args.input], args.overwrite or resuming)
     vae = BetaVAE(
         n_features=X.shape[1],
         n_latent=args.n_latent,
@@ -122,11 +138,20 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         objective=args.objective,
         seed=args.seed,
     )
-    history = vae.fit(
-        X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        device=args.device, progress=not args.quiet,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
+    vae.validate(X)  # before anything is written
+    with run_folder(args.out):
+        history = vae.fit(
+            X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+            progress=not args.quiet, checkpoint_dir=checkpoint_dir if args.checkpoint_every else None,
+            checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
+        )
+        _write_fit_outputs(args, vae, X, names, history)
+    kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
+    print(f"wrote {args.out}/model, latents.csv, history.csv\nper-latent KL (nats): {kl}")
+    return 0
+
+
+def _write_fit_outputs(args: argparse.Namespace, vae, X, names, history) -> None:
     vae.save(args.out / "model")
     run = {
         "command": "fit",
@@ -138,9 +163,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     latents = pd.DataFrame(vae.encode(X), columns=[f"z{j}" for j in range(args.n_latent)], index=names)
     atomic_write_text(latents.to_csv(index_label="sample"), args.out / "latents.csv")
     atomic_write_text(history.to_csv(index=False), args.out / "history.csv")
-    kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
-    print(f"wrote {args.out}/model, latents.csv, history.csv\nper-latent KL (nats): {kl}")
-    return 0
 
 
 def _cmd_climate(args: argparse.Namespace) -> int:
@@ -152,7 +174,8 @@ def _cmd_climate(args: argparse.Namespace) -> int:
         n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed, device=args.device,
         progress=not args.quiet,
     )
-    res.save(args.out)
+    with run_folder(args.out):
+        res.save(args.out)
     run = {"command": "climate", "sciencevae_version": __version__,
            "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in args.inputs if p.is_file()]}
     atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
@@ -176,7 +199,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         n_top_genes=args.n_top_genes or None, epochs=args.epochs, seed=args.seed, device=args.device,
         progress=not args.quiet,
     )
-    res.save(args.out)
+    with run_folder(args.out):
+        res.save(args.out)
     run = {"command": "cells", "sciencevae_version": __version__, "input": str(args.input.resolve()),
            "input_sha256": file_sha256(args.input) if args.input.is_file() else None}
     atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
@@ -214,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    fit.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                     help="write RUN_DIR/checkpoint/checkpoint.pt every N epochs (0: never)")
+    fit.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_cmd_fit)
 
@@ -266,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.run(args)
+    except (KeyboardInterrupt, TrainingInterrupted) as err:
+        print(f"sciencevae: interrupted: {err}" if str(err) else "sciencevae: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         if args.debug:
             raise

@@ -261,6 +261,7 @@ class BetaVAE:
         resume: bool = False,
         precision: str = "32",
         progress: bool = True,
+        checkpoint_every: int = 1,
         covariates=None,
         size_factors=None,
         feature_weights=None,
@@ -271,8 +272,9 @@ class BetaVAE:
         kl_{L-1} (per-latent KL, nats), val_loss, val_reconstruction, val_kl and
         seconds. ``early_stopping`` is a patience in epochs on the validation
         loss (the training loss without validation); the best weights are
-        kept. ``checkpoint_dir`` gets ``checkpoint.pt`` after every epoch and
-        ``resume=True`` continues from it. A NaN/inf loss raises
+        kept. ``checkpoint_dir`` gets ``checkpoint.pt`` every
+        ``checkpoint_every`` epochs and ``resume=True`` continues from it;
+        Ctrl-C raises :class:`~sciencevae.train.TrainingInterrupted`. A NaN/inf loss raises
         :class:`~sciencevae.train.TrainingDiverged` naming the epoch and
         restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
         """
@@ -292,10 +294,20 @@ class BetaVAE:
         source = BatchSource(prepared, self.device, count_data=self.module.likelihood.is_count)
         self.history = fit(
             self.module, self.objective, source, config, checkpoint_dir=checkpoint_dir,
-            resume=resume, progress=progress,
+            resume=resume, progress=progress, checkpoint_every=checkpoint_every,
         )
         self.train_config = config
         return self.history
+
+    def validate(self, X, covariates=None) -> None:
+        """Raise a ValueError naming the problem if X cannot be used with this model.
+
+        >>> BetaVAE(n_features=2, n_latent=1, likelihood="nb", hidden=(4,)).validate(np.array([[1.0, 0.5]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: X holds non-integer values (e.g. 0.5); use the gaussian likelihood for continuous data, or give raw counts to 'nb'
+        """
+        self._check_input(as_prepared(X, covariates))
 
     def _check_input(self, prepared) -> None:
         c = self.config

@@ -24,13 +24,17 @@ from .data import BatchSource
 from .io import atomic_torch_save
 from .objectives import Objective
 
-__all__ = ["TrainConfig", "TrainingDiverged", "fit", "resolve_device", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the model holds the last good weights."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C during training; the last checkpoint (if any) is kept for ``resume``."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,12 @@ def _load_checkpoint(path: Path, module, optimizer, shuffle, noise, config: Trai
     )
 
 
+def _saved_epoch(checkpoint: Path | None) -> int:
+    if checkpoint is None or not checkpoint.exists():
+        return 0
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+
+
 def _diverged(epoch: int, value: float, config: TrainConfig, checkpoint: Path | None) -> TrainingDiverged:
     kept = f"; the checkpoint {checkpoint} holds the last good epoch" if checkpoint else ""
     return TrainingDiverged(
@@ -199,8 +209,14 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    checkpoint_every: int = 1,
 ) -> pd.DataFrame:
     """Train ``module`` on ``source`` with ``objective``; return the per-epoch history.
+
+    With ``checkpoint_dir``, ``checkpoint.pt`` is written atomically every
+    ``checkpoint_every`` epochs and after the last one; ``resume=True``
+    continues from it and ends exactly where an uninterrupted run would.
+    Ctrl-C stops with :class:`TrainingInterrupted`, naming the last saved epoch.
 
     >>> import numpy as np
     >>> from sciencevae.data import as_prepared
@@ -227,29 +243,38 @@ def fit(
     if resume and checkpoint is not None and checkpoint.exists():
         state = _load_checkpoint(checkpoint, module, optimizer, shuffle, noise, config)
 
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     last_good = _snapshot(module)
     bar = tqdm(range(state.epoch, config.epochs), disable=not progress, desc="training", unit="epoch")
-    for epoch in bar:
-        started = time.perf_counter()
-        order = train_index[torch.randperm(len(train_index), generator=shuffle)]
-        sums = epoch_sums(module, objective, source, order, batch_size, state.step, noise, config.precision, optimizer)
-        record = {"epoch": epoch + 1, **_record("", sums, len(train_index))}
-        if not math.isfinite(record["loss"]):
-            module.load_state_dict(last_good)
-            raise _diverged(epoch + 1, record["loss"], config, checkpoint)
-        state.step += steps_per_epoch
-        if len(val_index):
-            record.update(_validate(module, objective, source, val_index, batch_size, state.step, config))
-        record["seconds"] = time.perf_counter() - started
-        state.history.append(record)
-        state.epoch = epoch + 1
-        last_good = _snapshot(module)
-        stop = _early_stopping_update(state, record, objective, config, last_good)
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, module, optimizer, state, shuffle, noise, config)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", val=f"{record.get('val_loss', math.nan):.4g}")
-        if stop:
-            break
+    try:
+        for epoch in bar:
+            started = time.perf_counter()
+            order = train_index[torch.randperm(len(train_index), generator=shuffle)]
+            sums = epoch_sums(module, objective, source, order, batch_size, state.step, noise, config.precision,
+                              optimizer)
+            record = {"epoch": epoch + 1, **_record("", sums, len(train_index))}
+            if not math.isfinite(record["loss"]):
+                module.load_state_dict(last_good)
+                raise _diverged(epoch + 1, record["loss"], config, checkpoint)
+            state.step += steps_per_epoch
+            if len(val_index):
+                record.update(_validate(module, objective, source, val_index, batch_size, state.step, config))
+            record["seconds"] = time.perf_counter() - started
+            state.history.append(record)
+            state.epoch = epoch + 1
+            last_good = _snapshot(module)
+            stop = _early_stopping_update(state, record, objective, config, last_good)
+            if checkpoint is not None and (state.epoch % checkpoint_every == 0 or stop or state.epoch == config.epochs):
+                _save_checkpoint(checkpoint, module, optimizer, state, shuffle, noise, config)
+            bar.set_postfix(loss=f"{record['loss']:.4g}", val=f"{record.get('val_loss', math.nan):.4g}")
+            if stop:
+                break
+    except KeyboardInterrupt:
+        module.load_state_dict(last_good)
+        saved = _saved_epoch(checkpoint)
+        where = f"the checkpoint {checkpoint} holds epoch {saved}; resume to continue" if saved else "no checkpoint was saved"
+        raise TrainingInterrupted(f"training interrupted in epoch {state.epoch + 1}; {where}") from None
     if config.early_stopping is not None and state.best_weights is not None:
         module.load_state_dict(state.best_weights)
     module.eval()

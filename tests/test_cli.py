@@ -108,3 +108,40 @@ def test_diagnose_warns_about_collapse_and_falls_back_to_history(tmp_path, capsy
     assert main(["diagnose", str(run)]) == 0
     assert "pass --data" in capsys.readouterr().out
     assert main(["diagnose", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_killed_run_resumes_to_the_result_of_an_uninterrupted_one(tmp_path):
+    import os
+    import signal
+    import time
+
+    import torch
+
+    X, _ = linear_factors(4000, n_features=30)
+    data = tmp_path / "x.npy"
+    np.save(data, X)
+    command = Path(sys.executable).parent / "sciencevae"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def fit(out, *extra):
+        return [str(command), "fit", str(data), "--out", str(out), "--epochs", "150", "--n-latent", "4",
+                "--batch-size", "64", "--quiet", *extra]
+
+    run = tmp_path / "run"
+    process = subprocess.Popen(fit(run), env=env)
+    checkpoint = run / "checkpoint" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL  # killed mid-training, not finished
+    assert (run / "INCOMPLETE").exists() and not (run / "latents.csv").exists()
+    subprocess.run(fit(run, "--resume"), env=env, check=True)
+    assert not (run / "INCOMPLETE").exists()
+    straight = tmp_path / "straight"
+    subprocess.run(fit(straight), env=env, check=True)
+    resumed = pd.read_csv(run / "latents.csv", index_col=0)
+    pd.testing.assert_frame_equal(resumed, pd.read_csv(straight / "latents.csv", index_col=0))
+    assert len(pd.read_csv(run / "history.csv")) == 150

@@ -162,3 +162,23 @@ def test_trains_on_cuda_with_bf16():
     assert vae.device.type == "cuda"
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert vae.encode(counts).shape == (2000, 4)
+
+
+def test_ctrl_c_stops_cleanly_and_names_the_saved_checkpoint(monkeypatch, tmp_path, rng):
+    from sciencevae.train import TrainingInterrupted
+
+    X = rng.normal(size=(64, 4)).astype(np.float32)
+    original = Objective.loss
+
+    def interrupted(self, terms, step, dataset_size):
+        if step == 5:  # in epoch 3 (2 steps per epoch)
+            raise KeyboardInterrupt
+        return original(self, terms, step, dataset_size)
+
+    monkeypatch.setattr(Objective, "loss", interrupted)
+    vae = BetaVAE(4, n_latent=2, hidden=(8,))
+    with pytest.raises(TrainingInterrupted, match=r"epoch 3; the checkpoint .* holds epoch 2"):
+        vae.fit(X, epochs=10, batch_size=32, validation=0.0, checkpoint_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    for name, value in vae.module.state_dict().items():
+        torch.testing.assert_close(value, saved["module"][name])
