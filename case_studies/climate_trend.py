@@ -189,13 +189,15 @@ def _maps(model: BetaVAE, adapter: ClimateAdapter, knobs: Knobs) -> xr.Dataset:
 def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400, seed: int = 0,
         batch_size: int = 32, lr: float = 1e-3, hidden: tuple[int, ...] = (256, 128), device: str = "auto",
         kl_threshold: float = 0.1, role_threshold: float = 0.5, rotate: bool = True,
-        progress: bool = True) -> ClimateResult:
+        progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,
+        resume: bool = False) -> ClimateResult:
     """Fit a Gaussian β-VAE on a monthly field and decompose it.
 
     ``data``: a DataArray, a Dataset (+ ``var``), or path(s) to netCDF/zarr.
     Returns a :class:`ClimateResult` with ``latents``, ``latent_roles``,
     ``knobs`` / ``roles``, ``components``, ``maps`` and ``counterfactual``.
-    ``rotate=False`` makes every active latent a knob.
+    ``rotate=False`` makes every active latent a knob. ``checkpoint_dir``,
+    ``checkpoint_every`` and ``resume`` are passed to ``BetaVAE.fit``.
     """
     ds = open_field(data, var)
     adapter = ClimateAdapter.from_data(ds, var)
@@ -203,7 +205,8 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400,
     prepared = adapter.prepare(ds)
     model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed)
     model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-              validation=0.0, progress=progress)
+              validation=0.0, progress=progress, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, resume=resume)
     z, z_std = model.encode(prepared, return_std=True)
     kl = model.kl_per_latent(prepared)
     time = ds[adapter.sample_dim]

@@ -211,13 +211,15 @@ def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "
         beta: float = 1.0, batch_key: str | None = None, gene_sets=None, gene_symbols: str | None = None,
         n_top_genes: int | None = 2000, epochs: int = 100, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
         device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50, rotation: str | None = "varimax",
-        progress: bool = True) -> ProgrammeResult:
+        progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,
+        resume: bool = False) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
     programme loads on few genes; programme activities are then ``z @ R``
     (``res.rotation``, also in ``uns["sciencevae"]["rotation"]``). ``None``
-    keeps the raw latents.
+    keeps the raw latents. ``checkpoint_dir``, ``checkpoint_every`` and
+    ``resume`` are passed to ``BetaVAE.fit``.
 
     ``gene_sets``: a .gmt path or a dict name -> genes, matched against
     ``var[gene_symbols]`` when given (e.g. ``"gene_symbol"`` for Ensembl ids).
@@ -228,7 +230,8 @@ def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "
     prepared = adapter.prepare(adata)
     model = BetaVAE(len(adapter.genes), n_latent=n_latent, likelihood=likelihood, beta=beta, decoder=decoder,
                     hidden=hidden, n_covariates=adapter.n_covariates, seed=seed)
-    model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress)
+    model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress,
+              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
     if rotation not in (None, "varimax"):
         raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
     raw_weights = gene_weights(model, prepared)

@@ -126,9 +126,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .model import BetaVAE
 
     X, names = read_matrix(args.input)
-    checkpoint_dir = args.out / "checkpoint"
-    resuming = args.resume and (checkpoint_dir / CHECKPOINT_NAME).exists()
-    _check_out(args.out, [args.input], args.overwrite or resuming)
+    _check_out(args.out, [args.input], args.overwrite or _resuming(args))
     vae = BetaVAE(
         n_features=X.shape[1],
         n_latent=args.n_latent,
@@ -142,8 +140,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     with run_folder(args.out):
         history = vae.fit(
             X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-            progress=not args.quiet, checkpoint_dir=checkpoint_dir if args.checkpoint_every else None,
-            checkpoint_every=args.checkpoint_every or 1, resume=args.resume,
+            progress=not args.quiet, **_checkpointing(args),
         )
         _write_fit_outputs(args, vae, X, names, history)
     kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
@@ -166,15 +163,17 @@ def _write_fit_outputs(args: argparse.Namespace, vae, X, names, history) -> None
 
 
 def _cmd_climate(args: argparse.Namespace) -> int:
+    from .adapters.climate import ClimateAdapter, open_field
     from .case_studies import climate_trend
 
-    _check_out(args.out, args.inputs, args.overwrite)
-    res = climate_trend.run(
-        [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0]), var=args.var,
-        n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed, device=args.device,
-        progress=not args.quiet,
-    )
+    _check_out(args.out, args.inputs, args.overwrite or _resuming(args))
+    inputs = [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0])
+    ClimateAdapter.from_data(open_field(inputs, args.var), args.var)  # validate before anything is written
     with run_folder(args.out):
+        res = climate_trend.run(
+            inputs, var=args.var, n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed,
+            device=args.device, progress=not args.quiet, **_checkpointing(args),
+        )
         res.save(args.out)
     run = {"command": "climate", "sciencevae_version": __version__,
            "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in args.inputs if p.is_file()]}
@@ -188,18 +187,20 @@ def _cmd_climate(args: argparse.Namespace) -> int:
 
 
 def _cmd_cells(args: argparse.Namespace) -> int:
-    from .adapters.cells import read_cells
+    from .adapters.cells import CellsAdapter, read_cells
     from .case_studies import gene_programmes
 
     adata = read_cells(args.input)
-    _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []), args.overwrite)
-    res = gene_programmes.run(
-        adata, layer=args.layer, n_latent=args.n_latent, likelihood=args.likelihood, decoder=args.decoder,
-        beta=args.beta, batch_key=args.batch_key, gene_sets=args.gene_sets, gene_symbols=args.gene_symbols,
-        n_top_genes=args.n_top_genes or None, epochs=args.epochs, seed=args.seed, device=args.device,
-        progress=not args.quiet,
-    )
+    _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []),
+               args.overwrite or _resuming(args))
+    CellsAdapter.from_adata(adata, layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key)
     with run_folder(args.out):
+        res = gene_programmes.run(
+            adata, layer=args.layer, n_latent=args.n_latent, likelihood=args.likelihood, decoder=args.decoder,
+            beta=args.beta, batch_key=args.batch_key, gene_sets=args.gene_sets, gene_symbols=args.gene_symbols,
+            n_top_genes=args.n_top_genes or None, epochs=args.epochs, seed=args.seed, device=args.device,
+            progress=not args.quiet, **_checkpointing(args),
+        )
         res.save(args.out)
     run = {"command": "cells", "sciencevae_version": __version__, "input": str(args.input.resolve()),
            "input_sha256": file_sha256(args.input) if args.input.is_file() else None}
@@ -213,6 +214,23 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
           f"{', enrichment.csv' if res.enrichment is not None else ''}, figures/, model/")
     return 0
+
+
+def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                        help="write RUN_DIR/checkpoint/checkpoint.pt every N epochs (0: never)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+
+
+def _checkpointing(args: argparse.Namespace) -> dict:
+    """fit() arguments for the run's checkpoint folder."""
+    folder = args.out / "checkpoint"
+    return {"checkpoint_dir": folder if args.checkpoint_every else None,
+            "checkpoint_every": args.checkpoint_every or 1, "resume": args.resume}
+
+
+def _resuming(args: argparse.Namespace) -> bool:
+    return args.resume and (args.out / "checkpoint" / CHECKPOINT_NAME).exists()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
-    fit.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                     help="write RUN_DIR/checkpoint/checkpoint.pt every N epochs (0: never)")
-    fit.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    _add_checkpoint_flags(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_cmd_fit)
 
@@ -261,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     climate.add_argument("--device", default="auto")
     climate.add_argument("--overwrite", action="store_true")
     climate.add_argument("--quiet", action="store_true")
+    _add_checkpoint_flags(climate)
     climate.set_defaults(run=_cmd_climate)
 
     cells = commands.add_parser("cells", help="gene programmes of single-cell counts (AnnData)")
@@ -280,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--device", default="auto")
     cells.add_argument("--overwrite", action="store_true")
     cells.add_argument("--quiet", action="store_true")
+    _add_checkpoint_flags(cells)
     cells.set_defaults(run=_cmd_cells)
     return parser
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import tempfile  # noqa: F401  (used by the doctests)
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
