@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import anndata as ad
 import numpy as np
@@ -43,10 +44,11 @@ def normalised(counts) -> np.ndarray:
     return dense / dense.sum(1, keepdims=True) * 1e4
 
 
-def run_ours(sim: dict, k: int, epochs: int, seed: int):
+def run_ours(sim: dict, k: int, epochs: int, seed: int, rotation: str | None = "varimax"):
     obs = pd.DataFrame({"batch": sim["batch"].astype(str)}, index=[f"c{i}" for i in range(sim["counts"].shape[0])])
     adata = ad.AnnData(sim["counts"], obs=obs)
-    res = gp.run(adata, n_latent=k, batch_key="batch", n_top_genes=None, epochs=epochs, seed=seed, progress=False)
+    res = gp.run(adata, n_latent=k, batch_key="batch", n_top_genes=None, epochs=epochs, seed=seed,
+                 rotation=rotation, progress=False)
     return res.weights, res.adata.obsm["X_sciencevae"], True
 
 
@@ -62,48 +64,51 @@ def run_pca_varimax(sim: dict, k: int, epochs: int, seed: int):
     return weights @ rotation, usage @ rotation, signed
 
 
-def run_ours_unrotated(sim: dict, k: int, epochs: int, seed: int):
-    obs = pd.DataFrame({"batch": sim["batch"].astype(str)}, index=[f"c{i}" for i in range(sim["counts"].shape[0])])
-    res = gp.run(ad.AnnData(sim["counts"], obs=obs), n_latent=k, batch_key="batch", n_top_genes=None,
-                 epochs=epochs, seed=seed, rotation=None, progress=False)
-    return res.weights, res.adata.obsm["X_sciencevae"], True
-
-
 def run_nmf(sim: dict, k: int, epochs: int, seed: int):
     model = NMF(k, init="nndsvda", max_iter=500, random_state=seed)
     usage = model.fit_transform(normalised(sim["counts"]))
     return model.components_.T, usage, False
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, threads: int):
+    """The command-line settings shared with linear_scvi.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cells", type=int, default=2000)
     parser.add_argument("--components", type=int, nargs="+", default=[6, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=threads)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def print_summary(rows: list[dict]) -> None:
+    """Mean over seeds per method and k, as markdown rows."""
+    summary = pd.DataFrame(rows).groupby(["method", "k"], sort=False).mean(numeric_only=True)
+    for (method, k), row in summary.iterrows():
+        print(f"| {method} | {k} | {row.min_auroc:.3f} | {row.mean_auroc:.3f} | {row.min_spearman:.3f} | "
+              f"{row.mean_spearman:.3f} | {row.seconds:.1f} |")
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], threads=2)
+    methods = (("sciencevae (NB, linear, varimax)", run_ours),
+               ("sciencevae (NB, linear, no rotation)", partial(run_ours, rotation=None)),
+               ("PCA (log1p CP10k)", run_pca), ("PCA + varimax", run_pca_varimax), ("NMF (CP10k)", run_nmf))
     rows = []
     for seed in args.seeds:
         sim = cell_programmes(args.cells, seed=seed)
         for k in args.components:
-            for name, method in (("sciencevae (NB, linear, varimax)", run_ours),
-                                 ("sciencevae (NB, linear, no rotation)", run_ours_unrotated),
-                                 ("PCA (log1p CP10k)", run_pca), ("PCA + varimax", run_pca_varimax),
-                                 ("NMF (CP10k)", run_nmf)):
+            for name, method in methods:
                 started = time.perf_counter()
                 weights, usage, signed = method(sim, k, args.epochs, seed)
-                rows.append({"method": name, "k": k, "seed": seed, "seconds": time.perf_counter() - started,
+                rows.append({"method": name, "k": k, "seconds": time.perf_counter() - started,
                              **scores(weights, usage, sim, signed)})
-    table = pd.DataFrame(rows)
-    summary = table.groupby(["method", "k"], sort=False).mean(numeric_only=True).drop(columns="seed")
     print(f"{args.cells} cells x 500 genes, 4 identity + 2 activity programmes, 2 batches; "
           f"mean over seeds {args.seeds}; torch threads {args.threads}")
     print("| method | k | min AUROC | mean AUROC | min Spearman | mean Spearman | seconds |\n|---|---|---|---|---|---|---|")
-    for (method, k), row in summary.iterrows():
-        print(f"| {method} | {k} | {row.min_auroc:.3f} | {row.mean_auroc:.3f} | {row.min_spearman:.3f} | "
-              f"{row.mean_spearman:.3f} | {row.seconds:.1f} |")
+    print_summary(rows)
 
 
 if __name__ == "__main__":

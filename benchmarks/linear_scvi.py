@@ -11,18 +11,15 @@ and prints rows in the format of gene_programmes.py (same seeds, sizes, scores).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gene_programmes import scores  # noqa: E402
+from gene_programmes import arguments, print_summary, scores  # noqa: E402
 
 from sciencevae.case_studies.gene_programmes import varimax  # noqa: E402
 from sciencevae.datasets import cell_programmes  # noqa: E402
@@ -42,14 +39,7 @@ def linear_scvi(sim: dict, k: int, epochs: int, seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=2000)
-    parser.add_argument("--components", type=int, nargs="+", default=[6, 10])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = arguments(__doc__.splitlines()[0], threads=1)
     import scvi
 
     rows = []
@@ -64,10 +54,7 @@ def main() -> None:
             rotation = varimax(weights)
             rows.append({"method": f"LinearSCVI {scvi.__version__} + varimax", "k": k,
                          **scores(weights @ rotation, usage @ rotation, sim, True), "seconds": seconds})
-    summary = pd.DataFrame(rows).groupby(["method", "k"], sort=False).mean(numeric_only=True)
-    for (method, k), row in summary.iterrows():
-        print(f"| {method} | {k} | {row.min_auroc:.3f} | {row.mean_auroc:.3f} | {row.min_spearman:.3f} | "
-              f"{row.mean_spearman:.3f} | {row.seconds:.1f} |")
+    print_summary(rows)
 
 
 if __name__ == "__main__":
