@@ -216,6 +216,18 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, n_latent: int, beta: float, epochs: int) -> None:
+    """Model size, training and run-folder flags shared by the case-study commands."""
+    parser.add_argument("--n-latent", type=int, default=n_latent)
+    parser.add_argument("--beta", type=float, default=beta, help="KL weight; 1 = the ELBO")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_checkpoint_flags(parser)
+
+
 def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                         help="write RUN_DIR/checkpoint/checkpoint.pt every N epochs (0: never)")
@@ -270,14 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     climate.add_argument("inputs", type=Path, nargs="+", help="netCDF file(s) (combined by coordinates) or a .zarr")
     climate.add_argument("--var", help="variable name (needed when the files hold several)")
     climate.add_argument("--out", type=Path, required=True, help="run folder to write (must be new or empty)")
-    climate.add_argument("--n-latent", type=int, default=8)
-    climate.add_argument("--beta", type=float, default=8.0)
-    climate.add_argument("--epochs", type=int, default=400)
-    climate.add_argument("--seed", type=int, default=0)
-    climate.add_argument("--device", default="auto")
-    climate.add_argument("--overwrite", action="store_true")
-    climate.add_argument("--quiet", action="store_true")
-    _add_checkpoint_flags(climate)
+    _add_run_flags(climate, n_latent=8, beta=8.0, epochs=400)
     climate.set_defaults(run=_cmd_climate)
 
     cells = commands.add_parser("cells", help="gene programmes of single-cell counts (AnnData)")
@@ -286,18 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--layer", help="counts from this layer ('raw' for .raw; default X)")
     cells.add_argument("--likelihood", default="nb", choices=sorted(LIKELIHOODS))
     cells.add_argument("--decoder", default="linear", choices=["linear", "mlp"])
-    cells.add_argument("--n-latent", type=int, default=10)
-    cells.add_argument("--beta", type=float, default=1.0)
     cells.add_argument("--batch-key", help="obs column of the batch (a covariate)")
     cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment")
     cells.add_argument("--gene-symbols", help="var column with the gene symbols the gene sets use")
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
-    cells.add_argument("--epochs", type=int, default=100)
-    cells.add_argument("--seed", type=int, default=0)
-    cells.add_argument("--device", default="auto")
-    cells.add_argument("--overwrite", action="store_true")
-    cells.add_argument("--quiet", action="store_true")
-    _add_checkpoint_flags(cells)
+    _add_run_flags(cells, n_latent=10, beta=1.0, epochs=100)
     cells.set_defaults(run=_cmd_cells)
     return parser
 
