@@ -110,9 +110,11 @@ class ClimateResult:
         field = self.data[self.adapter.variables] + delta
         return field if at is None else field.sel({self.adapter.sample_dim: at})
 
-    def save(self, path: str | Path) -> Path:
-        """Write latents.nc, components.nc, maps.nc, report.json, figures/*.png, model/, adapter.nc."""
+    def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
+        """Write latents.nc, components.nc, maps.nc, report.json, figures/*.png, model/, adapter.nc
+        and report.html (with ``extra_tables``, e.g. a comparison with a known truth)."""
         from .climate_figures import save_figures
+        from .report import write_report
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,11 @@ class ClimateResult:
                   "trend_component_slope_per_decade": trend_component_slopes(self)}
         atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
         save_figures(self, out / "figures")
+        slopes = pd.DataFrame([{"variable": v, **d} for v, d in report["trend_component_slope_per_decade"].items()])
+        tables = {"Knobs and their roles": self.roles.reset_index(),
+                  "Latents (posterior KL in nats, roles of the raw latents)": self.latent_roles.reset_index(),
+                  "Trend: slope per decade (area-weighted mean)": slopes, **(extra_tables or {})}
+        write_report(out, "sciencevae climate run", self.settings, tables)
         return out
 
 

@@ -181,9 +181,11 @@ class ProgrammeResult:
     association: pd.DataFrame
     settings: dict
 
-    def save(self, path: str | Path) -> Path:
-        """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json."""
+    def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
+        """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
+        and report.html (with ``extra_tables``)."""
         from .programme_figures import save_figures
+        from .report import write_report
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +198,16 @@ class ProgrammeResult:
         if self.enrichment is not None:
             atomic_write_text(self.enrichment.to_csv(index=False), out / "enrichment.csv")
         save_figures(self, out / "figures")
+        top = self.programmes[self.programmes["rank"] <= 8]
+        genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
+        kl = pd.DataFrame({"latent": range(len(self.adata.uns["sciencevae"]["kl_per_latent"])),
+                           "kl_nats": self.adata.uns["sciencevae"]["kl_per_latent"]})
+        tables = {"Programmes: top genes": genes, "Per-latent KL (before rotation)": kl}
+        if self.enrichment is not None:
+            tables["Enrichment (20 strongest)"] = self.enrichment.drop(columns="genes").head(20)
+        strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
+        tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
+        write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})})
         return out
 
 

@@ -216,6 +216,20 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .case_studies.demo import run_demo
+
+    _check_out(args.out, [], args.overwrite)
+    with run_folder(args.out):
+        result = run_demo(args.out, fast=args.fast, progress=not args.quiet)
+    print("gene programmes on pbmc68k_reduced — known markers among the top genes:")
+    print(result["markers"].to_string(index=False))
+    print("\nclimate on the synthetic field — known truth and what was found:")
+    print(result["truth"].to_string(index=False))
+    print(f"\nreports: {result['cells']}\n         {result['climate']}")
+    return 0
+
+
 def _add_run_flags(parser: argparse.ArgumentParser, n_latent: int, beta: float, epochs: int) -> None:
     """Model size, training and run-folder flags shared by the case-study commands."""
     parser.add_argument("--n-latent", type=int, default=n_latent)
@@ -297,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
     _add_run_flags(cells, n_latent=10, beta=1.0, epochs=100)
     cells.set_defaults(run=_cmd_cells)
+
+    demo = commands.add_parser("demo", help="both case studies on embedded data, offline (about a minute)")
+    demo.add_argument("--out", type=Path, default=Path("sciencevae-demo"), help="folder to write (new or empty)")
+    demo.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # a few epochs, for the tests
+    demo.set_defaults(run=_cmd_demo)
     return parser
 
 

@@ -1,0 +1,69 @@
+"""A self-contained ``report.html`` per run: settings, tables, figures embedded
+as base64 PNG, and links to the output files. No template engine, no network.
+
+>>> import tempfile, pandas as pd
+>>> folder = Path(tempfile.mkdtemp())
+>>> path = write_report(folder, "demo", {"beta": 1.0}, {"table": pd.DataFrame({"a": [1]})})
+>>> "<h1>demo</h1>" in path.read_text()
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from sciencevae import __version__
+from sciencevae.io import atomic_write_text
+
+__all__ = ["write_report", "REPORT_NAME"]
+
+REPORT_NAME = "report.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f2f2f2; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0 1.5em; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True)
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    name = html.escape(path.stem.replace("_", " "))
+    return f'<h3>{name}</h3>\n<img alt="{name}" src="data:image/png;base64,{data}">'
+
+
+def write_report(folder: str | Path, title: str, settings: dict, tables: dict[str, pd.DataFrame],
+                 notes: list[str] | None = None) -> Path:
+    """Write ``folder/report.html`` from the run's settings, tables, ``figures/*.png`` and files."""
+    folder = Path(folder)
+    figures = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.name != REPORT_NAME and not p.name.startswith("."))
+    settings_frame = pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
+    parts = [
+        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>sciencevae {html.escape(__version__)}</p>",
+        *[f"<p>{html.escape(note)}</p>" for note in notes or []],
+        "<h2>Settings</h2>", _table(settings_frame),
+    ]
+    for name, frame in tables.items():
+        parts += [f"<h2>{html.escape(name)}</h2>", _table(frame)]
+    if figures:
+        parts += ["<h2>Figures</h2>", *[_figure(p) for p in figures]]
+    links = "\n".join(f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>' for f in files)
+    parts += ["<h2>Output files</h2>", f"<ul>\n{links}\n</ul>", "</body></html>"]
+    path = folder / REPORT_NAME
+    atomic_write_text("\n".join(parts), path)
+    return path
