@@ -230,6 +230,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .case_studies.export import export_run
+
+    out = args.out or args.run_dir / "export"
+    for path in export_run(args.run_dir, out, args.format):
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_run_flags(parser: argparse.ArgumentParser, n_latent: int, beta: float, epochs: int) -> None:
     """Model size, training and run-folder flags shared by the case-study commands."""
     parser.add_argument("--n-latent", type=int, default=n_latent)
@@ -318,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # a few epochs, for the tests
     demo.set_defaults(run=_cmd_demo)
+
+    export = commands.add_parser("export", help="a run's latents and loadings as zarr, parquet or csv")
+    export.add_argument("run_dir", type=Path, help="a run folder from fit, climate or cells")
+    export.add_argument("--format", default="zarr", choices=["zarr", "parquet", "csv"])
+    export.add_argument("--out", type=Path, help="folder to write (default RUN_DIR/export)")
+    export.set_defaults(run=_cmd_export)
     return parser
 
 

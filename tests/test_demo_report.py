@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+import sciencevae
 from sciencevae.cli import main
 
 
@@ -77,3 +78,46 @@ def test_report_opens_in_a_headless_browser_and_shows_the_figures(demo, tmp_path
     pixels = matplotlib.image.imread(shot)
     figures = pixels[1500:, :, :3]  # below the tables: the embedded figures
     assert pixels.shape[:2] == (3000, 1200) and figures.std() > 0.1  # not blank
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet", "csv"])
+def test_export_keeps_coordinates_names_and_provenance(demo, tmp_path, fmt):
+    import json
+
+    import pandas as pd
+    import xarray as xr
+
+    for kind in ("climate", "cells"):
+        out = tmp_path / kind
+        assert main(["export", str(demo / kind), "--format", fmt, "--out", str(out)]) == 0
+        if fmt == "zarr":
+            ds = xr.open_zarr(out / "export.zarr")
+            provenance = json.loads(ds.attrs["provenance"])
+            if kind == "climate":
+                assert ds["z"].dims == ("time", "latent") and "map_sst" in ds
+                xr.testing.assert_equal(ds["time"], xr.open_dataset(demo / "climate" / "latents.nc")["time"])
+            else:
+                assert ds["activity"].dims == ("cell", "programme") and ds["loading"].dims == ("gene", "programme")
+                assert "LYZ" in ds["gene"].values
+        else:
+            provenance = json.loads((out / "provenance.json").read_text())
+            name = "activity" if kind == "cells" else "z_z_std"
+            table = pd.read_parquet(out / f"{name}.parquet") if fmt == "parquet" else pd.read_csv(
+                out / f"{name}.csv", index_col=[0] if kind == "cells" else [0, 1])
+            assert len(table) > 0
+        assert provenance["sciencevae_version"] == sciencevae.__version__
+        assert provenance["settings"]["n_latent"] == (8 if kind == "climate" else 10)
+    assert main(["export", str(tmp_path), "--format", fmt]) == 2  # not a run folder
+
+
+def test_export_a_fit_run_as_csv(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
+    assert main(["fit", str(tmp_path / "x.npy"), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "run"), "--format", "csv"]) == 0
+    table = pd.read_csv(tmp_path / "run" / "export" / "z.csv", index_col=0)
+    assert table.shape == (30, 10)
+    provenance = (tmp_path / "run" / "export" / "provenance.json").read_text()
+    assert '"input_sha256"' in provenance and '"n_latent": 10' in provenance

@@ -1,0 +1,131 @@
+"""``sciencevae export``: a run's latents and loadings for downstream analysis.
+
+Formats: ``zarr`` (one xarray Dataset with coordinates), ``parquet`` or
+``csv`` (one tidy-or-wide table per quantity). Every export carries its
+provenance: toolkit version, the run's settings and the input's sha256.
+
+Per run type:
+
+- climate run (``latents.nc``): ``latents`` (time x latent: z, z_std),
+  ``knobs`` (time x knob scores, with roles) and ``maps`` (knob x grid);
+- cells run (``cells.h5ad``): ``latents`` (cell x programme activity) and
+  ``loadings`` (gene x programme);
+- fit run (``latents.csv``): ``latents`` (sample x latent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from sciencevae import __version__
+from sciencevae.io import atomic_path, atomic_write_text
+
+__all__ = ["export_run", "FORMATS"]
+
+FORMATS = ("zarr", "parquet", "csv")
+
+
+def _provenance(run: Path, settings: dict) -> dict:
+    info = {"sciencevae_version": __version__, "run": str(run.resolve()), "settings": settings}
+    for name in ("run.json", "report.json"):
+        if (run / name).exists():
+            info[name.removesuffix(".json")] = json.loads((run / name).read_text(encoding="utf-8"))
+    return info
+
+
+def _climate(run: Path) -> tuple[xr.Dataset, dict]:
+    latents = xr.open_dataset(run / "latents.nc").load()
+    maps = xr.open_dataset(run / "maps.nc").load()
+    maps = maps.rename({v: f"map_{v}" for v in maps.data_vars}).rename({"knob": "knob_index"})
+    maps = maps.drop_vars("role", errors="ignore")
+    settings = json.loads((run / "report.json").read_text(encoding="utf-8"))["settings"]
+    return xr.merge([latents, maps], combine_attrs="drop_conflicts"), settings
+
+
+def _cells(run: Path) -> tuple[xr.Dataset, dict]:
+    import anndata as ad
+
+    adata = ad.read_h5ad(run / "cells.h5ad")
+    programmes = np.arange(adata.obsm["X_sciencevae"].shape[1])
+    settings = {k: (v.item() if hasattr(v, "item") else v) for k, v in adata.uns["sciencevae"]["params"].items()}
+    return xr.Dataset(
+        {"activity": (("cell", "programme"), adata.obsm["X_sciencevae"]),
+         "loading": (("gene", "programme"), adata.varm["sciencevae_loadings"])},
+        coords={"cell": adata.obs_names.to_numpy(str), "gene": adata.var_names.to_numpy(str),
+                "programme": programmes},
+    ), settings
+
+
+def _fit(run: Path) -> tuple[xr.Dataset, dict]:
+    frame = pd.read_csv(run / "latents.csv", index_col=0)
+    config = json.loads((run / "model" / "config.json").read_text(encoding="utf-8"))
+    ds = xr.Dataset({"z": (("sample", "latent"), frame.to_numpy())},
+                    coords={"sample": frame.index.astype(str).to_numpy(), "latent": list(frame.columns)})
+    return ds, {"model": config["model"], "objective": config["objective"], "training": config["training"]}
+
+
+def load_run(run: str | Path) -> xr.Dataset:
+    """The run's latents and loadings as one Dataset (with provenance in ``attrs``)."""
+    run = Path(run)
+    if (run / "INCOMPLETE").exists():
+        raise ValueError(f"{run} is an incomplete run (it holds INCOMPLETE); finish it with --resume first")
+    for marker, reader in (("latents.nc", _climate), ("cells.h5ad", _cells), ("latents.csv", _fit)):
+        if (run / marker).exists():
+            ds, settings = reader(run)
+            ds.attrs = {"provenance": json.dumps(_provenance(run, settings), default=str)}
+            return ds
+    raise ValueError(f"{run} is not a sciencevae run folder (no latents.nc, cells.h5ad or latents.csv)")
+
+
+def _tables(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
+    """One table per group of variables sharing dims; 2-D ones stay wide (rows x columns)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, da in ds.data_vars.items():
+        groups.setdefault(da.dims, []).append(name)
+    tables = {}
+    for dims, names in groups.items():
+        part = ds[names]
+        if len(dims) == 2 and len(names) == 1:
+            da = part[names[0]]
+            frame = pd.DataFrame(da.values, index=pd.Index(da[dims[0]].values, name=dims[0]),
+                                 columns=[f"{names[0]}_{c}" for c in da[dims[1]].values])
+        else:
+            frame = part.to_dataframe().reset_index().set_index(list(dims))
+            frame = frame[[c for c in frame.columns if c in names]]
+        tables["_".join(names) if len(names) <= 2 else "_".join(dims)] = frame
+    return tables
+
+
+def export_run(run: str | Path, out: str | Path, fmt: str = "zarr") -> list[Path]:
+    """Write the run's latents and loadings to ``out`` as zarr, parquet or csv; returns the paths."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    ds = load_run(run)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "zarr":
+        target = out / "export.zarr"
+        if target.exists():
+            raise ValueError(f"{target} exists; choose another --out")
+        tmp = out / f".export.zarr.{uuid.uuid4().hex}.tmp"
+        ds.to_zarr(tmp, mode="w-", zarr_format=2)  # v2: readable by every zarr library today
+        os.replace(tmp, target)  # the store appears whole or not at all
+        return [target]
+    written = []
+    for name, frame in _tables(ds).items():
+        path = out / f"{name}.{fmt}"
+        with atomic_path(path) as tmp:
+            if fmt == "parquet":
+                frame.to_parquet(tmp)
+            else:
+                frame.to_csv(tmp)
+        written.append(path)
+    atomic_write_text(json.dumps(json.loads(ds.attrs["provenance"]), indent=2), out / "provenance.json")
+    return written + [out / "provenance.json"]
