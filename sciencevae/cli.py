@@ -239,6 +239,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from . import fetch
+
+    if args.action == "list":
+        for name, manifest in fetch.manifests().items():
+            pinned = all(f.get("sha256") for f in manifest["files"])
+            print(f"{name:28s} {'pinned  ' if pinned else 'unpinned'}  {manifest['title']}")
+        return 0
+    if args.action == "fetch":
+        if not args.target:
+            raise ValueError("data fetch needs a dataset name; see `sciencevae data list`")
+        for path in fetch.fetch(args.target, cache=args.cache, progress=not args.quiet):
+            print(path)
+        return 0
+    if not args.target:
+        raise ValueError("data verify needs a file path")
+    result = fetch.verify(args.target)
+    if not result["ok"]:
+        raise ValueError(f"{args.target} (sha256 {result['sha256']}) matches no pinned manifest file")
+    print(f"{args.target}: {result['dataset']} / {result['file']} (sha256 {result['sha256']}) — ok")
+    return 0
+
+
 def _add_run_flags(parser: argparse.ArgumentParser, n_latent: int, beta: float, epochs: int) -> None:
     """Model size, training and run-folder flags shared by the case-study commands."""
     parser.add_argument("--n-latent", type=int, default=n_latent)
@@ -333,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="zarr", choices=["zarr", "parquet", "csv"])
     export.add_argument("--out", type=Path, help="folder to write (default RUN_DIR/export)")
     export.set_defaults(run=_cmd_export)
+
+    data = commands.add_parser("data", help="real datasets by name: list, fetch (checksum-verified), verify")
+    data.add_argument("action", choices=["list", "fetch", "verify"])
+    data.add_argument("target", nargs="?", help="dataset name (fetch) or file path (verify)")
+    data.add_argument("--cache", type=Path, help="download folder (default $SCIENCEVAE_DATA or ~/.cache/sciencevae)")
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
+    data.set_defaults(run=_cmd_data)
     return parser
 
 

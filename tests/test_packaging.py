@@ -27,7 +27,7 @@ def test_built_wheel_holds_the_namespaced_packages(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for folder in ("sciencevae", "adapters", "case_studies"):
+    for folder in ("sciencevae", "adapters", "case_studies", "data_manifests"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
@@ -39,6 +39,7 @@ def test_built_wheel_holds_the_namespaced_packages(tmp_path):
     assert "sciencevae/adapters/__init__.py" in names
     assert "sciencevae/case_studies/__init__.py" in names
     assert "sciencevae/model.py" in names
-    assert not any(n.startswith(("adapters/", "case_studies/", "tests/")) for n in names)
+    assert "sciencevae/data_manifests/ersstv5_sst_2010_2020.json" in names
+    assert not any(n.startswith(("adapters/", "case_studies/", "data_manifests/", "tests/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sciencevae = sciencevae.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

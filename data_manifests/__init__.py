@@ -1,0 +1,1 @@
+"""Dataset manifests (JSON), installed as ``sciencevae.data_manifests``; read by :mod:`sciencevae.fetch`."""
