@@ -38,8 +38,9 @@ import xarray as xr
 
 from sciencevae.data import Prepared, as_prepared
 from sciencevae.io import atomic_path
+from sciencevae.streaming import Streamed
 
-__all__ = ["ClimateAdapter", "open_field", "ADAPTER_NAME"]
+__all__ = ["ClimateAdapter", "FieldRows", "open_field", "ADAPTER_NAME"]
 
 ADAPTER_NAME = "adapter.nc"
 LAT_NAMES = ("lat", "latitude", "nav_lat", "y_lat")
@@ -155,18 +156,17 @@ class ClimateAdapter:
     def _state(da: xr.DataArray, sample_dim: str, standardize: bool, area_weighting: bool) -> _VariableState:
         _check_samples(da, sample_dim)
         grid_dims = [d for d in da.dims if d != sample_dim]
-        values = _stacked_values(da, sample_dim, grid_dims)
-        keep = ~np.all(np.isnan(values), axis=0)
+        keep, mean, std = _grid_statistics(da, sample_dim, grid_dims)  # streamed through dask when chunked
         if not keep.any():
             raise ValueError(f"variable {da.name!r} is NaN everywhere; nothing to learn from")
-        kept = values[:, keep]
-        mean = np.nanmean(kept, axis=0) if standardize else np.zeros(kept.shape[1])
-        std = np.nanstd(kept, axis=0) if standardize else np.ones(kept.shape[1])
+        mean, std = mean[keep], std[keep]
+        if not standardize:
+            mean, std = np.zeros(keep.sum()), np.ones(keep.sum())
         std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
         grid = da.isel({sample_dim: 0}, drop=True).transpose(*grid_dims)
         grid = xr.zeros_like(grid, dtype=np.float32)
-        weight = np.ones(kept.shape[1])
+        weight = np.ones(int(keep.sum()))
         lat = _lat_coord(grid)
         if area_weighting and lat is not None:
             weight = np.clip(np.cos(np.deg2rad(lat.broadcast_like(grid).transpose(*grid.dims).values.ravel()[keep])), 0.0, None)
@@ -180,20 +180,43 @@ class ClimateAdapter:
 
     def prepare(self, data) -> Prepared:
         """Field -> standardised (time, features) matrix with a NaN mask and area weights."""
-        ds = open_field(data, self.variables[0] if len(self.variables) == 1 else self.variables)
-        blocks = []
-        for state in self.states:
-            if state.name not in ds.data_vars:
-                raise ValueError(f"variable {state.name!r} is not in the data; it has {sorted(map(str, ds.data_vars))}")
-            da = ds[state.name]
-            _check_samples(da, self.sample_dim)
-            self._check_grid(da, state)
-            values = _stacked_values(da, self.sample_dim, list(state.grid.dims))[:, state.keep]
-            blocks.append((values - state.mean) / state.std)
-        X = np.concatenate(blocks, axis=1).astype(np.float32)
+        ds = self._open_checked(data)
+        X = self.standardized_rows(ds, 0, int(ds.sizes[self.sample_dim]))
         weights = np.concatenate([s.weight for s in self.states])
         names = np.asarray(ds[self.sample_dim].values).astype(str) if self.sample_dim in ds.coords else None
         return as_prepared(Prepared(X=X, obs_names=names, feature_weights=weights))
+
+    def _open_checked(self, data) -> xr.Dataset:
+        """Open ``data`` lazily and check it has this adapter's variables on its grid."""
+        ds = open_field(data, self.variables[0] if len(self.variables) == 1 else self.variables)
+        for state in self.states:
+            if state.name not in ds.data_vars:
+                raise ValueError(f"variable {state.name!r} is not in the data; it has {sorted(map(str, ds.data_vars))}")
+            _check_samples(ds[state.name], self.sample_dim)
+            self._check_grid(ds[state.name], state)
+        return ds
+
+    def stream(self, data, chunk_rows: int = 256, buffer_chunks: int = 4) -> Streamed:
+        """The field as a :class:`~sciencevae.streaming.Streamed`: time chunks read through dask on demand.
+
+        For fields larger than memory: ``BetaVAE.fit`` / ``encode`` /
+        ``evaluate`` read ``buffer_chunks`` chunks of ``chunk_rows`` time steps
+        at a time (standardised, land dropped, NaN masked, area-weighted like
+        :meth:`prepare`). Open the data lazily (``open_field`` on zarr/netCDF).
+        """
+        ds = self._open_checked(data)
+        weights = np.concatenate([s.weight for s in self.states])
+        return Streamed(FieldRows(self, ds), chunk_rows=chunk_rows, buffer_chunks=buffer_chunks,
+                        feature_weights=weights)
+
+    def standardized_rows(self, ds: xr.Dataset, start: int, stop: int) -> np.ndarray:
+        """Time steps ``start:stop`` as the standardised (rows, features) float32 matrix (NaN = missing)."""
+        blocks = []
+        for state in self.states:
+            da = ds[state.name].isel({self.sample_dim: slice(start, stop)})
+            values = _stacked_values(da, self.sample_dim, list(state.grid.dims))[:, state.keep]
+            blocks.append((values - state.mean) / state.std)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def _check_grid(self, da: xr.DataArray, state: _VariableState) -> None:
         grid_dims = [d for d in da.dims if d != self.sample_dim]
@@ -298,10 +321,40 @@ class ClimateAdapter:
                    json.loads(ds.attrs.get("sample_attrs", "{}")))
 
 
+def _grid_statistics(da: xr.DataArray, sample_dim: str, grid_dims: list[str]) -> tuple[np.ndarray, ...]:
+    """Per grid point: observed at least once, mean and std over samples (NaN-skipping, float64).
+
+    Reductions over ``sample_dim``: a dask-backed field is read chunk by chunk,
+    never whole.
+    """
+    values = da.astype(np.float64).transpose(sample_dim, *grid_dims)
+    observed = values.notnull().any(sample_dim)
+    mean = values.mean(sample_dim, skipna=True)
+    std = values.std(sample_dim, skipna=True)
+    observed, mean, std = xr.align(observed, mean, std)
+    if hasattr(observed.data, "dask"):
+        import dask
+
+        observed, mean, std = dask.compute(observed, mean, std)
+    return tuple(np.asarray(v.values).ravel() for v in (observed, mean, std))
+
+
 def _stacked_values(da: xr.DataArray, sample_dim: str, grid_dims: list[str]) -> np.ndarray:
     """(time, n_grid) float64 values in C order over ``grid_dims`` (computes dask)."""
     values = np.asarray(da.transpose(sample_dim, *grid_dims).values, dtype=np.float64)
     return values.reshape(values.shape[0], -1)
+
+
+class FieldRows:
+    """Row reader over a (lazily opened) field for :class:`~sciencevae.streaming.Streamed`."""
+
+    def __init__(self, adapter: ClimateAdapter, ds: xr.Dataset):
+        self.adapter, self.ds = adapter, ds
+        self.n_obs = int(ds.sizes[adapter.sample_dim])
+        self.n_features = adapter.n_features
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.adapter.standardized_rows(self.ds, start, stop)
 
 
 def _jsonable(attrs: dict) -> dict:

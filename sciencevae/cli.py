@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from . import __version__
 from .io import atomic_write_text
 from .likelihoods import LIKELIHOODS
+from .distributed import launched_workers
 from .train import CHECKPOINT_NAME, TrainingInterrupted
 
 __all__ = ["main", "build_parser", "read_matrix", "run_folder", "INCOMPLETE"]
@@ -123,19 +124,12 @@ def run_folder(out: Path):
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from .model import BetaVAE
-
     X, names = read_matrix(args.input)
+    workers = launched_workers()
+    if not workers.is_main:  # torchrun: ranks > 0 train their shard; rank 0 checks and writes everything
+        return _fit_worker(args, X)
     _check_out(args.out, [args.input], args.overwrite or _resuming(args))
-    vae = BetaVAE(
-        n_features=X.shape[1],
-        n_latent=args.n_latent,
-        likelihood=args.likelihood,
-        beta=args.beta,
-        decoder=args.decoder,
-        objective=args.objective,
-        seed=args.seed,
-    )
+    vae = _model_from_args(args, X.shape[1])
     vae.validate(X)  # before anything is written
     with run_folder(args.out):
         history = vae.fit(
@@ -145,6 +139,22 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         _write_fit_outputs(args, vae, X, names, history)
     kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
     print(f"wrote {args.out}/model, latents.csv, history.csv\nper-latent KL (nats): {kl}")
+    return 0
+
+
+def _model_from_args(args: argparse.Namespace, n_features: int):
+    from .model import BetaVAE
+
+    return BetaVAE(n_features=n_features, n_latent=args.n_latent, likelihood=args.likelihood, beta=args.beta,
+                   decoder=args.decoder, objective=args.objective, seed=args.seed)
+
+
+def _fit_worker(args: argparse.Namespace, X) -> int:
+    """A torchrun rank other than 0: train (gradients are shared), write nothing."""
+    _model_from_args(args, X.shape[1]).fit(
+        X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        progress=False, **_checkpointing(args),
+    )
     return 0
 
 
@@ -162,7 +172,14 @@ def _write_fit_outputs(args: argparse.Namespace, vae, X, names, history) -> None
     atomic_write_text(history.to_csv(index=False), args.out / "history.csv")
 
 
+def _refuse_torchrun(command: str) -> None:
+    if launched_workers().active:
+        raise ValueError(f"`sciencevae {command}` runs in one process; under torchrun only `sciencevae fit` "
+                         "trains data-parallel (run it without torchrun)")
+
+
 def _cmd_climate(args: argparse.Namespace) -> int:
+    _refuse_torchrun("climate")
     from .adapters.climate import ClimateAdapter, open_field
     from .case_studies import climate_trend
 
@@ -187,6 +204,7 @@ def _cmd_climate(args: argparse.Namespace) -> int:
 
 
 def _cmd_cells(args: argparse.Namespace) -> int:
+    _refuse_torchrun("cells")
     from .adapters.cells import CellsAdapter, read_cells
     from .case_studies import gene_programmes
 

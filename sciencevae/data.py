@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import gammaln
 import torch
 
-__all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot"]
+__all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot", "subset_rows"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,20 @@ def _validate(p: Prepared) -> Prepared:
     )
 
 
+def subset_rows(p: Prepared, rows: np.ndarray) -> Prepared:
+    """The Prepared restricted to ``rows`` (in that order); per-feature parts are kept.
+
+    >>> subset_rows(as_prepared(np.arange(6.0).reshape(3, 2)), np.array([2, 0])).X.tolist()
+    [[4.0, 5.0], [0.0, 1.0]]
+    """
+
+    def take(value):
+        return None if value is None else value[rows]
+
+    return replace(p, X=p.X[rows], obs_names=take(p.obs_names), mask=take(p.mask),
+                   size_factors=take(p.size_factors), covariates=take(p.covariates))
+
+
 def one_hot(values) -> tuple[np.ndarray, list]:
     """One-hot encode a categorical vector; returns the matrix and the categories.
 
@@ -152,15 +167,35 @@ def densify_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     return X[rows].toarray().astype(np.float32, copy=False)
 
 
+def _log_factorial_rows(prepared: Prepared, chunk: int = 4096) -> np.ndarray:
+    """``sum_g w_g lgamma(x_g + 1)`` for every row of a count matrix (float64)."""
+    X, weights = prepared.X, prepared.feature_weights
+    if sp.issparse(X):
+        terms = gammaln(X.data.astype(np.float64) + 1.0)
+        if weights is not None:
+            terms = terms * weights[X.indices]
+        return np.asarray(sp.csr_matrix((terms, X.indices, X.indptr), shape=X.shape).sum(axis=1)).ravel()
+    sums = np.empty(X.shape[0])
+    for start in range(0, X.shape[0], chunk):
+        terms = gammaln(np.nan_to_num(np.asarray(X[start:start + chunk], dtype=np.float64)) + 1.0)
+        sums[start:start + chunk] = terms.sum(1) if weights is None else terms @ weights
+    return sums
+
+
 @dataclass
 class Batch:
-    """One device batch; optional parts are None when absent."""
+    """One device batch; optional parts are None when absent.
+
+    ``count_constant`` is ``sum_g w_g lgamma(x_g + 1)`` per row, precomputed
+    for count data so that training never recomputes it.
+    """
 
     x: torch.Tensor
     mask: torch.Tensor | None
     size_factor: torch.Tensor | None
     covariates: torch.Tensor | None
     feature_weights: torch.Tensor | None
+    count_constant: torch.Tensor | None = None
 
 
 class BatchSource:
@@ -191,6 +226,7 @@ class BatchSource:
         if size_factors is None and count_data:
             size_factors = np.asarray(prepared.X.sum(axis=1)).ravel()
         self.size_factors = self._tensor(size_factors)
+        self.count_constant = self._tensor(_log_factorial_rows(prepared)) if count_data else None
 
     def _tensor(self, value, dtype=torch.float32) -> torch.Tensor | None:
         return None if value is None else torch.as_tensor(np.asarray(value), dtype=dtype, device=self.device)
@@ -212,6 +248,7 @@ class BatchSource:
             size_factor=self._take(self.size_factors, device_index),
             covariates=self._take(self.covariates, device_index),
             feature_weights=self.feature_weights,
+            count_constant=self._take(self.count_constant, device_index),
         )
 
     def batches(self, index: torch.Tensor, batch_size: int):

@@ -214,6 +214,7 @@ def cell_programmes(
     genes_per_programme: int = 30,
     dispersion: float = 10.0,
     seed: int = 0,
+    cell_seed: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Single-cell counts with known identity and activity programmes (cNMF-style simulation).
 
@@ -221,7 +222,10 @@ def cell_programmes(
     activity programme; each programme up-regulates its own disjoint set of
     genes (log fold change 1.5-2.5). Library sizes are log-normal, two batches
     scale every gene by a batch factor, counts are NB with inverse dispersion
-    ``dispersion``.
+    ``dispersion``. ``seed`` fixes everything; with ``cell_seed`` the
+    programmes, gene effects and batch effects still come from ``seed`` but the
+    cells are drawn from ``cell_seed``, so blocks with different ``cell_seed``
+    are more cells of one experiment (used to write files larger than memory).
 
     Returns ``counts`` (cells x genes CSR), ``identity`` (cells,), ``usage``
     (cells x n_activities), ``batch`` (cells,), ``membership`` (genes x
@@ -241,15 +245,16 @@ def cell_programmes(
         membership[order[p * genes_per_programme:(p + 1) * genes_per_programme], p] = True
     lfc = membership * rng.uniform(1.5, 2.5, size=membership.shape)
     base = rng.lognormal(0.0, 1.0, n_genes)
-    identity = rng.integers(0, n_identities, n_cells)
-    usage = rng.beta(0.5, 0.5, size=(n_cells, n_activities))
-    batch = rng.integers(0, 2, n_cells)
+    cells = rng if cell_seed is None else np.random.default_rng([seed, cell_seed])
+    identity = cells.integers(0, n_identities, n_cells)
+    usage = cells.beta(0.5, 0.5, size=(n_cells, n_activities))
+    batch = cells.integers(0, 2, n_cells)
     batch_effect = rng.lognormal(0.0, 0.3, size=(2, n_genes))
     log_rate = np.log(base)[None] + lfc[:, identity].T + usage @ lfc[:, n_identities:].T
     proportions = np.exp(log_rate) * batch_effect[batch]
     proportions /= proportions.sum(1, keepdims=True)
-    library = rng.lognormal(np.log(3000), 0.4, n_cells)
+    library = cells.lognormal(np.log(3000), 0.4, n_cells)
     mu = proportions * library[:, None]
-    counts = rng.poisson(rng.gamma(dispersion, mu / dispersion))
+    counts = cells.poisson(cells.gamma(dispersion, mu / dispersion))
     return {"counts": sp.csr_matrix(counts.astype(np.float32)), "identity": identity, "usage": usage,
             "batch": batch, "membership": membership, "library": library}

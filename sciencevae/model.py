@@ -19,11 +19,13 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from .data import Batch, BatchSource, as_prepared
+from . import distributed
+from .data import Batch, BatchSource, Prepared, as_prepared, subset_rows
+from .streaming import Streamed, StreamingSource
 from .likelihoods import LIKELIHOODS, make_likelihood
 from .networks import ConvDecoder, ConvEncoder, GaussianEncoder, LinearDecoder, MLPDecoder
 from .objectives import ElboTerms, Objective
-from .train import TrainConfig, epoch_sums, fit, resolve_device
+from .train import TrainConfig, epoch_sums, fit, resolve_device, split_indices
 
 __all__ = ["ModelConfig", "VAEModule", "BetaVAE"]
 
@@ -114,6 +116,10 @@ class VAEModule(nn.Module):
         else:
             self.decoder = MLPDecoder(c.n_latent, n_out, reversed_hidden, c.n_covariates)
 
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> ElboTerms:
+        """Same as :meth:`terms` (``forward`` is what DistributedDataParallel hooks)."""
+        return self.terms(batch, generator)
+
     def inference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z|x)."""
         return self.encoder(self.likelihood.encoder_input(batch.x), batch.covariates)
@@ -130,13 +136,22 @@ class VAEModule(nn.Module):
         std = torch.exp(0.5 * logvar)
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + std * noise
-        log_lik = self.generative(z, batch.covariates, batch.size_factor).log_prob(batch.x)
-        if batch.mask is not None:
-            log_lik = torch.where(batch.mask, log_lik, torch.zeros_like(log_lik))
+        log_lik = self._log_likelihood(z, batch)
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
+        return ElboTerms(reconstruction=-log_lik, kl=kl, z=z, mu=mu, logvar=logvar)
+
+    def _log_likelihood(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """log p(x|z) per sample, summed over the observed features with their weights."""
+        raw = self.decoder(z, batch.covariates)
+        if batch.mask is None:
+            return self.likelihood.log_likelihood(
+                raw, batch.x, batch.size_factor, batch.feature_weights, batch.count_constant
+            )
+        log_lik = self.likelihood(raw, batch.size_factor).log_prob(batch.x)
+        log_lik = torch.where(batch.mask, log_lik, torch.zeros_like(log_lik))
         if batch.feature_weights is not None:
             log_lik = log_lik * batch.feature_weights
-        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
-        return ElboTerms(reconstruction=-log_lik.sum(-1), kl=kl, z=z, mu=mu, logvar=logvar)
+        return log_lik.sum(-1)
 
 
 def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str) -> None:
@@ -150,6 +165,18 @@ def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str) -> None:
     if np.any(fractional):
         example = values[fractional].flat[0]
         raise ValueError(f"X holds non-integer values (e.g. {example:g}); {fix}")
+
+
+def _rank_rows(prepared: Prepared, config: TrainConfig, workers: distributed.Workers):
+    """This rank's rows (its training shard, then its validation shard) and their positions."""
+    train_rows, val_rows = split_indices(prepared.n_obs, config.validation, config.seed)
+    train_rows = distributed.shard_rows(train_rows, workers, equal=True)
+    val_rows = distributed.shard_rows(val_rows, workers, equal=False)
+    if len(train_rows) < 2:
+        raise ValueError(f"{prepared.n_obs} samples are too few to shard over {workers.world_size} processes")
+    rows = torch.cat([train_rows, val_rows]).numpy()
+    positions = torch.arange(len(rows))
+    return subset_rows(prepared, rows), (positions[: len(train_rows)], positions[len(train_rows):])
 
 
 class BetaVAE:
@@ -278,8 +305,7 @@ class BetaVAE:
         :class:`~sciencevae.train.TrainingDiverged` naming the epoch and
         restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
         """
-        prepared = as_prepared(X, covariates, size_factors, feature_weights)
-        self._check_input(prepared)
+        prepared = self._checked(X, covariates, size_factors, feature_weights)
         config = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -290,14 +316,44 @@ class BetaVAE:
             early_stopping=early_stopping,
             precision=precision,
         )
+        workers, device = distributed.start(device)
         self.module.to(resolve_device(device))
-        source = BatchSource(prepared, self.device, count_data=self.module.likelihood.is_count)
+        split = None
+        if workers.active:  # this rank keeps only its own rows on its device
+            if isinstance(prepared, Streamed):
+                raise ValueError("streamed (out-of-core) data cannot be trained under torchrun yet; "
+                                 "run one process, or load the data in memory")
+            prepared, split = _rank_rows(prepared, config, workers)
+        source = self._source(prepared)
         self.history = fit(
             self.module, self.objective, source, config, checkpoint_dir=checkpoint_dir,
-            resume=resume, progress=progress, checkpoint_every=checkpoint_every,
+            resume=resume, progress=progress, checkpoint_every=checkpoint_every, workers=workers, split=split,
         )
         self.train_config = config
         return self.history
+
+    def _checked(self, X, covariates=None, size_factors=None, feature_weights=None) -> Prepared | Streamed:
+        """X as a validated Prepared, or a Streamed checked on its first chunk (the rest as it is read)."""
+        if isinstance(X, Streamed):
+            if any(v is not None for v in (covariates, size_factors, feature_weights)):
+                raise ValueError("streamed data carry no covariates / size factors / weights; "
+                                 "give feature weights to Streamed(feature_weights=...)")
+            if X.n_features != self.config.n_features:
+                raise ValueError(f"X has {X.n_features} features but the model was built for {self.config.n_features}")
+            if self.config.n_covariates:
+                raise ValueError(f"the model expects {self.config.n_covariates} covariate columns; streamed data "
+                                 "have none")
+            self._check_input(as_prepared(X.reader.read(0, min(X.chunk_rows, X.n_obs))))
+            return X
+        prepared = as_prepared(X, covariates, size_factors, feature_weights)
+        self._check_input(prepared)
+        return prepared
+
+    def _source(self, prepared: Prepared | Streamed):
+        count_data = self.module.likelihood.is_count
+        if isinstance(prepared, Streamed):
+            return StreamingSource(prepared, self.device, count_data=count_data)
+        return BatchSource(prepared, self.device, count_data=count_data)
 
     def validate(self, X, covariates=None) -> None:
         """Raise a ValueError naming the problem if X cannot be used with this model.
@@ -325,10 +381,8 @@ class BetaVAE:
 
     @torch.no_grad()
     def _posterior(self, X, covariates=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        prepared = as_prepared(X, covariates)
-        self._check_input(prepared)
+        source = self._source(self._checked(X, covariates))
         self.module.eval()
-        source = BatchSource(prepared, self.device)
         means, logvars = [], []
         for batch in source.batches(torch.arange(source.n_obs), batch_size):
             mu, logvar = self.module.inference(batch)
@@ -392,10 +446,8 @@ class BetaVAE:
         >>> sorted(vae.evaluate(np.zeros((5, 3))))
         ['kl', 'kl_per_latent', 'neg_elbo', 'reconstruction']
         """
-        prepared = as_prepared(X, covariates, size_factors, feature_weights)
-        self._check_input(prepared)
+        source = self._source(self._checked(X, covariates, size_factors, feature_weights))
         self.module.eval()
-        source = BatchSource(prepared, self.device, count_data=self.module.likelihood.is_count)
         noise = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad():
             sums = epoch_sums(self.module, Objective(), source, torch.arange(source.n_obs), batch_size, 0, noise)

@@ -21,7 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import BatchSource
+from .distributed import Workers, all_reduce_sum, gather_objects
 from .io import atomic_torch_save
+from .streaming import peak_host_memory_mb
 from .objectives import Objective
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "CHECKPOINT_NAME"]
@@ -121,12 +123,19 @@ def epoch_sums(
     noise: torch.Generator,
     precision: str = "32",
     optimizer: torch.optim.Optimizer | None = None,
+    dataset_size: int | None = None,
 ) -> torch.Tensor:
-    """Sum over samples of [loss, reconstruction, kl, kl_per_latent...] (on the device)."""
+    """Sum over samples of [loss, reconstruction, kl, kl_per_latent...] (on the device).
+
+    ``module`` may be wrapped in DistributedDataParallel (it is called, not
+    ``.terms``); ``dataset_size`` (default ``len(index)``) is the N of the
+    β-TCVAE estimators.
+    """
     totals = None
+    dataset_size = len(index) if dataset_size is None else dataset_size
     for batch in source.batches(index, batch_size):
         with _autocast(source.device, precision):
-            parts = objective.loss(module.terms(batch, noise), step, len(index))
+            parts = objective.loss(module(batch, noise), step, dataset_size)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -146,7 +155,12 @@ def _record(prefix: str, sums: torch.Tensor, n: int) -> dict:
     return record
 
 
-def _save_checkpoint(path: Path, module, optimizer, state: _State, shuffle, noise, config: TrainConfig) -> None:
+def _save_checkpoint(path: Path, module, optimizer, state: _State, shuffle, noise, config: TrainConfig,
+                     workers: Workers) -> None:
+    """Rank 0 writes; every rank's random state goes in (a collective call under torchrun)."""
+    rank_rngs = gather_objects((shuffle.get_state(), noise.get_state().cpu()), workers)
+    if not workers.is_main:
+        return
     payload = {
         "module": module.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -159,12 +173,20 @@ def _save_checkpoint(path: Path, module, optimizer, state: _State, shuffle, nois
         "shuffle_rng": shuffle.get_state(),
         "noise_rng": noise.get_state(),
         "train_config": asdict(config),
+        "world_size": workers.world_size,
+        "rank_rngs": rank_rngs,
     }
     atomic_torch_save(payload, path)
 
 
-def _load_checkpoint(path: Path, module, optimizer, shuffle, noise, config: TrainConfig) -> _State:
+def _load_checkpoint(path: Path, module, optimizer, shuffle, noise, config: TrainConfig, workers: Workers) -> _State:
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved_world = payload.get("world_size", 1)
+    if saved_world != workers.world_size:
+        raise ValueError(
+            f"cannot resume from {path}: it was trained by {saved_world} process(es), this run has "
+            f"{workers.world_size}; resume with the same torchrun --nproc_per_node (or none for 1)"
+        )
     saved = payload["train_config"]
     for key in ("seed", "batch_size", "validation"):
         if saved[key] != getattr(config, key):
@@ -174,8 +196,10 @@ def _load_checkpoint(path: Path, module, optimizer, shuffle, noise, config: Trai
             )
     module.load_state_dict(payload["module"])
     optimizer.load_state_dict(payload["optimizer"])
-    shuffle.set_state(payload["shuffle_rng"])
-    noise.set_state(payload["noise_rng"])
+    shuffle_state, noise_state = payload["rank_rngs"][workers.rank] if "rank_rngs" in payload else (
+        payload["shuffle_rng"], payload["noise_rng"])
+    shuffle.set_state(shuffle_state)
+    noise.set_state(noise_state.to(noise.get_state().device))
     return _State(
         epoch=payload["epoch"],
         step=payload["step"],
@@ -210,8 +234,15 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     checkpoint_every: int = 1,
+    workers: Workers = Workers(),
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """Train ``module`` on ``source`` with ``objective``; return the per-epoch history.
+
+    Under torchrun (``workers.active``, see :mod:`sciencevae.distributed`) the
+    source holds this rank's rows and ``split`` gives its (train, validation)
+    positions in them; otherwise ``split`` defaults to a seeded random split of
+    the source by ``config.validation``.
 
     With ``checkpoint_dir``, ``checkpoint.pt`` is written atomically every
     ``checkpoint_every`` epochs and after the last one; ``resume=True``
@@ -229,44 +260,52 @@ def fit(
     device = source.device
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("bf16 autocast needs CUDA; training in float32 on the CPU", UserWarning, stacklevel=2)
-    train_index, val_index = split_indices(source.n_obs, config.validation, config.seed)
+    train_index, val_index = split if split is not None else split_indices(source.n_obs, config.validation,
+                                                                            config.seed)
+    n_train = int(all_reduce_sum(torch.tensor([len(train_index)]), workers))
     batch_size = min(config.batch_size, len(train_index))
     steps_per_epoch = math.ceil(len(train_index) / batch_size)
     objective.warn_if_unfinished(steps_per_epoch * config.epochs)
 
     module.train()
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    rank_seed = config.seed + 10_007 * workers.rank  # rank 0 draws what a single process draws
+    shuffle = torch.Generator().manual_seed(rank_seed)
+    noise = torch.Generator(device=device).manual_seed(rank_seed + 1)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    n_val = int(all_reduce_sum(torch.tensor([len(val_index)]), workers))
     state = _State()
     if resume and checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, module, optimizer, shuffle, noise, config)
+        state = _load_checkpoint(checkpoint, module, optimizer, shuffle, noise, config, workers)
 
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     last_good = _snapshot(module)
-    bar = tqdm(range(state.epoch, config.epochs), disable=not progress, desc="training", unit="epoch")
+    trainable = _data_parallel(module, device) if workers.active else module
+    bar = tqdm(range(state.epoch, config.epochs), disable=not (progress and workers.is_main), desc="training",
+               unit="epoch")
     try:
         for epoch in bar:
             started = time.perf_counter()
             order = train_index[torch.randperm(len(train_index), generator=shuffle)]
-            sums = epoch_sums(module, objective, source, order, batch_size, state.step, noise, config.precision,
-                              optimizer)
-            record = {"epoch": epoch + 1, **_record("", sums, len(train_index))}
+            sums = epoch_sums(trainable, objective, source, order, batch_size, state.step, noise, config.precision,
+                              optimizer, dataset_size=n_train)
+            record = {"epoch": epoch + 1, **_record("", all_reduce_sum(sums, workers), n_train)}
             if not math.isfinite(record["loss"]):
                 module.load_state_dict(last_good)
                 raise _diverged(epoch + 1, record["loss"], config, checkpoint)
             state.step += steps_per_epoch
-            if len(val_index):
-                record.update(_validate(module, objective, source, val_index, batch_size, state.step, config))
+            if n_val:
+                record.update(_validate(module, objective, source, val_index, batch_size, state.step, config,
+                                        workers, n_val))
             record["seconds"] = time.perf_counter() - started
+            record["peak_host_mb"] = peak_host_memory_mb()
             state.history.append(record)
             state.epoch = epoch + 1
             last_good = _snapshot(module)
             stop = _early_stopping_update(state, record, objective, config, last_good)
             if checkpoint is not None and (state.epoch % checkpoint_every == 0 or stop or state.epoch == config.epochs):
-                _save_checkpoint(checkpoint, module, optimizer, state, shuffle, noise, config)
+                _save_checkpoint(checkpoint, module, optimizer, state, shuffle, noise, config, workers)
             bar.set_postfix(loss=f"{record['loss']:.4g}", val=f"{record.get('val_loss', math.nan):.4g}")
             if stop:
                 break
@@ -281,13 +320,23 @@ def fit(
     return pd.DataFrame(state.history)
 
 
+def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 @torch.no_grad()
-def _validate(module, objective, source, val_index, batch_size, step, config) -> dict:
+def _validate(module, objective, source, val_index, batch_size, step, config, workers: Workers, n_val: int) -> dict:
+    """Validation sums over every rank's validation rows (one all-reduce)."""
     module.eval()
-    noise = torch.Generator(device=source.device).manual_seed(config.seed + 2)
-    sums = epoch_sums(module, objective, source, val_index, batch_size, step, noise, config.precision, None)
+    noise = torch.Generator(device=source.device).manual_seed(config.seed + 2 + 10_007 * workers.rank)
+    sums = torch.zeros(3 + module.config.n_latent, device=source.device)
+    if len(val_index):
+        sums = epoch_sums(module, objective, source, val_index, batch_size, step, noise, config.precision, None,
+                          dataset_size=n_val)
     module.train()
-    return _record("val_", sums, len(val_index))
+    return _record("val_", all_reduce_sum(sums, workers), n_val)
 
 
 def _early_stopping_update(state: _State, record: dict, objective: Objective, config: TrainConfig, weights) -> bool:

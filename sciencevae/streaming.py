@@ -1,0 +1,300 @@
+"""Train on data larger than memory: rows are read in chunks and shuffled by chunk.
+
+A :class:`Streamed` wraps a *row reader* (anything with ``n_obs``,
+``n_features`` and ``read(start, stop)`` returning those rows as a dense array
+or CSR matrix): :class:`AnnDataRows` reads a backed ``.h5ad`` or ``.zarr``
+AnnData (CSR or dense X or a layer) and
+:class:`sciencevae.adapters.climate.StreamedField` reads a gridded field
+through dask. ``BetaVAE.fit``, ``encode`` and ``evaluate`` accept a Streamed
+wherever they accept a matrix.
+
+How an epoch reads the data (:class:`StreamingSource`): the epoch's random
+permutation of rows decides the order in which chunks of ``chunk_rows``
+consecutive rows are visited; ``buffer_chunks`` chunks at a time are read
+(the next group in a background thread while the current one trains), and the
+group's rows are served in the permutation's order. So each batch mixes rows of
+several chunks, every row is seen once per epoch, and host memory holds at most
+two groups: ``2 * buffer_chunks * chunk_rows`` rows, CSR when the file is CSR.
+Count data are checked (non-negative integers) chunk by chunk as they are read.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.special import gammaln
+
+from .data import Batch
+
+__all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
+
+
+def peak_host_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux / macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class RowReader(Protocol):
+    """What a Streamed needs from its data."""
+
+    n_obs: int
+    n_features: int
+
+    def read(self, start: int, stop: int) -> np.ndarray | sp.csr_matrix: ...
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """Data read from disk in chunks of rows instead of held in memory.
+
+    Attributes
+    ----------
+    reader
+        The row reader.
+    chunk_rows
+        Rows read at once (consecutive rows of the file).
+    buffer_chunks
+        Chunks whose rows are mixed into the same batches.
+    feature_weights
+        Optional (n_features,) weights on each feature's log-likelihood.
+    """
+
+    reader: RowReader
+    chunk_rows: int = 8192
+    buffer_chunks: int = 4
+    feature_weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1 or self.buffer_chunks < 1:
+            raise ValueError("chunk_rows and buffer_chunks must be positive")
+
+    @property
+    def n_obs(self) -> int:
+        return self.reader.n_obs
+
+    @property
+    def n_features(self) -> int:
+        return self.reader.n_features
+
+
+def _check_chunk_counts(X: np.ndarray | sp.csr_matrix, start: int, stop: int) -> None:
+    values = X.data if sp.issparse(X) else X
+    fix = "use the gaussian likelihood for continuous data, or give raw counts"
+    if np.isnan(values).any():
+        raise ValueError(f"rows {start}-{stop - 1} hold NaN values; count likelihoods need complete counts ({fix})")
+    if values.size and values.min() < 0:
+        raise ValueError(f"rows {start}-{stop - 1} hold negative values; counts must be >= 0 ({fix})")
+    if np.any(values != np.round(values)):
+        raise ValueError(f"rows {start}-{stop - 1} hold non-integer values; {fix}")
+
+
+@dataclass
+class _Group:
+    """The rows of a few chunks, read and ready to batch."""
+
+    X: np.ndarray | sp.csr_matrix
+    chunks: np.ndarray  # chunk numbers held, sorted
+    offsets: np.ndarray  # first row of each of those chunks in X
+    size_factors: np.ndarray | None
+    count_constant: np.ndarray | None
+
+
+class StreamingSource:
+    """Serve batches of a :class:`Streamed` (same interface as :class:`~sciencevae.data.BatchSource`).
+
+    >>> reader = _ArrayRows(np.arange(20.0).reshape(10, 2))
+    >>> src = StreamingSource(Streamed(reader, chunk_rows=4, buffer_chunks=1), torch.device("cpu"))
+    >>> sorted(int(r) for b in src.batches(torch.randperm(10), 3) for r in b.x[:, 0] // 2)
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
+
+    def __init__(self, streamed: Streamed, device: torch.device, count_data: bool = False):
+        self.streamed = streamed
+        self.device = device
+        self.count_data = count_data
+        self.n_obs, self.n_features = streamed.n_obs, streamed.n_features
+        self.sparse = None
+        weights = streamed.feature_weights
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.feature_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
+                                                                            device=device)
+        self.peak_buffer_rows = 0
+
+    def _read_group(self, chunks: list[int]) -> _Group:
+        size = self.streamed.chunk_rows
+        parts, offsets, offset = [], [], 0
+        for chunk in sorted(chunks):
+            start, stop = chunk * size, min((chunk + 1) * size, self.n_obs)
+            X = self.streamed.reader.read(start, stop)
+            X = X.tocsr().astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+            if self.count_data:
+                _check_chunk_counts(X, start, stop)
+            parts.append(X)
+            offsets.append(offset)
+            offset += stop - start
+        X = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
+        self.peak_buffer_rows = max(self.peak_buffer_rows, offset)
+        sizes = constant = None
+        if self.count_data:
+            sizes = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+            constant = self._log_factorials(X)
+        return _Group(X, np.array(sorted(chunks)), np.array(offsets), sizes, constant)
+
+    def _log_factorials(self, X) -> np.ndarray:
+        if sp.issparse(X):
+            terms = gammaln(X.data.astype(np.float64) + 1.0)
+            if self.weights is not None:
+                terms = terms * self.weights[X.indices]
+            return np.asarray(sp.csr_matrix((terms, X.indices, X.indptr), shape=X.shape).sum(axis=1)).ravel()
+        terms = gammaln(X.astype(np.float64) + 1.0)
+        return terms.sum(1) if self.weights is None else terms @ self.weights
+
+    def _batch(self, group: _Group, rows: np.ndarray) -> Batch:
+        size = self.streamed.chunk_rows
+        local = group.offsets[np.searchsorted(group.chunks, rows // size)] + rows % size
+        values = group.X[local]
+        dense = values.toarray() if sp.issparse(values) else values
+        mask = None
+        if not self.count_data and np.isnan(dense).any():
+            mask = torch.as_tensor(~np.isnan(dense), device=self.device)
+            dense = np.nan_to_num(dense, nan=0.0)
+
+        def tensor(value):
+            return None if value is None else torch.as_tensor(value[local], dtype=torch.float32, device=self.device)
+
+        return Batch(
+            x=torch.as_tensor(dense, device=self.device),
+            mask=mask,
+            size_factor=tensor(group.size_factors),
+            covariates=None,
+            feature_weights=self.feature_weights,
+            count_constant=tensor(group.count_constant),
+        )
+
+    def _groups(self, index: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
+        """Chunk groups in the order the permutation first reaches them, with their rows in its order."""
+        chunk_of = index // self.streamed.chunk_rows
+        _, first = np.unique(chunk_of, return_index=True)
+        visit = chunk_of[np.sort(first)]
+        groups = []
+        for g in range(0, len(visit), self.streamed.buffer_chunks):
+            chunks = visit[g:g + self.streamed.buffer_chunks].tolist()
+            groups.append((chunks, index[np.isin(chunk_of, chunks)]))
+        return groups
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Rows ``index`` as one Batch, in that order (reads the chunks they fall in)."""
+        rows = index.numpy()
+        chunks = np.unique(rows // self.streamed.chunk_rows).tolist()
+        return self._batch(self._read_group(chunks), rows)
+
+    def batches(self, index: torch.Tensor, batch_size: int):
+        """Yield batches over the rows ``index``, read group by group (the next one in the background)."""
+        groups = self._groups(index.numpy())
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._read_group, groups[0][0]) if groups else None
+            for g, (_, rows) in enumerate(groups):
+                group = pending.result()
+                pending = pool.submit(self._read_group, groups[g + 1][0]) if g + 1 < len(groups) else None
+                for start in range(0, len(rows), batch_size):
+                    yield self._batch(group, rows[start:start + batch_size])
+
+
+class _ArrayRows:
+    """A row reader over an in-memory array (tests, examples)."""
+
+    def __init__(self, X):
+        self.X = X
+        self.n_obs, self.n_features = X.shape
+
+    def read(self, start: int, stop: int):
+        return self.X[start:stop]
+
+
+class AnnDataRows:
+    """Rows of a backed AnnData file (.h5ad via h5py, .zarr via zarr) without loading it.
+
+    Reads ``X`` or ``layers[layer]`` stored as CSR or dense. The row pointer
+    of a CSR matrix (8 bytes per cell) is the only thing held in memory.
+
+    >>> import anndata as ad, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.h5ad")
+    >>> ad.AnnData(sp.csr_matrix(np.eye(3, dtype=np.float32))).write_h5ad(path)
+    >>> AnnDataRows(path).read(1, 3).toarray().tolist()
+    [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+
+    def __init__(self, path: str | Path, layer: str | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"input {self.path} does not exist")
+        self.root = self._open(self.path)
+        if layer is None:
+            element = self.root["X"]
+        elif "layers" in self.root and layer in self.root["layers"]:
+            element = self.root["layers"][layer]
+        else:
+            raise ValueError(f"{self.path} has no layer {layer!r}")
+        self.where = "X" if layer is None else f"layers/{layer}"
+        encoding = _text(element.attrs.get("encoding-type", "array"))
+        if encoding == "csc_matrix":
+            raise ValueError(f"{self.where} of {self.path} is stored as CSC (by gene): rows cannot be streamed. "
+                             "Rewrite it as CSR: adata.X = adata.X.tocsr(); adata.write_h5ad(...)")
+        if encoding == "csr_matrix":
+            self.n_obs, self.n_features = (int(v) for v in element.attrs["shape"])
+            self.indptr = np.asarray(element["indptr"][:], dtype=np.int64)
+        else:
+            self.n_obs, self.n_features = element.shape
+            self.indptr = None
+        self.element = element
+        self.feature_names = _names(self.root, "var")
+        self.obs_names = _names(self.root, "obs")
+
+    @staticmethod
+    def _open(path: Path):
+        try:
+            if path.suffix == ".zarr":
+                import zarr
+
+                return zarr.open_group(str(path), mode="r")
+            import h5py
+
+            return h5py.File(path, "r")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"could not open {path} as AnnData ({path.suffix}): {err}") from None
+
+    def read(self, start: int, stop: int) -> np.ndarray | sp.csr_matrix:
+        if self.indptr is None:
+            return np.asarray(self.element[start:stop])
+        begin, end = self.indptr[start], self.indptr[stop]
+        data = np.asarray(self.element["data"][begin:end])
+        indices = np.asarray(self.element["indices"][begin:end])
+        return sp.csr_matrix((data, indices, self.indptr[start:stop + 1] - begin), shape=(stop - start,
+                                                                                           self.n_features))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _names(root, axis: str) -> np.ndarray | None:
+    group = root[axis] if axis in root else None
+    if group is None or "_index" not in group.attrs:
+        return None
+    values = np.asarray(group[_text(group.attrs["_index"])][:])
+    return np.array([_text(v) for v in values], dtype=object)
+
+
+def open_counts(path: str | Path, layer: str | None = None, chunk_rows: int = 8192,
+                buffer_chunks: int = 4) -> Streamed:
+    """A backed .h5ad / .zarr AnnData as a :class:`Streamed` for ``BetaVAE.fit`` / ``encode``."""
+    return Streamed(AnnDataRows(path, layer), chunk_rows=chunk_rows, buffer_chunks=buffer_chunks)

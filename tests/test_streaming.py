@@ -1,0 +1,153 @@
+"""Out-of-core training from backed AnnData files: reading, shuffling by chunk, bounded memory."""
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from sciencevae import BetaVAE
+from sciencevae.data import BatchSource, as_prepared
+from sciencevae.datasets import cell_programmes
+from sciencevae.streaming import AnnDataRows, Streamed, StreamingSource, open_counts
+
+
+def _write(adata: ad.AnnData, path) -> None:
+    if str(path).endswith(".zarr"):
+        adata.write_zarr(path)
+    else:
+        adata.write_h5ad(path)
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return cell_programmes(1500, n_genes=300, seed=4)["counts"]
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_rows_read_from_disk_equal_the_matrix(tmp_path, counts, suffix, dense):
+    adata = ad.AnnData(counts.toarray() if dense else counts)
+    adata.obs_names = [f"cell{i}" for i in range(counts.shape[0])]
+    adata.var_names = [f"g{j}" for j in range(counts.shape[1])]
+    path = tmp_path / f"cells{suffix}"
+    _write(adata, path)
+    rows = AnnDataRows(path)
+    assert (rows.n_obs, rows.n_features) == counts.shape
+    part = rows.read(100, 357)
+    got = part.toarray() if sp.issparse(part) else part
+    np.testing.assert_array_equal(got, counts[100:357].toarray())
+    assert rows.obs_names[5] == "cell5" and rows.feature_names[-1] == "g299"
+
+
+def test_layer_csc_and_missing_inputs_get_clear_errors(tmp_path, counts):
+    adata = ad.AnnData(counts.tocsc(), layers={"raw_counts": counts})
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    with pytest.raises(ValueError, match="CSC .* cannot be streamed.*tocsr"):
+        AnnDataRows(path)
+    assert AnnDataRows(path, layer="raw_counts").read(0, 2).shape == (2, counts.shape[1])
+    with pytest.raises(ValueError, match="no layer 'nope'"):
+        AnnDataRows(path, layer="nope")
+    with pytest.raises(FileNotFoundError):
+        AnnDataRows(tmp_path / "absent.h5ad")
+
+
+def test_an_epoch_serves_every_row_once_mixing_chunks(counts):
+    from sciencevae.streaming import _ArrayRows
+
+    streamed = Streamed(_ArrayRows(counts), chunk_rows=100, buffer_chunks=3)
+    source = StreamingSource(streamed, torch.device("cpu"), count_data=True)
+    order = torch.randperm(counts.shape[0], generator=torch.Generator().manual_seed(0))
+    dense = counts.toarray()
+    seen = []
+    for batch in source.batches(order, 64):
+        rows = [int(np.flatnonzero((dense == row.numpy()).all(1))[0]) for row in batch.x[:4]]
+        seen.append(rows)
+        assert len({r // 100 for r in rows}) >= 1
+    everything = torch.cat([b.x for b in source.batches(order, 64)])
+    assert everything.shape == counts.shape
+    np.testing.assert_array_equal(np.sort(everything.sum(1).numpy()), np.sort(dense.sum(1)))
+    mixed = [len({r // 100 for r in rows}) for rows in seen]
+    assert max(mixed) > 1, "batches should mix rows of several chunks"
+    assert source.peak_buffer_rows <= 300
+
+
+def test_streamed_batches_carry_the_same_size_factors_and_constants(counts):
+    from sciencevae.streaming import _ArrayRows
+
+    streamed = StreamingSource(Streamed(_ArrayRows(counts), chunk_rows=128), torch.device("cpu"), count_data=True)
+    memory = BatchSource(as_prepared(counts), torch.device("cpu"), count_data=True)
+    rows = torch.arange(0, 1500, 7)
+    a, b = streamed.batch(rows), memory.batch(rows)
+    torch.testing.assert_close(a.x, b.x)
+    torch.testing.assert_close(a.size_factor, b.size_factor)
+    torch.testing.assert_close(a.count_constant, b.count_constant)
+
+
+def test_fit_from_a_backed_file_matches_fitting_in_memory(tmp_path):
+    sim = cell_programmes(3000, n_genes=400, seed=5)
+    path = tmp_path / "cells.h5ad"
+    ad.AnnData(sim["counts"]).write_h5ad(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    streamed = open_counts(path, chunk_rows=256, buffer_chunks=4)
+
+    torch.set_num_threads(1)
+    on_disk = BetaVAE(400, n_latent=6, likelihood="nb", decoder="linear", hidden=(64,))
+    history = on_disk.fit(streamed, epochs=15, batch_size=128, progress=False)
+    in_memory = BetaVAE(400, n_latent=6, likelihood="nb", decoder="linear", hidden=(64,))
+    in_memory.fit(sim["counts"], epochs=15, batch_size=128, progress=False)
+
+    assert "peak_host_mb" in history and history["val_loss"].notna().all()
+    disk_elbo = on_disk.evaluate(streamed)["neg_elbo"]
+    memory_elbo = in_memory.evaluate(sim["counts"])["neg_elbo"]
+    assert disk_elbo < memory_elbo * 1.02
+    np.testing.assert_allclose(on_disk.encode(streamed), on_disk.encode(sim["counts"]), atol=1e-5)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_bad_counts_in_a_later_chunk_are_named(tmp_path):
+    X = np.random.default_rng(0).poisson(2.0, size=(600, 20)).astype(np.float32)
+    X[450, 3] = 0.5
+    path = tmp_path / "bad.h5ad"
+    ad.AnnData(X).write_h5ad(path)
+    vae = BetaVAE(20, n_latent=2, likelihood="nb", hidden=(8,))
+    with pytest.raises(ValueError, match="rows 400-599 hold non-integer values"):
+        vae.fit(open_counts(path, chunk_rows=200), epochs=1, progress=False, validation=0.0)
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, torch
+    from sciencevae import BetaVAE
+    from sciencevae.streaming import open_counts, peak_host_memory_mb
+    torch.set_num_threads(1)
+    streamed = open_counts(sys.argv[1], chunk_rows=2048, buffer_chunks=2)
+    before = peak_host_memory_mb()
+    vae = BetaVAE(streamed.n_features, n_latent=4, likelihood="nb", decoder="linear", hidden=(32,))
+    vae.fit(streamed, epochs=1, batch_size=1024, progress=False, validation=0.05)
+    print(before, peak_host_memory_mb())
+    """
+)
+
+
+def test_host_memory_stays_bounded_far_below_the_file(tmp_path):
+    rng = np.random.default_rng(1)
+    n_cells, n_genes = 60_000, 1000
+    path = tmp_path / "big.h5ad"
+    blocks = [sp.csr_matrix(rng.poisson(0.8, size=(10_000, n_genes)).astype(np.float32)) for _ in range(6)]
+    ad.AnnData(sp.vstack(blocks, format="csr")).write_h5ad(path)
+    del blocks
+    file_mb = path.stat().st_size / 2**20
+    assert file_mb > 250
+    script = tmp_path / "stream.py"
+    script.write_text(MEMORY_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = (float(v) for v in result.stdout.split()[-2:])
+    assert after - before < 0.4 * file_mb, f"streaming {file_mb:.0f} MB grew the process by {after - before:.0f} MB"
