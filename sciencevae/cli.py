@@ -40,11 +40,23 @@ __all__ = ["main", "build_parser", "read_matrix", "run_folder", "INCOMPLETE"]
 INCOMPLETE = "INCOMPLETE"
 
 
-def read_matrix(path: Path) -> tuple[np.ndarray | sp.csr_matrix, list[str] | None]:
-    """Read a matrix file; returns (X, sample names or None)."""
+def read_matrix(path: Path, layer: str | None = None):
+    """Read a matrix file; returns (X, sample names or None).
+
+    ``.h5ad`` / ``.zarr`` AnnData are not loaded: X is a
+    :class:`~sciencevae.streaming.Streamed` over ``X`` or ``layers[layer]``.
+    """
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix in (".h5ad", ".zarr"):
+        from .streaming import open_counts
+
+        streamed = open_counts(path, layer=layer)
+        names = streamed.reader.obs_names
+        return streamed, None if names is None else [str(n) for n in names]
+    if layer is not None:
+        raise ValueError(f"--layer applies to .h5ad / .zarr AnnData input, not {suffix}")
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False), None
@@ -55,7 +67,7 @@ def read_matrix(path: Path) -> tuple[np.ndarray | sp.csr_matrix, list[str] | Non
             return frame.to_numpy(dtype=np.float32), [str(i) for i in frame.index]
     except (ValueError, OSError) as err:
         raise ValueError(f"could not read {path} as {suffix[1:]}: {err}") from None
-    raise ValueError(f"input {path} has suffix {suffix!r}; give a .npy, .npz (scipy sparse) or .csv file")
+    raise ValueError(f"input {path} has suffix {suffix!r}; give a .npy, .npz (scipy sparse), .csv, .h5ad or .zarr")
 
 
 def file_sha256(path: Path) -> str:
@@ -124,7 +136,7 @@ def run_folder(out: Path):
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    X, names = read_matrix(args.input)
+    X, names = read_matrix(args.input, args.layer)
     workers = launched_workers()
     if not workers.is_main:  # torchrun: ranks > 0 train their shard; rank 0 checks and writes everything
         return _fit_worker(args, X)
@@ -164,7 +176,7 @@ def _write_fit_outputs(args: argparse.Namespace, vae, X, names, history) -> None
         "command": "fit",
         "sciencevae_version": __version__,
         "input": str(args.input.resolve()),
-        "input_sha256": file_sha256(args.input),
+        "input_sha256": file_sha256(args.input) if args.input.is_file() else None,
     }
     atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
     latents = pd.DataFrame(vae.encode(X), columns=[f"z{j}" for j in range(args.n_latent)], index=names)
@@ -319,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="train a β-VAE on a samples x features matrix file")
-    fit.add_argument("input", type=Path, help=".npy, .npz (scipy sparse) or .csv (header + sample column)")
+    fit.add_argument("input", type=Path, help=".npy, .npz (scipy sparse), .csv (header + sample column), or an "
+                     ".h5ad / .zarr AnnData (streamed from disk in chunks, never loaded whole)")
+    fit.add_argument("--layer", help="AnnData layer holding the data (default X)")
     fit.add_argument("--out", type=Path, required=True, help="run folder to write (must be new or empty)")
     fit.add_argument("--likelihood", default="gaussian", choices=sorted(LIKELIHOODS))
     fit.add_argument("--n-latent", type=int, default=10)
@@ -327,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--objective", default="beta", choices=["beta", "capacity", "tcvae"])
     fit.add_argument("--decoder", default="mlp", choices=["mlp", "linear"])
     fit.add_argument("--epochs", type=int, default=100)
-    fit.add_argument("--batch-size", type=int, default=256)
-    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--batch-size", type=int, default=None, help="per process (default 256 on CPU, 1024 on CUDA)")
+    fit.add_argument("--lr", type=float, default=None,
+                     help="learning rate (default 1e-3, scaled by sqrt(batch / 256) for larger batches)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")

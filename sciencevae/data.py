@@ -15,7 +15,8 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 import torch
 
-__all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot", "subset_rows"]
+__all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot", "subset_rows",
+           "log_factorial_rows", "split_rows"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,19 @@ def subset_rows(p: Prepared, rows: np.ndarray) -> Prepared:
                    size_factors=take(p.size_factors), covariates=take(p.covariates))
 
 
+def split_rows(n_obs: int, validation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random train / validation row indices (CPU int64), fixed by ``seed``.
+
+    >>> [len(part) for part in split_rows(10, 0.2, seed=0)]
+    [8, 2]
+    """
+    order = torch.randperm(n_obs, generator=torch.Generator().manual_seed(seed))
+    n_val = int(n_obs * validation)
+    if n_obs - n_val < 2:
+        raise ValueError(f"{n_obs} samples leave fewer than 2 for training with validation={validation}")
+    return order[n_val:], order[:n_val]
+
+
 def one_hot(values) -> tuple[np.ndarray, list]:
     """One-hot encode a categorical vector; returns the matrix and the categories.
 
@@ -167,17 +181,43 @@ def densify_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     return X[rows].toarray().astype(np.float32, copy=False)
 
 
-def _log_factorial_rows(prepared: Prepared, chunk: int = 4096) -> np.ndarray:
-    """``sum_g w_g lgamma(x_g + 1)`` for every row of a count matrix (float64)."""
-    X, weights = prepared.X, prepared.feature_weights
+_LOG_FACTORIAL = gammaln(np.arange(4096, dtype=np.float64) + 1.0)
+
+
+def _log_factorials(values: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """lgamma(v + 1) of non-negative integer counts: a table lookup below 4096, gammaln above.
+
+    Works through ``values`` in blocks so that the temporaries stay small.
+    """
+    values = np.asarray(values).ravel()
+    out = np.empty(values.shape, dtype=np.float64)
+    top = len(_LOG_FACTORIAL) - 1
+    for start in range(0, len(values), block):
+        part = values[start:start + block]
+        counts = np.minimum(part, top).astype(np.int32)
+        np.take(_LOG_FACTORIAL, counts, out=out[start:start + block])
+        large = np.flatnonzero(part > top)
+        if len(large):
+            out[start + large] = gammaln(part[large].astype(np.float64) + 1.0)
+    return out
+
+
+def log_factorial_rows(X: np.ndarray | sp.csr_matrix, weights: np.ndarray | None = None,
+                       chunk: int = 4096) -> np.ndarray:
+    """``sum_g w_g lgamma(x_g + 1)`` for every row of a count matrix (float64).
+
+    >>> log_factorial_rows(np.array([[0.0, 3.0], [1.0, 2.0]])).round(4).tolist()
+    [1.7918, 0.6931]
+    """
     if sp.issparse(X):
-        terms = gammaln(X.data.astype(np.float64) + 1.0)
+        terms = _log_factorials(X.data)
         if weights is not None:
             terms = terms * weights[X.indices]
-        return np.asarray(sp.csr_matrix((terms, X.indices, X.indptr), shape=X.shape).sum(axis=1)).ravel()
+        return np.add.reduceat(np.append(terms, 0.0), X.indptr[:-1]) * (np.diff(X.indptr) > 0)
     sums = np.empty(X.shape[0])
     for start in range(0, X.shape[0], chunk):
-        terms = gammaln(np.nan_to_num(np.asarray(X[start:start + chunk], dtype=np.float64)) + 1.0)
+        rows = np.nan_to_num(np.asarray(X[start:start + chunk], dtype=np.float64))
+        terms = _log_factorials(rows).reshape(rows.shape)
         sums[start:start + chunk] = terms.sum(1) if weights is None else terms @ weights
     return sums
 
@@ -226,7 +266,8 @@ class BatchSource:
         if size_factors is None and count_data:
             size_factors = np.asarray(prepared.X.sum(axis=1)).ravel()
         self.size_factors = self._tensor(size_factors)
-        self.count_constant = self._tensor(_log_factorial_rows(prepared)) if count_data else None
+        self.count_constant = (self._tensor(log_factorial_rows(prepared.X, prepared.feature_weights))
+                               if count_data else None)
 
     def _tensor(self, value, dtype=torch.float32) -> torch.Tensor | None:
         return None if value is None else torch.as_tensor(np.asarray(value), dtype=dtype, device=self.device)
@@ -250,6 +291,10 @@ class BatchSource:
             feature_weights=self.feature_weights,
             count_constant=self._take(self.count_constant, device_index),
         )
+
+    def split(self, validation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded random (train, validation) rows."""
+        return split_rows(self.n_obs, validation, seed)
 
     def batches(self, index: torch.Tensor, batch_size: int):
         """Yield consecutive batches over ``index`` in its order."""

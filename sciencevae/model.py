@@ -20,12 +20,12 @@ from torch import nn
 from torch.distributions import Distribution
 
 from . import distributed
-from .data import Batch, BatchSource, Prepared, as_prepared, subset_rows
+from .data import Batch, BatchSource, Prepared, as_prepared, split_rows, subset_rows
 from .streaming import Streamed, StreamingSource
 from .likelihoods import LIKELIHOODS, make_likelihood
 from .networks import ConvDecoder, ConvEncoder, GaussianEncoder, LinearDecoder, MLPDecoder
 from .objectives import ElboTerms, Objective
-from .train import TrainConfig, epoch_sums, fit, resolve_device, split_indices
+from .train import TrainConfig, batch_and_lr, epoch_sums, fit, resolve_device
 
 __all__ = ["ModelConfig", "VAEModule", "BetaVAE"]
 
@@ -169,7 +169,7 @@ def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str) -> None:
 
 def _rank_rows(prepared: Prepared, config: TrainConfig, workers: distributed.Workers):
     """This rank's rows (its training shard, then its validation shard) and their positions."""
-    train_rows, val_rows = split_indices(prepared.n_obs, config.validation, config.seed)
+    train_rows, val_rows = split_rows(prepared.n_obs, config.validation, config.seed)
     train_rows = distributed.shard_rows(train_rows, workers, equal=True)
     val_rows = distributed.shard_rows(val_rows, workers, equal=False)
     if len(train_rows) < 2:
@@ -278,8 +278,8 @@ class BetaVAE:
         self,
         X,
         epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 1e-3,
+        batch_size: int | None = None,
+        lr: float | None = None,
         seed: int = 0,
         device: str = "auto",
         validation: float = 0.1,
@@ -293,11 +293,18 @@ class BetaVAE:
         size_factors=None,
         feature_weights=None,
     ) -> pd.DataFrame:
-        """Train on X (numpy, torch, scipy CSR or a Prepared); returns the history.
+        """Train on X (numpy, torch, scipy CSR, a Prepared or a Streamed); returns the history.
+
+        ``batch_size`` / ``lr`` default to 256 / 1e-3 on the CPU and to 1024
+        with a square-root-scaled learning rate on CUDA (see
+        :func:`~sciencevae.train.batch_and_lr`); under torchrun
+        ``batch_size`` is per process. A :class:`~sciencevae.streaming.Streamed`
+        is read from disk in chunks (data larger than memory).
 
         The history has one row per epoch: loss, reconstruction, kl, kl_0 ...
-        kl_{L-1} (per-latent KL, nats), val_loss, val_reconstruction, val_kl and
-        seconds. ``early_stopping`` is a patience in epochs on the validation
+        kl_{L-1} (per-latent KL, nats), val_loss, val_reconstruction, val_kl,
+        seconds and peak_host_mb (the process's peak resident memory so far,
+        MiB). ``early_stopping`` is a patience in epochs on the validation
         loss (the training loss without validation); the best weights are
         kept. ``checkpoint_dir`` gets ``checkpoint.pt`` every
         ``checkpoint_every`` epochs and ``resume=True`` continues from it;
@@ -306,17 +313,18 @@ class BetaVAE:
         restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
         """
         prepared = self._checked(X, covariates, size_factors, feature_weights)
+        workers, device = distributed.start(device)
+        batch_size, lr = batch_and_lr(batch_size, lr, resolve_device(device), workers.world_size)
         config = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
             seed=seed,
-            device=device,
+            device=str(device),
             validation=validation,
             early_stopping=early_stopping,
             precision=precision,
         )
-        workers, device = distributed.start(device)
         self.module.to(resolve_device(device))
         split = None
         if workers.active:  # this rank keeps only its own rows on its device
@@ -363,7 +371,7 @@ class BetaVAE:
         ...
         ValueError: X holds non-integer values (e.g. 0.5); use the gaussian likelihood for continuous data, or give raw counts to 'nb'
         """
-        self._check_input(as_prepared(X, covariates))
+        self._checked(X, covariates)
 
     def _check_input(self, prepared) -> None:
         c = self.config

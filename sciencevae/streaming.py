@@ -30,15 +30,24 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.special import gammaln
 
-from .data import Batch
+from .data import Batch, log_factorial_rows, split_rows
 
 __all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
 
 
 def peak_host_memory_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux / macOS)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status (``ru_maxrss`` would carry over the
+    parent's peak into a process started by fork + exec); elsewhere
+    ``ru_maxrss``.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
@@ -85,6 +94,10 @@ class Streamed:
     def n_features(self) -> int:
         return self.reader.n_features
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_features
+
 
 def _check_chunk_counts(X: np.ndarray | sp.csr_matrix, start: int, stop: int) -> None:
     values = X.data if sp.issparse(X) else X
@@ -104,8 +117,6 @@ class _Group:
     X: np.ndarray | sp.csr_matrix
     chunks: np.ndarray  # chunk numbers held, sorted
     offsets: np.ndarray  # first row of each of those chunks in X
-    size_factors: np.ndarray | None
-    count_constant: np.ndarray | None
 
 
 class StreamingSource:
@@ -128,6 +139,11 @@ class StreamingSource:
         self.feature_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
                                                                             device=device)
         self.peak_buffer_rows = 0
+        # count data: validated, and their per-row size factor and lgamma(x + 1) sum kept (16 bytes a row),
+        # on a chunk's first read only
+        self.checked_chunks: set[int] = set()
+        self.size_factors = np.zeros(self.n_obs) if count_data else None
+        self.count_constants = np.zeros(self.n_obs) if count_data else None
 
     def _read_group(self, chunks: list[int]) -> _Group:
         size = self.streamed.chunk_rows
@@ -135,28 +151,18 @@ class StreamingSource:
         for chunk in sorted(chunks):
             start, stop = chunk * size, min((chunk + 1) * size, self.n_obs)
             X = self.streamed.reader.read(start, stop)
-            X = X.tocsr().astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-            if self.count_data:
+            X = X.tocsr().astype(np.float32, copy=False) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+            if self.count_data and chunk not in self.checked_chunks:
                 _check_chunk_counts(X, start, stop)
+                self.size_factors[start:stop] = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+                self.count_constants[start:stop] = log_factorial_rows(X, self.weights)
+                self.checked_chunks.add(chunk)
             parts.append(X)
             offsets.append(offset)
             offset += stop - start
         X = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
         self.peak_buffer_rows = max(self.peak_buffer_rows, offset)
-        sizes = constant = None
-        if self.count_data:
-            sizes = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-            constant = self._log_factorials(X)
-        return _Group(X, np.array(sorted(chunks)), np.array(offsets), sizes, constant)
-
-    def _log_factorials(self, X) -> np.ndarray:
-        if sp.issparse(X):
-            terms = gammaln(X.data.astype(np.float64) + 1.0)
-            if self.weights is not None:
-                terms = terms * self.weights[X.indices]
-            return np.asarray(sp.csr_matrix((terms, X.indices, X.indptr), shape=X.shape).sum(axis=1)).ravel()
-        terms = gammaln(X.astype(np.float64) + 1.0)
-        return terms.sum(1) if self.weights is None else terms @ self.weights
+        return _Group(X, np.array(sorted(chunks)), np.array(offsets))
 
     def _batch(self, group: _Group, rows: np.ndarray) -> Batch:
         size = self.streamed.chunk_rows
@@ -168,16 +174,16 @@ class StreamingSource:
             mask = torch.as_tensor(~np.isnan(dense), device=self.device)
             dense = np.nan_to_num(dense, nan=0.0)
 
-        def tensor(value):
-            return None if value is None else torch.as_tensor(value[local], dtype=torch.float32, device=self.device)
+        def tensor(per_row):
+            return None if per_row is None else torch.as_tensor(per_row[rows], dtype=torch.float32, device=self.device)
 
         return Batch(
             x=torch.as_tensor(dense, device=self.device),
             mask=mask,
-            size_factor=tensor(group.size_factors),
+            size_factor=tensor(self.size_factors),
             covariates=None,
             feature_weights=self.feature_weights,
-            count_constant=tensor(group.count_constant),
+            count_constant=tensor(self.count_constants),
         )
 
     def _groups(self, index: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
@@ -190,6 +196,28 @@ class StreamingSource:
             chunks = visit[g:g + self.streamed.buffer_chunks].tolist()
             groups.append((chunks, index[np.isin(chunk_of, chunks)]))
         return groups
+
+    def split(self, validation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded (train, validation) rows; validation takes whole chunks so that it reads few of them.
+
+        With fewer than 10 chunks the rows are split one by one (as in memory).
+        """
+        size = self.streamed.chunk_rows
+        n_chunks = -(-self.n_obs // size)
+        if n_chunks < 10 or validation == 0:
+            return split_rows(self.n_obs, validation, seed)
+        order = torch.randperm(n_chunks, generator=torch.Generator().manual_seed(seed)).tolist()
+        target, held, n_held = int(self.n_obs * validation), [], 0
+        for chunk in order:
+            if n_held >= target:
+                break
+            held.append(chunk)
+            n_held += min(size, self.n_obs - chunk * size)
+        is_val = torch.zeros(self.n_obs, dtype=torch.bool)
+        for chunk in held:
+            is_val[chunk * size:(chunk + 1) * size] = True
+        rows = torch.arange(self.n_obs)
+        return rows[~is_val], rows[is_val]
 
     def batch(self, index: torch.Tensor) -> Batch:
         """Rows ``index`` as one Batch, in that order (reads the chunks they fall in)."""

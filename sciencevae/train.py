@@ -26,7 +26,10 @@ from .io import atomic_torch_save
 from .streaming import peak_host_memory_mb
 from .objectives import Objective
 
-__all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "CHECKPOINT_NAME",
+           "batch_and_lr"]
+
+BASE_BATCH, BASE_LR = 256, 1e-3
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -85,13 +88,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def split_indices(n_obs: int, validation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random train / validation row indices (CPU int64), fixed by ``seed``."""
-    order = torch.randperm(n_obs, generator=torch.Generator().manual_seed(seed))
-    n_val = int(n_obs * validation)
-    if n_obs - n_val < 2:
-        raise ValueError(f"{n_obs} samples leave fewer than 2 for training with validation={validation}")
-    return order[n_val:], order[:n_val]
+def batch_and_lr(batch_size: int | None, lr: float | None, device: torch.device,
+                 world_size: int = 1) -> tuple[int, float]:
+    """Defaults for ``fit``: the batch size per process and the learning rate.
+
+    ``batch_size=None`` is 256 on the CPU and 1024 on CUDA (a GPU is only busy
+    with large batches). ``lr=None`` scales 1e-3 with the square root of the
+    effective batch (``batch_size * world_size``) above 256, the usual rule for
+    Adam (Malladi et al. 2022); at 256 or less it stays 1e-3.
+
+    >>> batch_and_lr(None, None, torch.device("cpu"))
+    (256, 0.001)
+    >>> batch_and_lr(None, None, torch.device("cuda"), world_size=4)
+    (1024, 0.004)
+    """
+    if batch_size is None:
+        batch_size = 1024 if device.type == "cuda" else BASE_BATCH
+    if lr is None:
+        lr = BASE_LR * math.sqrt(max(1.0, batch_size * world_size / BASE_BATCH))
+    return batch_size, lr
 
 
 @dataclass
@@ -260,8 +275,7 @@ def fit(
     device = source.device
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("bf16 autocast needs CUDA; training in float32 on the CPU", UserWarning, stacklevel=2)
-    train_index, val_index = split if split is not None else split_indices(source.n_obs, config.validation,
-                                                                            config.seed)
+    train_index, val_index = split if split is not None else source.split(config.validation, config.seed)
     n_train = int(all_reduce_sum(torch.tensor([len(train_index)]), workers))
     batch_size = min(config.batch_size, len(train_index))
     steps_per_epoch = math.ceil(len(train_index) / batch_size)

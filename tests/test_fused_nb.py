@@ -80,3 +80,32 @@ def test_nb_model_loss_is_the_exact_negative_log_likelihood(rng):
         fast = likelihood.log_likelihood(raw, torch.as_tensor(counts), size)
         slow = likelihood(raw, size).log_prob(torch.as_tensor(counts)).sum(-1)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_direct_path_equals_the_cpu_lookup_path():
+    logits, log_theta, size, x, weights = _inputs(4, n_cells=64, n_genes=500)
+    cpu = nb_log_likelihood_sum(logits, size, log_theta, x, weights)
+    cpu_grads = torch.autograd.grad(cpu.sum(), (logits, log_theta))
+    cuda_inputs = [t.detach().cuda().requires_grad_(t.requires_grad) for t in (logits, log_theta)]
+    gpu = nb_log_likelihood_sum(cuda_inputs[0], size.cuda(), cuda_inputs[1], x.cuda(), weights.cuda())
+    gpu_grads = torch.autograd.grad(gpu.sum(), cuda_inputs)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-7)
+    for g, c in zip(gpu_grads, cpu_grads):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-8, atol=1e-8)
+
+
+def test_log_factorial_rows_handles_empty_rows_and_huge_counts():
+    import scipy.sparse as sp
+    from scipy.special import gammaln
+
+    from sciencevae.data import log_factorial_rows
+
+    dense = np.array([[0, 0, 0], [2, 0, 5000], [0, 0, 0], [1, 7, 0], [0, 0, 0]], dtype=np.float32)
+    expected = gammaln(dense.astype(np.float64) + 1).sum(1)
+    np.testing.assert_allclose(log_factorial_rows(sp.csr_matrix(dense)), expected, rtol=1e-12)
+    np.testing.assert_allclose(log_factorial_rows(dense), expected, rtol=1e-12)
+    weights = np.array([0.5, 2.0, 1.5])
+    np.testing.assert_allclose(log_factorial_rows(sp.csr_matrix(dense), weights),
+                               gammaln(dense.astype(np.float64) + 1) @ weights, rtol=1e-12)
