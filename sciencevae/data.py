@@ -238,24 +238,61 @@ class Batch:
     count_constant: torch.Tensor | None = None
 
 
+class DeviceCSR:
+    """A CSR matrix held on a device as tensors; batches of rows are densified there.
+
+    Rows are gathered into a fixed (batch, longest row) block and scattered
+    into a dense batch, so no step waits for the host (no data-dependent shapes).
+
+    >>> m = DeviceCSR(sp.csr_matrix(np.array([[0.0, 2.0], [3.0, 0.0], [0.0, 0.0]])), torch.device("cpu"))
+    >>> m.dense_rows(torch.tensor([1, 2, 0])).tolist()
+    [[3.0, 0.0], [0.0, 0.0], [0.0, 2.0]]
+    """
+
+    def __init__(self, X: sp.csr_matrix, device: torch.device):
+        self.n_features = X.shape[1]
+        lengths = np.diff(X.indptr)
+        self.longest = max(int(lengths.max()) if len(lengths) else 0, 1)
+        self.row_start = torch.as_tensor(X.indptr[:-1], dtype=torch.int64, device=device)
+        self.row_length = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+        # one padding entry at the end: value 0 in column 0, read wherever a row is shorter than the longest
+        self.columns = torch.as_tensor(np.append(X.indices, 0), dtype=torch.int64, device=device)
+        self.values = torch.as_tensor(np.append(X.data, 0), dtype=torch.float32, device=device)
+        self.offsets = torch.arange(self.longest, device=device)
+
+    def dense_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Dense float32 (len(rows), n_features) copy of ``rows`` (a device int64 tensor)."""
+        within = self.offsets[None, :] < self.row_length[rows, None]
+        padding = len(self.values) - 1
+        position = torch.where(within, self.row_start[rows, None] + self.offsets[None, :], padding)
+        dense = torch.zeros(len(rows), self.n_features, device=self.values.device)
+        return dense.scatter_add_(1, self.columns[position], self.values[position])
+
+
 class BatchSource:
     """Serve batches of a Prepared on a device.
 
     Dense X is copied to the device once (NaNs zeroed, mask kept) and batches
-    are drawn by indexing there; CSR X stays on the host and only each batch's
-    rows are densified.
+    are drawn by indexing there. CSR X is kept as CSR: on CUDA on the device
+    (:class:`DeviceCSR`, batches densified there), on the CPU as the scipy
+    matrix (no second copy; each batch's rows are densified by scipy).
+    ``csr_on_device`` overrides that choice.
 
     >>> src = BatchSource(as_prepared(np.ones((4, 2))), torch.device("cpu"))
     >>> src.batch(torch.tensor([0, 1])).x.shape
     torch.Size([2, 2])
     """
 
-    def __init__(self, prepared: Prepared, device: torch.device, count_data: bool = False):
+    def __init__(self, prepared: Prepared, device: torch.device, count_data: bool = False,
+                 csr_on_device: bool | None = None):
         self.device = device
         self.n_obs, self.n_features = prepared.X.shape
         self.sparse = sp.issparse(prepared.X)
+        self.device_csr = None
         if self.sparse:
             self.X = prepared.X
+            if csr_on_device if csr_on_device is not None else device.type == "cuda":
+                self.device_csr = DeviceCSR(prepared.X, device)
         else:
             dense = np.nan_to_num(prepared.X, nan=0.0) if prepared.mask is not None else prepared.X
             self.X = torch.as_tensor(np.asarray(dense, dtype=np.float32), device=device)
@@ -277,12 +314,14 @@ class BatchSource:
         return None if value is None else value[index]
 
     def batch(self, index: torch.Tensor) -> Batch:
-        """Rows ``index`` (a 1-D int64 tensor on the CPU) as a device Batch."""
-        if self.sparse:
-            x = torch.from_numpy(densify_rows(self.X, index.numpy())).to(self.device, non_blocking=True)
-        else:
-            x = self.X[index.to(self.device)]
+        """Rows ``index`` (a 1-D int64 tensor, on the CPU or the device) as a device Batch."""
         device_index = index.to(self.device)
+        if self.device_csr is not None:
+            x = self.device_csr.dense_rows(device_index)
+        elif self.sparse:
+            x = torch.from_numpy(densify_rows(self.X, index.cpu().numpy())).to(self.device, non_blocking=True)
+        else:
+            x = self.X[device_index]
         return Batch(
             x=x,
             mask=self._take(self.mask, device_index),
@@ -297,6 +336,12 @@ class BatchSource:
         return split_rows(self.n_obs, validation, seed)
 
     def batches(self, index: torch.Tensor, batch_size: int):
-        """Yield consecutive batches over ``index`` in its order."""
+        """Yield consecutive batches over ``index`` in its order.
+
+        The index goes to the device once (not once per batch) unless scipy
+        densifies the batches on the host.
+        """
+        if not self.sparse or self.device_csr is not None:
+            index = index.to(self.device)
         for chunk in index.split(batch_size):
             yield self.batch(chunk)

@@ -1,7 +1,5 @@
 """Fields streamed from zarr in time chunks: same statistics, rows and model as in memory; bounded memory."""
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np

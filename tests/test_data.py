@@ -60,3 +60,35 @@ def test_one_hot():
     matrix, categories = one_hot(["b", "a", "b"])
     assert categories == ["a", "b"]
     assert matrix.tolist() == [[0, 1], [1, 0], [0, 1]]
+
+
+def test_device_csr_densifies_rows_like_scipy(rng):
+    from sciencevae.data import DeviceCSR, densify_rows
+
+    X = sp.random(300, 40, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    X[7] = 0  # an empty row
+    X[8] = np.arange(1, 41)  # the longest row: every column
+    X = sp.csr_matrix(X)
+    rows = torch.as_tensor(rng.permutation(300)[:64].tolist() + [7, 8])
+    on_device = DeviceCSR(X, torch.device("cpu"))
+    np.testing.assert_array_equal(on_device.dense_rows(rows).numpy(), densify_rows(X, rows.numpy()))
+    host = BatchSource(as_prepared(X), torch.device("cpu"), count_data=False)
+    device = BatchSource(as_prepared(X), torch.device("cpu"), csr_on_device=True)
+    assert host.device_csr is None and device.device_csr is not None
+    for a, b in zip(host.batches(rows, 16), device.batches(rows, 16)):
+        torch.testing.assert_close(a.x, b.x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_csr_counts_stay_on_the_gpu_and_train(rng):
+    from sciencevae import BetaVAE
+    from sciencevae.datasets import cell_programmes
+
+    counts = cell_programmes(2000, n_genes=300, seed=2)["counts"]
+    source = BatchSource(as_prepared(counts), torch.device("cuda"), count_data=True)
+    assert source.device_csr is not None and source.device_csr.values.is_cuda
+    vae = BetaVAE(300, n_latent=6, likelihood="nb", decoder="linear", hidden=(64,))
+    history = vae.fit(sp.csr_matrix(counts), epochs=20, device="cuda", progress=False)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert vae.encode(counts).shape == (2000, 6)

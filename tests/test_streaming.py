@@ -1,8 +1,6 @@
 """Out-of-core training from backed AnnData files: reading, shuffling by chunk, bounded memory."""
 
 import hashlib
-import subprocess
-import sys
 import textwrap
 
 import anndata as ad
