@@ -276,7 +276,7 @@ def fit(
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("bf16 autocast needs CUDA; training in float32 on the CPU", UserWarning, stacklevel=2)
     train_index, val_index = split if split is not None else source.split(config.validation, config.seed)
-    n_train = int(all_reduce_sum(torch.tensor([len(train_index)]), workers))
+    n_train = int(all_reduce_sum(torch.tensor([len(train_index)], device=device), workers))
     batch_size = min(config.batch_size, len(train_index))
     steps_per_epoch = math.ceil(len(train_index) / batch_size)
     objective.warn_if_unfinished(steps_per_epoch * config.epochs)
@@ -287,7 +287,7 @@ def fit(
     shuffle = torch.Generator().manual_seed(rank_seed)
     noise = torch.Generator(device=device).manual_seed(rank_seed + 1)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    n_val = int(all_reduce_sum(torch.tensor([len(val_index)]), workers))
+    n_val = int(all_reduce_sum(torch.tensor([len(val_index)], device=device), workers))
     state = _State()
     if resume and checkpoint is not None and checkpoint.exists():
         state = _load_checkpoint(checkpoint, module, optimizer, shuffle, noise, config, workers)
