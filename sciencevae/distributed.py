@@ -84,19 +84,28 @@ def _stop() -> None:
         dist.destroy_process_group()
 
 
-def shard_rows(rows: torch.Tensor, workers: Workers, equal: bool = True) -> torch.Tensor:
-    """This rank's rows: every ``world_size``-th one; ``equal`` trims all shards to one length.
+def shard_rows(rows: torch.Tensor, workers: Workers, equal: bool = True, contiguous: bool = False) -> torch.Tensor:
+    """This rank's rows: every ``world_size``-th one, or (``contiguous``) one block of the sorted rows.
 
-    Training shards must be equal (every rank takes the same number of steps,
-    or the gradient all-reduce would wait forever); validation shards need not.
+    ``equal`` trims all shards to one length: training shards must be equal
+    (every rank takes the same number of steps, or the gradient all-reduce
+    would wait forever); validation shards need not. Contiguous blocks let each
+    rank of a streamed run read only its own chunks of the file.
 
     >>> shard_rows(torch.arange(7), Workers(rank=1, world_size=2)).tolist()
     [1, 3, 5]
+    >>> shard_rows(torch.arange(7), Workers(rank=1, world_size=2), contiguous=True).tolist()
+    [3, 4, 5]
     """
-    shard = rows[workers.rank::workers.world_size]
+    if not contiguous:
+        shard = rows[workers.rank::workers.world_size]
+        return shard[: len(rows) // workers.world_size] if equal else shard
+    rows = rows.sort().values
     if equal:
-        shard = shard[: len(rows) // workers.world_size]
-    return shard
+        size = len(rows) // workers.world_size
+        return rows[workers.rank * size:(workers.rank + 1) * size]
+    bounds = [len(rows) * r // workers.world_size for r in range(workers.world_size + 1)]
+    return rows[bounds[workers.rank]:bounds[workers.rank + 1]]
 
 
 def all_reduce_sum(values: torch.Tensor, workers: Workers) -> torch.Tensor:

@@ -179,6 +179,15 @@ def _rank_rows(prepared: Prepared, config: TrainConfig, workers: distributed.Wor
     return subset_rows(prepared, rows), (positions[: len(train_rows)], positions[len(train_rows):])
 
 
+def _rank_blocks(source: StreamingSource, config: TrainConfig, workers: distributed.Workers):
+    """Streamed data: this rank's contiguous block of the training rows and of the validation rows."""
+    train_rows, val_rows = source.split(config.validation, config.seed)
+    train_rows = distributed.shard_rows(train_rows, workers, equal=True, contiguous=True)
+    if len(train_rows) < 2:
+        raise ValueError(f"{source.n_obs} samples are too few to shard over {workers.world_size} processes")
+    return train_rows, distributed.shard_rows(val_rows, workers, equal=False, contiguous=True)
+
+
 class BetaVAE:
     """A β-VAE with a diagonal-Gaussian posterior and an N(0, I) prior.
 
@@ -327,12 +336,11 @@ class BetaVAE:
         )
         self.module.to(resolve_device(device))
         split = None
-        if workers.active:  # this rank keeps only its own rows on its device
-            if isinstance(prepared, Streamed):
-                raise ValueError("streamed (out-of-core) data cannot be trained under torchrun yet; "
-                                 "run one process, or load the data in memory")
+        if workers.active and not isinstance(prepared, Streamed):  # this rank keeps only its rows on its device
             prepared, split = _rank_rows(prepared, config, workers)
         source = self._source(prepared)
+        if workers.active and isinstance(prepared, Streamed):  # this rank reads only its block of chunks
+            split = _rank_blocks(source, config, workers)
         self.history = fit(
             self.module, self.objective, source, config, checkpoint_dir=checkpoint_dir,
             resume=resume, progress=progress, checkpoint_every=checkpoint_every, workers=workers, split=split,

@@ -92,3 +92,13 @@ def test_csr_counts_stay_on_the_gpu_and_train(rng):
     history = vae.fit(sp.csr_matrix(counts), epochs=20, device="cuda", progress=False)
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     assert vae.encode(counts).shape == (2000, 6)
+
+
+def test_a_full_csr_matrix_is_served_dense_and_a_sparse_one_stays_csr(rng):
+    full = sp.csr_matrix(rng.poisson(1.0, size=(200, 30)).astype(np.float32))  # ~63% non-zero
+    sparse = sp.csr_matrix(rng.poisson(0.05, size=(200, 30)).astype(np.float32))  # ~5% non-zero
+    rows = torch.as_tensor(rng.permutation(200)[:50])
+    for X, served_sparse in ((full, False), (sparse, True)):
+        source = BatchSource(as_prepared(X), torch.device("cpu"), count_data=True)
+        assert source.sparse is served_sparse
+        np.testing.assert_array_equal(source.batch(rows).x.numpy(), X[rows.numpy()].toarray())

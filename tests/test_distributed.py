@@ -103,3 +103,43 @@ def test_cli_fit_under_torchrun_writes_one_run_folder(tmp_path):
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 3 and np.isfinite(history["val_loss"]).all()
     assert hashlib.sha256((out / "model" / "weights.pt").read_bytes()).hexdigest()
+
+
+STREAMED_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    import numpy as np, torch
+    from sciencevae import BetaVAE
+    from sciencevae.distributed import launched_workers
+    from sciencevae.streaming import open_counts
+    torch.set_num_threads(1)
+    streamed = open_counts(sys.argv[1], chunk_rows=100, buffer_chunks=2)
+    vae = BetaVAE(streamed.n_features, n_latent=6, likelihood="nb", decoder="linear", hidden=(32,), seed=0)
+    history = vae.fit(streamed, epochs=8, batch_size=64, progress=False)
+    weights = b"".join(v.numpy().tobytes() for v in vae.module.state_dict().values())
+    rank = launched_workers().rank
+    with open(f"{sys.argv[2]}/streamed{rank}.json", "w") as f:
+        json.dump({"sha": hashlib.sha256(weights).hexdigest(), "val_loss": history["val_loss"].tolist(),
+                   "neg_elbo": float(vae.evaluate(streamed)["neg_elbo"])}, f)
+    """
+)
+
+
+def test_two_processes_stream_their_own_blocks_of_a_backed_file(tmp_path):
+    import anndata as ad
+
+    from sciencevae.datasets import cell_programmes
+    from sciencevae.streaming import open_counts
+
+    sim = cell_programmes(2400, n_genes=200, seed=7)
+    ad.AnnData(sim["counts"]).write_h5ad(tmp_path / "cells.h5ad")
+    (tmp_path / "streamed_script.py").write_text(STREAMED_SCRIPT)
+    _torchrun(["streamed_script.py", "cells.h5ad", str(tmp_path)], tmp_path)
+    ranks = [json.loads((tmp_path / f"streamed{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["sha"] == ranks[1]["sha"] and ranks[0]["val_loss"] == ranks[1]["val_loss"]
+
+    torch.set_num_threads(1)
+    single = BetaVAE(200, n_latent=6, likelihood="nb", decoder="linear", hidden=(32,), seed=0)
+    streamed = open_counts(tmp_path / "cells.h5ad", chunk_rows=100, buffer_chunks=2)
+    single.fit(streamed, epochs=8, batch_size=128, progress=False)
+    assert ranks[0]["neg_elbo"] < single.evaluate(streamed)["neg_elbo"] * 1.03
