@@ -80,8 +80,18 @@ def start(device: str | torch.device) -> tuple[Workers, str | torch.device]:
 
 
 def _stop() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait for every rank (rank 0 may still be writing outputs), then leave the group together.
+
+    A rank that tore its gloo group down while another was still working was
+    seen to abort ("terminate called without an active exception") in CI.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except RuntimeError:  # another rank is gone already: nothing to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def shard_rows(rows: torch.Tensor, workers: Workers, equal: bool = True, contiguous: bool = False) -> torch.Tensor:

@@ -133,7 +133,6 @@ class StreamingSource:
         self.device = device
         self.count_data = count_data
         self.n_obs, self.n_features = streamed.n_obs, streamed.n_features
-        self.sparse = None
         weights = streamed.feature_weights
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.feature_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32,
