@@ -79,14 +79,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _diagnose_data(run_dir: Path, data: Path | None) -> Path | None:
+def _diagnose_data(run_dir: Path, data: Path | None, layer: str | None) -> tuple[Path | None, str | None]:
+    """The data to diagnose on and its AnnData layer: as given, else as the run recorded them."""
     if data is not None:
-        return data
+        return data, layer
     run_file = run_dir / "run.json"
     if not run_file.exists():
-        return None
-    recorded = Path(json.loads(run_file.read_text(encoding="utf-8"))["input"])
-    return recorded if recorded.exists() else None
+        return None, layer
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    recorded = Path(run["input"])
+    return (recorded if recorded.exists() else None), run.get("layer", layer)
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
@@ -96,7 +98,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     model_dir = args.run_dir / "model" if (args.run_dir / "model").is_dir() else args.run_dir
     vae = load(model_dir)
     print(f"model: {model_dir} ({vae!r})")
-    data = _diagnose_data(args.run_dir, args.data)
+    data, layer = _diagnose_data(args.run_dir, args.data, args.layer)
     if data is None:
         if vae.history is None:
             raise ValueError(f"{args.run_dir} records no input data and no history; pass --data FILE")
@@ -105,8 +107,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         print("per-latent KL at the last training epoch (nats): " + ", ".join(f"z{j}={v:.3f}" for j, v in enumerate(kl)))
         print("active units need the data: pass --data FILE (the input of the run was not found)")
         return 0
-    X, _ = read_matrix(data)
-    print(f"data: {data}")
+    X, _ = read_matrix(data, layer)
+    print(f"data: {data}" + (f" (layer {layer})" if layer else ""))
     report = collapse_report(vae, X, threshold=args.threshold)
     print(report)
     if report.n_active <= 1:
@@ -177,6 +179,7 @@ def _write_fit_outputs(args: argparse.Namespace, vae, X, names, history) -> None
         "sciencevae_version": __version__,
         "input": str(args.input.resolve()),
         "input_sha256": file_sha256(args.input) if args.input.is_file() else None,
+        "layer": args.layer,
     }
     atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
     latents = pd.DataFrame(vae.encode(X), columns=[f"z{j}" for j in range(args.n_latent)], index=names)
@@ -354,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose = commands.add_parser("diagnose", help="per-latent KL, active units and collapse warnings of a run")
     diagnose.add_argument("run_dir", type=Path, help="a run folder from 'fit' (or a saved model folder)")
     diagnose.add_argument("--data", type=Path, help="data to evaluate on (default: the run's recorded input)")
+    diagnose.add_argument("--layer", help="AnnData layer of --data (default: the run's, else X)")
     diagnose.add_argument("--threshold", type=float, default=0.01, help="active when Var_x E[z|x] exceeds this")
     diagnose.set_defaults(run=_cmd_diagnose)
 

@@ -153,7 +153,8 @@ def test_cli_fit_streams_an_h5ad_and_names_the_cells(tmp_path):
     from sciencevae.cli import main
 
     sim = cell_programmes(800, n_genes=200, seed=6)
-    adata = ad.AnnData(sim["counts"], layers={"counts": sim["counts"]})
+    normalised = sp.csr_matrix(sim["counts"].multiply(1e4 / sim["counts"].sum(1)))  # X is not counts
+    adata = ad.AnnData(normalised.astype(np.float32), layers={"counts": sim["counts"]})
     adata.obs_names = [f"c{i}" for i in range(800)]
     path = tmp_path / "cells.h5ad"
     adata.write_h5ad(path)
@@ -165,6 +166,8 @@ def test_cli_fit_streams_an_h5ad_and_names_the_cells(tmp_path):
 
     latents = pd.read_csv(out / "latents.csv", index_col=0)
     assert latents.shape == (800, 4) and latents.index[0] == "c0"
+    assert main(["diagnose", str(out)]) == 0  # reads the recorded .h5ad and its layer (X would be refused)
+    assert main(["diagnose", str(out), "--data", str(path)]) == 2  # X holds non-integer values
     assert main(["fit", str(path), "--layer", "nope", "--out", str(tmp_path / "r2")]) == 2
 
 
