@@ -129,7 +129,8 @@ def nb_log_likelihood_sum(
     -3.8191
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 is too coarse for lgamma
-    log_size = size_factor.reshape(-1, 1).to(dtype).log()
+    # a cell with no counts (size 0) has mu = 0 and log-likelihood 0; a tiny floor keeps log(size) finite
+    log_size = size_factor.reshape(-1, 1).to(dtype).clamp_min(1e-12).log()
     weights = None if weights is None else weights.to(dtype)
     return _NBLogLikelihoodSum.apply(logits.to(dtype), log_size, log_theta.to(dtype), x.to(dtype), weights)
 

@@ -109,3 +109,18 @@ def test_log_factorial_rows_handles_empty_rows_and_huge_counts():
     weights = np.array([0.5, 2.0, 1.5])
     np.testing.assert_allclose(log_factorial_rows(sp.csr_matrix(dense), weights),
                                gammaln(dense.astype(np.float64) + 1) @ weights, rtol=1e-12)
+
+
+def test_a_cell_without_counts_has_log_likelihood_zero_and_trains(rng):
+    logits = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.0] * 5, [1.0, 0.0, 2.0, 0.0, 4.0]], dtype=torch.float64)
+    size = x.sum(1)
+    fused = nb_log_likelihood_sum(logits, size, torch.zeros(5, dtype=torch.float64), x) - log_factorial_sum(x)
+    reference = NegativeBinomial(torch.softmax(logits, -1) * size[:, None], torch.ones(5)).log_prob(x).sum(-1)
+    torch.testing.assert_close(fused, reference, atol=1e-9, rtol=1e-9)
+    fused.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    counts = rng.poisson(2.0, size=(100, 12)).astype(np.float32)
+    counts[7] = 0  # e.g. a cell with no counts in the selected genes
+    history = BetaVAE(12, n_latent=2, likelihood="nb", hidden=(8,)).fit(counts, epochs=3, progress=False)
+    assert np.isfinite(history["loss"]).all()
