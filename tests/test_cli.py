@@ -82,12 +82,17 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", "fit", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
 
 
-def test_diagnose_a_run_on_its_recorded_input(tmp_path, capsys):
-    X, _ = linear_factors(800, n_features=10)
-    data = tmp_path / "x.npy"
+def _fit_run(folder, n_obs: int, *options: str):
+    """Save linear-factor data and fit it through the CLI; returns (data file, run folder)."""
+    X, _ = linear_factors(n_obs, n_features=10)
+    data, run = folder / "x.npy", folder / "run"
     np.save(data, X)
-    run = tmp_path / "run"
-    assert main(["fit", str(data), "--out", str(run), "--n-latent", "5", "--epochs", "30", "--quiet"]) == 0
+    assert main(["fit", str(data), "--out", str(run), "--quiet", *options]) == 0
+    return data, run
+
+
+def test_diagnose_a_run_on_its_recorded_input(tmp_path, capsys):
+    data, run = _fit_run(tmp_path, 800, "--n-latent", "5", "--epochs", "30")
     capsys.readouterr()
     assert main(["diagnose", str(run)]) == 0
     out = capsys.readouterr().out
@@ -95,11 +100,7 @@ def test_diagnose_a_run_on_its_recorded_input(tmp_path, capsys):
 
 
 def test_diagnose_warns_about_collapse_and_falls_back_to_history(tmp_path, capsys):
-    X, _ = linear_factors(300, n_features=10)
-    data = tmp_path / "x.npy"
-    np.save(data, X)
-    run = tmp_path / "run"
-    assert main(["fit", str(data), "--out", str(run), "--beta", "5000", "--epochs", "20", "--quiet"]) == 0
+    data, run = _fit_run(tmp_path, 300, "--beta", "5000", "--epochs", "20")
     capsys.readouterr()
     assert main(["diagnose", str(run), "--data", str(data)]) == 0
     captured = capsys.readouterr()
