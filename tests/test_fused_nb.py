@@ -7,7 +7,8 @@ import torch
 
 from sciencevae import BetaVAE
 from sciencevae.data import BatchSource, as_prepared
-from sciencevae.fused_nb import TABLE_ROWS, _direct, _GammaLookup, log_factorial_sum, nb_log_likelihood_sum
+from sciencevae.fused_nb import (TABLE_ROWS, _gene_terms, _stirling_digamma, _stirling_lgamma, log_factorial_sum,
+                                 nb_log_likelihood_sum)
 from sciencevae.likelihoods import NegativeBinomial, NegativeBinomialLikelihood
 
 
@@ -48,12 +49,17 @@ def test_matches_scipy_nbinom():
     np.testing.assert_allclose(out, expected, rtol=1e-9)
 
 
-def test_lookup_table_equals_direct_evaluation():
-    _, log_theta, _, x, _ = _inputs(3, n_cells=50)
-    theta = log_theta.detach().exp()
-    lookup = _GammaLookup(x, theta)
-    for fn in (torch.lgamma, torch.digamma):
-        torch.testing.assert_close(lookup(fn), _direct(fn, x, theta), rtol=1e-12, atol=1e-12)
+def test_tables_and_stirling_series_equal_lgamma_and_digamma():
+    log_theta = torch.linspace(-10, 12, 41, dtype=torch.float64)
+    theta, lgamma_table, digamma_table, lgamma_theta, digamma_theta = _gene_terms(log_theta)
+    counts = torch.arange(TABLE_ROWS, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(lgamma_table, torch.lgamma(counts + theta) - torch.lgamma(theta), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(digamma_table, torch.digamma(counts + theta) - torch.digamma(theta), rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(lgamma_theta, torch.lgamma(theta))
+    z = torch.cat([TABLE_ROWS + theta, torch.tensor([32.0, 57.5, 1e3, 1e7], dtype=torch.float64)])
+    torch.testing.assert_close(_stirling_lgamma(z), torch.lgamma(z), rtol=1e-14, atol=0)
+    torch.testing.assert_close(_stirling_digamma(z), torch.digamma(z), rtol=1e-14, atol=0)
 
 
 def test_batch_source_precomputes_the_count_constant_for_dense_and_sparse(rng):
