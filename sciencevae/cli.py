@@ -148,12 +148,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     with run_folder(args.out):
         history = vae.fit(
             X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-            progress=not args.quiet, **_checkpointing(args),
+            progress=not args.quiet, compile=_COMPILE_CHOICES[args.compile], **_checkpointing(args),
         )
         _write_fit_outputs(args, vae, X, names, history)
     kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
     print(f"wrote {args.out}/model, latents.csv, history.csv\nper-latent KL (nats): {kl}")
     return 0
+
+
+_COMPILE_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 def _model_from_args(args: argparse.Namespace, n_features: int):
@@ -167,7 +170,7 @@ def _fit_worker(args: argparse.Namespace, X) -> int:
     """A torchrun rank other than 0: train (gradients are shared), write nothing."""
     _model_from_args(args, X.shape[1]).fit(
         X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-        progress=False, **_checkpointing(args),
+        progress=False, compile=_COMPILE_CHOICES[args.compile], **_checkpointing(args),
     )
     return 0
 
@@ -350,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    fit.add_argument("--compile", default="auto", choices=sorted(_COMPILE_CHOICES),
+                     help="compile the NB kernel (a few seconds once; faster epochs); auto: when the run repays it")
     _add_checkpoint_flags(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_cmd_fit)

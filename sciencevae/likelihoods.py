@@ -134,7 +134,11 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 
 
 class Likelihood(nn.Module):
-    """Base class: decoder output (batch, n_heads * n_features) -> Distribution."""
+    """Base class: decoder output (batch, n_heads * n_features) -> Distribution.
+
+    ``compiled`` asks for a compiled fused kernel where the likelihood has one (NB); ``BetaVAE.fit`` sets it per
+    run (see :func:`~sciencevae.fused_nb.compile_pays`).
+    """
 
     name: ClassVar[str] = ""
     n_heads: ClassVar[int] = 1
@@ -143,6 +147,7 @@ class Likelihood(nn.Module):
     def __init__(self, n_features: int):
         super().__init__()
         self.n_features = int(n_features)
+        self.compiled = True
 
     def options(self) -> dict:
         """JSON-serialisable constructor options (saved in the model config)."""
@@ -290,7 +295,7 @@ class NegativeBinomialLikelihood(_CountLikelihood):
         if count_constant is None:
             count_constant = log_factorial_sum(x.float(), None if weights is None else weights.float())
         log_theta = self.log_theta.clamp(-12.0, 18.0)
-        return nb_log_likelihood_sum(raw, size_factor, log_theta, x, weights) - count_constant
+        return nb_log_likelihood_sum(raw, size_factor, log_theta, x, weights, self.compiled) - count_constant
 
 
 class ZINBLikelihood(NegativeBinomialLikelihood):

@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 
 from . import distributed
 from .data import Batch, BatchSource, Prepared, as_prepared, split_rows, subset_rows
+from .fused_nb import compile_pays
 from .streaming import Streamed, StreamingSource
 from .likelihoods import LIKELIHOODS, make_likelihood
 from .networks import ConvDecoder, ConvEncoder, GaussianEncoder, LinearDecoder, MLPDecoder
@@ -301,6 +302,7 @@ class BetaVAE:
         covariates=None,
         size_factors=None,
         feature_weights=None,
+        compile: bool | None = None,
     ) -> pd.DataFrame:
         """Train on X (numpy, torch, scipy CSR, a Prepared or a Streamed); returns the history.
 
@@ -320,8 +322,14 @@ class BetaVAE:
         Ctrl-C raises :class:`~sciencevae.train.TrainingInterrupted`. A NaN/inf loss raises
         :class:`~sciencevae.train.TrainingDiverged` naming the epoch and
         restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
+        ``compile`` uses the likelihood's compiled kernel (NB: ~35% faster
+        per epoch, a few seconds to compile once per process); ``None``
+        compiles when the run is long enough to repay it
+        (:func:`~sciencevae.fused_nb.compile_pays`).
         """
         prepared = self._checked(X, covariates, size_factors, feature_weights)
+        n_rows, n_features = prepared.shape if isinstance(prepared, Streamed) else prepared.X.shape
+        self.module.likelihood.compiled = compile_pays(n_rows, n_features, epochs) if compile is None else compile
         workers, device = distributed.start(device)
         batch_size, lr = batch_and_lr(batch_size, lr, resolve_device(device), workers.world_size)
         config = TrainConfig(

@@ -45,14 +45,25 @@ def test_fit_csv_writes_model_latents_and_history(tmp_path, capsys):
     assert sha256(data) == before
 
 
-def test_fit_sparse_counts(tmp_path):
+def test_fit_sparse_counts_with_and_without_the_compiled_kernel(tmp_path, monkeypatch):
+    from sciencevae import fused_nb
+
     counts, _ = count_programmes(n_obs=200)
     data = tmp_path / "counts.npz"
     sp.save_npz(data, counts)
-    args = ["fit", str(data), "--out", str(tmp_path / "run"), "--likelihood", "nb", "--decoder", "linear",
-            "--n-latent", "3", "--epochs", "2", "--quiet"]
-    assert main(args) == 0
-    assert sciencevae.load(tmp_path / "run" / "model").loadings.shape == (counts.shape[1], 3)
+    compiled_calls = []
+    real = fused_nb._compiled
+    monkeypatch.setattr(fused_nb, "_compiled", lambda *key: compiled_calls.append(key) or real(*key))
+    losses = {}
+    for flag in ("off", "on"):
+        out = tmp_path / f"run_{flag}"
+        args = ["fit", str(data), "--out", str(out), "--likelihood", "nb", "--decoder", "linear", "--n-latent", "3",
+                "--epochs", "2", "--quiet", "--compile", flag]
+        assert main(args) == 0
+        assert bool(compiled_calls) == (flag == "on")
+        assert sciencevae.load(out / "model").loadings.shape == (counts.shape[1], 3)
+        losses[flag] = pd.read_csv(out / "history.csv")["loss"].to_numpy()
+    np.testing.assert_allclose(losses["on"], losses["off"], rtol=1e-4)  # the same maths either way
 
 
 @pytest.mark.parametrize(
