@@ -16,3 +16,6 @@ for batch in 1024 4096; do
   python benchmarks/throughput.py --device cuda --cells 100000 --epochs 3 --batch-size "$batch" \
       --lr "$(python -c "print(1e-3 * ($batch / 256) ** 0.5)")" --threads 8 --methods "${methods[@]}"
 done
+# our NB kernel eager instead of compiled (Triton), ours only: what the compile buys on the GPU
+python benchmarks/throughput.py --device cuda --cells 100000 --epochs 3 --batch-size 4096 --lr 4e-3 --threads 8 \
+    --compile off --methods "sciencevae (NB, linear)"

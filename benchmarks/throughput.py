@@ -45,13 +45,13 @@ def write_split(n_cells: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return paths
 
 
-def ours(train, test, epochs: int, batch_size: int, lr: float, device: str) -> dict:
+def ours(train, test, epochs: int, batch_size: int, lr: float, device: str, compile: bool | None = None) -> dict:
     from sciencevae import BetaVAE
 
     vae = BetaVAE(train.shape[1], n_latent=10, likelihood="nb", decoder="linear", hidden=(128,))
     started = time.perf_counter()
     history = vae.fit(train, epochs=epochs, batch_size=batch_size, lr=lr, validation=0.0, progress=False,
-                      device=device)
+                      device=device, compile=compile)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "epoch_seconds": history["seconds"].tolist(),
             "heldout_neg_elbo": vae.evaluate(test)["neg_elbo"]}
@@ -94,7 +94,7 @@ def scvi_model(kind: str, train, test, epochs: int, batch_size: int, lr: float, 
 
 
 def run_one(method: str, paths: tuple[Path, Path], epochs: int, batch_size: int, lr: float, threads: int,
-            device: str) -> dict:
+            device: str, compile: bool | None = None) -> dict:
     """One method in this (fresh) process: read the data, train, held-out ELBO and peak memory."""
     import scipy.sparse as sp
     import torch
@@ -106,7 +106,7 @@ def run_one(method: str, paths: tuple[Path, Path], epochs: int, batch_size: int,
     torch.set_num_threads(threads)
     train, test = (sp.load_npz(p).tocsr() for p in paths)
     if method == METHODS[0]:
-        result = ours(train, test, epochs, batch_size, lr, device)
+        result = ours(train, test, epochs, batch_size, lr, device, compile)
     else:
         result = scvi_model(method, train, test, epochs, batch_size, lr, device)
     result["cells_per_s"] = train.shape[0] * epochs / result["seconds"]
@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="our NB kernel compiled or not (auto: when the run repays the compile, as fit does)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="which to run (scvi-tools needed only for its two)")
     args = parser.parse_args()
@@ -141,10 +143,11 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {peers}, {args.threads} threads, {where}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}")
+          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, our kernel compiled: {args.compile}")
     print("| cells | method | cells/s end to end | steady cells/s | held-out −ELBO per cell | train s | "
           "first epoch s | peak host MiB | our speed-up (end to end) | our speed-up (steady) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    compile_choice = {"auto": None, "on": True, "off": False}[args.compile]
     spawn = multiprocessing.get_context("spawn")
     for n in args.cells:
         rows = {}
@@ -153,7 +156,7 @@ def main() -> None:
             for method in args.methods:
                 with spawn.Pool(1) as pool:
                     rows[method] = pool.apply(run_one, (method, paths, args.epochs, args.batch_size, args.lr,
-                                                           args.threads, args.device))
+                                                           args.threads, args.device, compile_choice))
         ours_row = rows[args.methods[0]]
         for name, row in rows.items():
             print(f"| {n} | {name} | {row['cells_per_s']:.0f} | {row['steady_cells_per_s']:.0f} | "

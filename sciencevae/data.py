@@ -209,12 +209,17 @@ def log_factorial_rows(X: np.ndarray | sp.csr_matrix, weights: np.ndarray | None
     >>> log_factorial_rows(np.array([[0.0, 3.0], [1.0, 2.0]])).round(4).tolist()
     [1.7918, 0.6931]
     """
-    if sp.issparse(X):
-        terms = _log_factorials(X.data)
-        if weights is not None:
-            terms = terms * weights[X.indices]
-        return np.add.reduceat(np.append(terms, 0.0), X.indptr[:-1]) * (np.diff(X.indptr) > 0)
     sums = np.empty(X.shape[0])
+    if sp.issparse(X):  # block by block: temporaries stay small (a 100k-cell matrix has ~100M non-zeros)
+        for start in range(0, X.shape[0], chunk):
+            bounds = X.indptr[start:start + chunk + 1]
+            terms = _log_factorials(X.data[bounds[0]:bounds[-1]])
+            if weights is not None:
+                terms *= weights[X.indices[bounds[0]:bounds[-1]]]
+            # reduceat needs an index past the last row's start (an empty last row), and gives empty rows a value
+            row_sums = np.add.reduceat(np.append(terms, 0.0), bounds[:-1] - bounds[0])
+            sums[start:start + chunk] = row_sums * (np.diff(bounds) > 0)
+        return sums
     for start in range(0, X.shape[0], chunk):
         rows = np.nan_to_num(np.asarray(X[start:start + chunk], dtype=np.float64))
         terms = _log_factorials(rows).reshape(rows.shape)

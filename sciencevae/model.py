@@ -155,17 +155,20 @@ class VAEModule(nn.Module):
         return log_lik.sum(-1)
 
 
-def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str) -> None:
-    """Count likelihoods need complete, non-negative integer data."""
+def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str, block: int = 1 << 22) -> None:
+    """Count likelihoods need complete, non-negative integer data (checked in blocks: small temporaries)."""
     fix = f"use the gaussian likelihood for continuous data, or give raw counts to {likelihood!r}"
     if has_nan:
         raise ValueError(f"X holds NaN values; likelihood {likelihood!r} needs complete counts ({fix})")
-    if values.size and values.min() < 0:
-        raise ValueError(f"X holds negative values (min {values.min():g}); counts must be >= 0 ({fix})")
-    fractional = values != np.round(values)
-    if np.any(fractional):
-        example = values[fractional].flat[0]
-        raise ValueError(f"X holds non-integer values (e.g. {example:g}); {fix}")
+    flat = np.asarray(values).reshape(-1)
+    for start in range(0, len(flat), block):
+        part = flat[start:start + block]
+        if part.min() < 0:
+            raise ValueError(f"X holds negative values (min {part.min():g}); counts must be >= 0 ({fix})")
+        fractional = part != np.round(part)
+        if np.any(fractional):
+            example = part[fractional][0]
+            raise ValueError(f"X holds non-integer values (e.g. {example:g}); {fix}")
 
 
 def _rank_rows(prepared: Prepared, config: TrainConfig, workers: distributed.Workers):
