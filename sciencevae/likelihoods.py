@@ -137,7 +137,7 @@ class Likelihood(nn.Module):
     """Base class: decoder output (batch, n_heads * n_features) -> Distribution.
 
     ``compiled`` asks for a compiled fused kernel where the likelihood has one (NB); ``BetaVAE.fit`` sets it per
-    run (see :func:`~sciencevae.fused_nb.compile_pays`).
+    run (see :func:`~sciencevae.fused_nb.compile_pays`); a new or loaded model evaluates eagerly.
     """
 
     name: ClassVar[str] = ""
@@ -147,7 +147,7 @@ class Likelihood(nn.Module):
     def __init__(self, n_features: int):
         super().__init__()
         self.n_features = int(n_features)
-        self.compiled = True
+        self.compiled = False
 
     def options(self) -> dict:
         """JSON-serialisable constructor options (saved in the model config)."""

@@ -22,13 +22,14 @@ def _inputs(seed: int, n_cells: int = 9, n_genes: int = 13):
     return logits, log_theta, size, x, weights
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("use_weights", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_value_and_gradients_equal_autograd_through_the_distribution(seed, use_weights):
+def test_value_and_gradients_equal_autograd_through_the_distribution(seed, use_weights, compiled):
     logits, log_theta, size, x, weights = _inputs(seed)
     assert (x >= TABLE_ROWS).any() and (x < TABLE_ROWS).any()
     w = weights if use_weights else None
-    fused = nb_log_likelihood_sum(logits, size, log_theta, x, w) - log_factorial_sum(x, w)
+    fused = nb_log_likelihood_sum(logits, size, log_theta, x, w, compiled) - log_factorial_sum(x, w)
     dist = NegativeBinomial(torch.softmax(logits, -1) * size[:, None], log_theta.exp())
     reference = (dist.log_prob(x) * (weights if use_weights else 1.0)).sum(-1)
     torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-8)
@@ -39,9 +40,10 @@ def test_value_and_gradients_equal_autograd_through_the_distribution(seed, use_w
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-8)
 
 
-def test_matches_scipy_nbinom():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_matches_scipy_nbinom(compiled):
     logits, log_theta, size, x, _ = _inputs(2)
-    out = (nb_log_likelihood_sum(logits, size, log_theta, x) - log_factorial_sum(x)).detach().numpy()
+    out = (nb_log_likelihood_sum(logits, size, log_theta, x, compiled=compiled) - log_factorial_sum(x)).detach().numpy()
     mu = (torch.softmax(logits, -1) * size[:, None]).detach().numpy()
     theta = log_theta.exp().detach().numpy()
     expected = st.nbinom(theta, theta / (theta + mu)).logpmf(x.numpy()).sum(1)
@@ -92,12 +94,13 @@ def test_nb_model_loss_is_the_exact_negative_log_likelihood(rng):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_kernel_equals_the_cpu_kernel():
+@pytest.mark.parametrize("compiled", [False, True])  # eager CUDA ops, then the Triton kernel
+def test_cuda_kernel_equals_the_cpu_kernel(compiled):
     logits, log_theta, size, x, weights = _inputs(4, n_cells=64, n_genes=500)
     cpu = nb_log_likelihood_sum(logits, size, log_theta, x, weights)
     cpu_grads = torch.autograd.grad(cpu.sum(), (logits, log_theta))
     cuda_inputs = [t.detach().cuda().requires_grad_(t.requires_grad) for t in (logits, log_theta)]
-    gpu = nb_log_likelihood_sum(cuda_inputs[0], size.cuda(), cuda_inputs[1], x.cuda(), weights.cuda())
+    gpu = nb_log_likelihood_sum(cuda_inputs[0], size.cuda(), cuda_inputs[1], x.cuda(), weights.cuda(), compiled)
     gpu_grads = torch.autograd.grad(gpu.sum(), cuda_inputs)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-7)
     for g, c in zip(gpu_grads, cpu_grads):
@@ -139,9 +142,10 @@ def test_float32_stays_accurate_for_large_theta():
     logits, _, size, x, _ = _inputs(5, n_cells=16, n_genes=40)
     log_theta = torch.full((40,), 15.0, dtype=torch.float64)  # theta = 3.3e6: nearly Poisson
     reference = nb_log_likelihood_sum(logits, size, log_theta, x) - log_factorial_sum(x)
-    single = nb_log_likelihood_sum(logits.float(), size.float(), log_theta.float(), x.float()) - log_factorial_sum(
-        x.float())
-    torch.testing.assert_close(single.double(), reference, rtol=1e-5, atol=1e-2)
+    for compiled in (False, True):
+        single = nb_log_likelihood_sum(logits.float(), size.float(), log_theta.float(), x.float(),
+                                       compiled=compiled) - log_factorial_sum(x.float())
+        torch.testing.assert_close(single.double(), reference, rtol=1e-5, atol=1e-2)
 
 
 def test_a_compiler_failure_falls_back_to_the_same_values_eagerly(monkeypatch):
@@ -184,3 +188,17 @@ def test_compile_pays_only_for_long_runs():
     assert compile_pays(100_000, 2_000, 5)  # the 100k-cell benchmark
     assert not compile_pays(500, 30, 20)  # a test-sized fit
     assert compile_pays(COMPILE_MIN_ENTRIES, 1, 1) and not compile_pays(COMPILE_MIN_ENTRIES - 1, 1, 1)
+
+
+def test_fit_compiles_only_runs_that_repay_it(rng, monkeypatch):
+    from sciencevae import fused_nb
+
+    counts = rng.poisson(3.0, size=(60, 8)).astype(np.float32)
+    vae = BetaVAE(8, n_latent=2, likelihood="nb", hidden=(8,))
+    vae.fit(counts, epochs=2, progress=False)
+    assert vae.module.likelihood.compiled is False  # 60 x 8 x 2 entries: far below the threshold
+    monkeypatch.setattr(fused_nb, "COMPILE_MIN_ENTRIES", 60 * 8 * 2)
+    history = vae.fit(counts, epochs=2, progress=False)
+    assert vae.module.likelihood.compiled is True and np.isfinite(history["loss"]).all()
+    vae.fit(counts, epochs=2, progress=False, compile=False)
+    assert vae.module.likelihood.compiled is False
