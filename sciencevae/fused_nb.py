@@ -124,7 +124,7 @@ def _entry_terms(logits, log_size, x, weights, log_theta, gamma_terms, theta, lg
 
     Written with as few transcendental functions per entry as the maths allows (they bound the compiled loop):
     ``log(theta + mu) = log theta + log1p(mu / theta)``, which also keeps ``theta log(theta / (theta + mu))``
-    exact for large theta, and one reciprocal ``1 / (theta + mu)`` shared by both derivatives.
+    exact for large theta, and one division ``(x - mu) / (theta + mu)`` shared by both derivatives.
     """
     log_p = torch.log_softmax(logits, dim=-1)
     p = log_p.exp()
@@ -209,7 +209,7 @@ class _NBLogLikelihoodSum(torch.autograd.Function):
 def compile_pays(n_rows: int, n_features: int, epochs: int) -> bool:
     """Whether compiling the kernel repays itself over a training run (the default of ``fit(compile=None)``).
 
-    Compiling costs 2-3 s per process (8-10 s the first time on a machine) and saves about 5 ns per (cell, gene)
+    Compiling costs 3-4 s per process (8-10 s the first time on a machine) and saves about 5 ns per (cell, gene)
     entry and epoch on the CPU (2,000 genes: 34k instead of 25k cells/s on 2 threads): it pays from about
     ``COMPILE_MIN_ENTRIES`` entries × epochs.
 
