@@ -16,7 +16,7 @@ from scipy.special import gammaln
 import torch
 
 __all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot", "subset_rows",
-           "log_factorial_rows", "split_rows"]
+           "log_factorial_rows", "split_rows", "check_counts"]
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,30 @@ def one_hot(values) -> tuple[np.ndarray, list]:
 def densify_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     """Dense float32 copy of the selected rows of a CSR matrix (one batch)."""
     return X[rows].toarray().astype(np.float32, copy=False)
+
+
+def check_counts(values: np.ndarray, where: str = "X holds", likelihood: str | None = None,
+                 block: int = 1 << 22) -> None:
+    """Count likelihoods need complete, non-negative integer data (checked in blocks: small temporaries).
+
+    ``where`` starts the message ("X holds", "rows 0-99 hold"); ``likelihood`` names the model in the fix.
+
+    >>> check_counts(np.array([1.0, 0.5]), likelihood="nb")
+    Traceback (most recent call last):
+    ValueError: X holds non-integer values (e.g. 0.5); use the gaussian likelihood for continuous data, or give raw counts to 'nb'
+    """
+    fix = "use the gaussian likelihood for continuous data, or give raw counts"
+    fix += f" to {likelihood!r}" if likelihood else ""
+    flat = np.asarray(values).reshape(-1)
+    for start in range(0, len(flat), block):
+        part = flat[start:start + block]
+        if np.isnan(part).any():
+            raise ValueError(f"{where} NaN values; count likelihoods need complete counts ({fix})")
+        if part.min() < 0:
+            raise ValueError(f"{where} negative values (min {part.min():g}); counts must be >= 0 ({fix})")
+        fractional = part != np.round(part)
+        if np.any(fractional):
+            raise ValueError(f"{where} non-integer values (e.g. {part[fractional][0]:g}); {fix}")
 
 
 _LOG_FACTORIAL = gammaln(np.arange(4096, dtype=np.float64) + 1.0)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from . import distributed
-from .data import Batch, BatchSource, Prepared, as_prepared, split_rows, subset_rows
+from .data import Batch, BatchSource, Prepared, as_prepared, check_counts, split_rows, subset_rows
 from .fused_nb import compile_pays
 from .streaming import Streamed, StreamingSource
 from .likelihoods import LIKELIHOODS, make_likelihood
@@ -153,22 +153,6 @@ class VAEModule(nn.Module):
         if batch.feature_weights is not None:
             log_lik = log_lik * batch.feature_weights
         return log_lik.sum(-1)
-
-
-def _check_counts(values: np.ndarray, has_nan: bool, likelihood: str, block: int = 1 << 22) -> None:
-    """Count likelihoods need complete, non-negative integer data (checked in blocks: small temporaries)."""
-    fix = f"use the gaussian likelihood for continuous data, or give raw counts to {likelihood!r}"
-    if has_nan:
-        raise ValueError(f"X holds NaN values; likelihood {likelihood!r} needs complete counts ({fix})")
-    flat = np.asarray(values).reshape(-1)
-    for start in range(0, len(flat), block):
-        part = flat[start:start + block]
-        if part.min() < 0:
-            raise ValueError(f"X holds negative values (min {part.min():g}); counts must be >= 0 ({fix})")
-        fractional = part != np.round(part)
-        if np.any(fractional):
-            example = part[fractional][0]
-            raise ValueError(f"X holds non-integer values (e.g. {example:g}); {fix}")
 
 
 def _rank_rows(prepared: Prepared, config: TrainConfig, workers: distributed.Workers):
@@ -401,7 +385,7 @@ class BetaVAE:
             raise ValueError(f"the model expects {c.n_covariates} covariate columns, got {n_cov}")
         values = prepared.X.data if sp.issparse(prepared.X) else prepared.X
         if self.module.likelihood.is_count:
-            _check_counts(values, prepared.mask is not None, c.likelihood)
+            check_counts(values, likelihood=c.likelihood)  # NaN included (a mask means the dense X holds NaN)
         if c.likelihood == "bernoulli":
             if np.any((values < 0) | (values > 1)):
                 raise ValueError("likelihood 'bernoulli' needs values in [0, 1]; binarise the data first")

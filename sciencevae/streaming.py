@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import Batch, log_factorial_rows, split_rows
+from .data import Batch, check_counts, log_factorial_rows, split_rows
 
 __all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
 
@@ -99,17 +99,6 @@ class Streamed:
         return self.n_obs, self.n_features
 
 
-def _check_chunk_counts(X: np.ndarray | sp.csr_matrix, start: int, stop: int) -> None:
-    values = X.data if sp.issparse(X) else X
-    fix = "use the gaussian likelihood for continuous data, or give raw counts"
-    if np.isnan(values).any():
-        raise ValueError(f"rows {start}-{stop - 1} hold NaN values; count likelihoods need complete counts ({fix})")
-    if values.size and values.min() < 0:
-        raise ValueError(f"rows {start}-{stop - 1} hold negative values; counts must be >= 0 ({fix})")
-    if np.any(values != np.round(values)):
-        raise ValueError(f"rows {start}-{stop - 1} hold non-integer values; {fix}")
-
-
 @dataclass
 class _Group:
     """The rows of a few chunks, read and ready to batch."""
@@ -152,7 +141,7 @@ class StreamingSource:
             X = self.streamed.reader.read(start, stop)
             X = X.tocsr().astype(np.float32, copy=False) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
             if self.count_data and chunk not in self.checked_chunks:
-                _check_chunk_counts(X, start, stop)
+                check_counts(X.data if sp.issparse(X) else X, f"rows {start}-{stop - 1} hold")
                 self.size_factors[start:stop] = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
                 self.count_constants[start:stop] = log_factorial_rows(X, self.weights)
                 self.checked_chunks.add(chunk)
