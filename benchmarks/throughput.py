@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +31,47 @@ import numpy as np
 METHODS = ("sciencevae (NB, linear)", "LinearSCVI", "SCVI")
 
 
-def write_split(n_cells: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Simulate the counts once and save the train / held-out CSR matrices (read by every method)."""
-    import scipy.sparse as sp
+SIMULATION_BLOCK = 100_000
 
+
+def simulate_block(n_cells: int, block: int | None):
+    """The counts of one block of cells (``block`` None: the whole set in one draw, as for up to 100k cells)."""
     from sciencevae.datasets import cell_programmes
 
-    counts = cell_programmes(n_cells, n_genes=2000, genes_per_programme=100)["counts"]
+    return cell_programmes(n_cells, n_genes=2000, genes_per_programme=100, cell_seed=block)["counts"]
+
+
+def simulate(n_cells: int):
+    """Up to 100k cells in one draw; more as 100k-cell blocks of one experiment, drawn in parallel processes."""
+    import scipy.sparse as sp
+
+    if n_cells <= SIMULATION_BLOCK:
+        return simulate_block(n_cells, None)
+    sizes = [min(SIMULATION_BLOCK, n_cells - start) for start in range(0, n_cells, SIMULATION_BLOCK)]
+    workers = max(1, min(len(sizes), (os.cpu_count() or 1) // 2, 8))  # each block holds ~5 GB while drawn
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        blocks = pool.starmap(simulate_block, [(size, i) for i, size in enumerate(sizes)])
+    return sp.vstack(blocks, format="csr")
+
+
+def write_split(n_cells: int, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Simulate the counts once and save the train / held-out CSR matrices (read by every method).
+
+    Files already in ``folder`` (from an earlier run with the same number of cells) are reused.
+    """
+    import scipy.sparse as sp
+
+    paths = folder / f"train_{n_cells}.npz", folder / f"test_{n_cells}.npz"
+    if all(path.exists() for path in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = simulate(n_cells)
     order = np.random.default_rng(seed).permutation(n_cells)
     test, train = order[: n_cells // 10], order[n_cells // 10:]
-    paths = folder / f"train_{n_cells}.npz", folder / f"test_{n_cells}.npz"
-    sp.save_npz(paths[0], counts[train])
-    sp.save_npz(paths[1], counts[test])
+    for path, rows in zip(paths, (train, test)):
+        partial = path.with_suffix(".partial.npz")
+        sp.save_npz(partial, counts[rows], compressed=False)
+        partial.replace(path)
     return paths
 
 
@@ -126,6 +156,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="our NB kernel compiled or not (auto: when the run repays the compile, as fit does)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="keep the simulated counts here, reused by later runs (default: a temporary folder)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="which to run (scvi-tools needed only for its two)")
     args = parser.parse_args()
@@ -151,8 +183,8 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     for n in args.cells:
         rows = {}
-        with tempfile.TemporaryDirectory() as folder:
-            paths = write_split(n, Path(folder))
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = write_split(n, Path(args.data_dir or scratch))
             for method in args.methods:
                 with spawn.Pool(1) as pool:
                     rows[method] = pool.apply(run_one, (method, paths, args.epochs, args.batch_size, args.lr,

@@ -149,7 +149,10 @@ def _run(gene_terms, entry_terms, gamma_terms, *tensors: torch.Tensor) -> tuple[
 
 
 def _eager(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _run(_gene_terms, _entry_terms, _gamma_terms_patched, *tensors)
+    """The kernels op by op. On the CPU the few large counts are patched by index; elsewhere both branches are
+    evaluated and selected, since finding them (``nonzero``) would make every step wait for the device."""
+    on_cpu = tensors[0].device.type == "cpu"
+    return _run(_gene_terms, _entry_terms, _gamma_terms_patched if on_cpu else _gamma_terms_selected, *tensors)
 
 
 class _Compiled:
