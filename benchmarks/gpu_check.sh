@@ -49,7 +49,7 @@ run 50 throughput_100k_batch4096_eager --cells 100000 --epochs 4 --batch-size 40
 echo "== profile: one epoch at 100k cells, batch 4096 then 1024"
 for batch in 4096 1024; do
   timeout 60 python3 benchmarks/gpu_profile.py "$data/train_100000.npz" --batch-size "$batch" 2>&1 \
-      | tee -a "$log_dir/profile.txt" | head -22
+      | tee -a "$log_dir/profile.txt" | sed -n 1,22p
 done
 run 200 throughput_1m_batch4096 --cells 1000000 --epochs 3 --batch-size 4096 --lr 4e-3 --compile on \
     --methods "sciencevae (NB, linear)"
