@@ -8,6 +8,7 @@ core turns it into a :class:`BatchSource` that yields device batches.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -336,14 +337,18 @@ class BatchSource:
         self.n_obs, self.n_features = prepared.X.shape
         self.sparse = sp.issparse(prepared.X) and not _better_dense(prepared.X)
         self.device_csr = None
-        if self.sparse:
-            self.X = prepared.X
-            if csr_on_device if csr_on_device is not None else device.type == "cuda":
-                self.device_csr = DeviceCSR(prepared.X, device)
-        else:
-            dense = prepared.X.toarray() if sp.issparse(prepared.X) else prepared.X
-            dense = np.nan_to_num(dense, nan=0.0) if prepared.mask is not None else dense
-            self.X = torch.as_tensor(np.asarray(dense, dtype=np.float32), device=device)
+        # the count constant (~1 s at 100k cells) is summed in a second thread while X goes to the device
+        with ThreadPoolExecutor(1) as helper:
+            constant = helper.submit(log_factorial_rows, prepared.X, prepared.feature_weights) if count_data else None
+            if self.sparse:
+                self.X = prepared.X
+                if csr_on_device if csr_on_device is not None else device.type == "cuda":
+                    self.device_csr = DeviceCSR(prepared.X, device)
+            else:
+                dense = prepared.X.toarray() if sp.issparse(prepared.X) else prepared.X
+                dense = np.nan_to_num(dense, nan=0.0) if prepared.mask is not None else dense
+                self.X = torch.as_tensor(np.asarray(dense, dtype=np.float32), device=device)
+            self.count_constant = None if constant is None else self._tensor(constant.result())
         self.mask = self._tensor(prepared.mask, torch.bool)
         self.covariates = self._tensor(prepared.covariates)
         self.feature_weights = self._tensor(prepared.feature_weights)
@@ -351,8 +356,6 @@ class BatchSource:
         if size_factors is None and count_data:
             size_factors = np.asarray(prepared.X.sum(axis=1)).ravel()
         self.size_factors = self._tensor(size_factors)
-        self.count_constant = (self._tensor(log_factorial_rows(prepared.X, prepared.feature_weights))
-                               if count_data else None)
 
     def _tensor(self, value, dtype=torch.float32) -> torch.Tensor | None:
         return None if value is None else torch.as_tensor(np.asarray(value), dtype=dtype, device=self.device)

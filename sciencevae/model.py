@@ -309,16 +309,18 @@ class BetaVAE:
         Ctrl-C raises :class:`~sciencevae.train.TrainingInterrupted`. A NaN/inf loss raises
         :class:`~sciencevae.train.TrainingDiverged` naming the epoch and
         restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
-        ``compile`` uses the likelihood's compiled kernel (NB: ~35% faster
-        per epoch, a few seconds to compile once per process); ``None``
-        compiles when the run is long enough to repay it
-        (:func:`~sciencevae.fused_nb.compile_pays`).
+        ``compile`` uses the likelihood's compiled kernel (NB on the CPU:
+        ~35% faster per epoch, a few seconds to compile once per process);
+        ``None`` compiles on the CPU when the run is long enough to repay it,
+        on a GPU never (:func:`~sciencevae.fused_nb.compile_pays`).
         """
         prepared = self._checked(X, covariates, size_factors, feature_weights)
         n_rows, n_features = prepared.shape if isinstance(prepared, Streamed) else prepared.X.shape
-        self.module.likelihood.compiled = compile_pays(n_rows, n_features, epochs) if compile is None else compile
         workers, device = distributed.start(device)
-        batch_size, lr = batch_and_lr(batch_size, lr, resolve_device(device), workers.world_size)
+        target = resolve_device(device)
+        pays = compile_pays(n_rows, n_features, epochs, target.type)
+        self.module.likelihood.compiled = pays if compile is None else compile
+        batch_size, lr = batch_and_lr(batch_size, lr, target, workers.world_size)
         config = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -329,7 +331,7 @@ class BetaVAE:
             early_stopping=early_stopping,
             precision=precision,
         )
-        self.module.to(resolve_device(device))
+        self.module.to(target)
         split = None
         if workers.active and not isinstance(prepared, Streamed):  # this rank keeps only its rows on its device
             prepared, split = _rank_rows(prepared, config, workers)
