@@ -52,7 +52,7 @@ run 40 throughput_100k_batch8192 --cells 100000 --epochs 4 --batch-size 8192 --l
 echo "== profile: one epoch at 100k cells, batch 4096 then 1024"
 for batch in 4096 1024; do
   timeout 60 python3 benchmarks/gpu_profile.py "$data/train_100000.npz" --batch-size "$batch" --compile off 2>&1 \
-      | tee -a "$log_dir/profile.txt" | sed -n 1,22p
+      | tee -a "$log_dir/profile.txt" | sed -n 1,24p
 done
 run 300 throughput_1m_batch4096 --cells 1000000 --epochs 3 --batch-size 4096 --lr 4e-3 \
     --methods "sciencevae (NB, linear)"
