@@ -92,6 +92,19 @@ def test_nb_model_loss_is_the_exact_negative_log_likelihood(rng):
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-3)
 
 
+def test_selected_and_patched_large_counts_agree_eagerly():
+    """Off the CPU the eager kernel selects between both branches (no host sync); on it, it patches by index."""
+    from sciencevae.fused_nb import _gamma_terms_patched, _gamma_terms_selected, _gene_terms
+
+    _, log_theta, _, x, _ = _inputs(5, n_cells=40, n_genes=30)
+    assert (x >= TABLE_ROWS).any() and (x < TABLE_ROWS).any()
+    theta, lgamma_table, digamma_table, edge = _gene_terms(log_theta.detach())
+    selected = _gamma_terms_selected(x, theta, lgamma_table, digamma_table, edge)
+    patched = _gamma_terms_patched(x, theta, lgamma_table, digamma_table, edge)
+    for a, b in zip(selected, patched):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("compiled", [False, True])  # eager CUDA ops, then the Triton kernel
