@@ -201,7 +201,7 @@ def test_compile_pays_only_for_long_runs_on_the_cpu():
     assert compile_pays(100_000, 2_000, 5)  # the 100k-cell benchmark
     assert not compile_pays(500, 30, 20)  # a test-sized fit
     assert compile_pays(COMPILE_MIN_ENTRIES, 1, 1) and not compile_pays(COMPILE_MIN_ENTRIES - 1, 1, 1)
-    assert not compile_pays(1_000_000, 2_000, 100, "cuda")  # GPU steps are bound by kernel launches
+    assert not compile_pays(1_000_000, 2_000, 100, "cuda")  # GPU steps are bound by the host, not the kernel
 
 
 def test_fit_compiles_only_runs_that_repay_it(rng, monkeypatch):
