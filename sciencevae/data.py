@@ -303,7 +303,7 @@ DENSE_BUDGET_BYTES = 1 << 30
 MIN_DENSE_DENSITY = 0.25
 
 
-def _better_dense(X: sp.csr_matrix) -> bool:
+def dense_is_better(X: sp.csr_matrix) -> bool:
     """A CSR matrix at least 25% full whose dense float32 copy fits in 1 GiB is served dense.
 
     Gathering a batch from a dense matrix costs ~0.1 ms against ~1.2 ms for
@@ -319,7 +319,7 @@ class BatchSource:
     """Serve batches of a Prepared on a device.
 
     Dense X (and CSR X full enough and small enough that a dense copy is the
-    better store, see ``_better_dense``) is copied to the device once (NaNs
+    better store, see ``dense_is_better``) is copied to the device once (NaNs
     zeroed, mask kept) and batches are drawn by indexing there. Other CSR X is
     kept as CSR: on CUDA on the device
     (:class:`DeviceCSR`, batches densified there), on the CPU as the scipy
@@ -335,7 +335,7 @@ class BatchSource:
                  csr_on_device: bool | None = None):
         self.device = device
         self.n_obs, self.n_features = prepared.X.shape
-        self.sparse = sp.issparse(prepared.X) and not _better_dense(prepared.X)
+        self.sparse = sp.issparse(prepared.X) and not dense_is_better(prepared.X)
         self.device_csr = None
         # the count constant (~1 s at 100k cells) is summed in a second thread while X goes to the device
         with ThreadPoolExecutor(1) as helper:

@@ -13,9 +13,12 @@ permutation of rows decides the order in which chunks of ``chunk_rows``
 consecutive rows are visited; ``buffer_chunks`` chunks at a time are read
 (the next group in a background thread while the current one trains), and the
 group's rows are served in the permutation's order. So each batch mixes rows of
-several chunks, every row is seen once per epoch, and host memory holds at most
-two groups: ``2 * buffer_chunks * chunk_rows`` rows, CSR when the file is CSR.
-Count data are checked (non-negative integers) chunk by chunk as they are read.
+several chunks, every row is seen once per epoch, and memory holds at most
+two groups: ``2 * buffer_chunks * chunk_rows`` rows, CSR when the file is CSR
+and sparse, dense when it is dense or a CSR group at least 25% full fits in 1
+GiB dense; on a GPU the groups are moved there by the reading thread and
+batches are drawn on the device. Count data are checked (non-negative
+integers) chunk by chunk as they are read.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import Batch, check_counts, log_factorial_rows, split_rows
+from .data import Batch, DeviceCSR, check_counts, dense_is_better, densify_rows, log_factorial_rows, split_rows
 
 __all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
 
@@ -101,15 +104,29 @@ class Streamed:
 
 @dataclass
 class _Group:
-    """The rows of a few chunks, read and ready to batch."""
+    """The rows of a few chunks, held where and how batches are drawn from them.
 
-    X: np.ndarray | sp.csr_matrix
+    ``X`` is a dense tensor on the device, a :class:`~sciencevae.data.DeviceCSR` (sparse rows on a GPU) or a
+    scipy CSR matrix (sparse rows on the CPU); ``size_factors`` and ``count_constants`` are per-row device
+    tensors (count data) in the same row order.
+    """
+
+    X: torch.Tensor | DeviceCSR | sp.csr_matrix
     chunks: np.ndarray  # chunk numbers held, sorted
     offsets: np.ndarray  # first row of each of those chunks in X
+    has_nan: bool
+    size_factors: torch.Tensor | None
+    count_constants: torch.Tensor | None
 
 
 class StreamingSource:
     """Serve batches of a :class:`Streamed` (same interface as :class:`~sciencevae.data.BatchSource`).
+
+    Each group of chunks is read, checked and moved to the device in a background thread: dense (a tensor) when
+    the rows are dense or CSR at least 25% full whose dense copy fits in 1 GiB
+    (:func:`~sciencevae.data.dense_is_better`), otherwise CSR (on a GPU as a
+    :class:`~sciencevae.data.DeviceCSR`; ``csr_on_device`` overrides). Batches are then drawn from the group
+    by indexing on the device: no step waits for the host.
 
     >>> reader = _ArrayRows(np.arange(20.0).reshape(10, 2))
     >>> src = StreamingSource(Streamed(reader, chunk_rows=4, buffer_chunks=1), torch.device("cpu"))
@@ -117,10 +134,12 @@ class StreamingSource:
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     """
 
-    def __init__(self, streamed: Streamed, device: torch.device, count_data: bool = False):
+    def __init__(self, streamed: Streamed, device: torch.device, count_data: bool = False,
+                 csr_on_device: bool | None = None):
         self.streamed = streamed
         self.device = device
         self.count_data = count_data
+        self.csr_on_device = device.type == "cuda" if csr_on_device is None else csr_on_device
         self.n_obs, self.n_features = streamed.n_obs, streamed.n_features
         weights = streamed.feature_weights
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
@@ -135,7 +154,7 @@ class StreamingSource:
 
     def _read_group(self, chunks: list[int]) -> _Group:
         size = self.streamed.chunk_rows
-        parts, offsets, offset = [], [], 0
+        parts, offsets, rows, offset = [], [], [], 0
         for chunk in sorted(chunks):
             start, stop = chunk * size, min((chunk + 1) * size, self.n_obs)
             X = self.streamed.reader.read(start, stop)
@@ -147,31 +166,50 @@ class StreamingSource:
                 self.checked_chunks.add(chunk)
             parts.append(X)
             offsets.append(offset)
+            rows.append(np.arange(start, stop))
             offset += stop - start
         X = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
+        del parts
         self.peak_buffer_rows = max(self.peak_buffer_rows, offset)
-        return _Group(X, np.array(sorted(chunks)), np.array(offsets))
+        rows = np.concatenate(rows)
+        has_nan = not self.count_data and bool(np.isnan(X.data if sp.issparse(X) else X).any())
+        return _Group(self._held(X), np.array(sorted(chunks)), np.array(offsets), has_nan,
+                      self._per_row(self.size_factors, rows), self._per_row(self.count_constants, rows))
 
-    def _batch(self, group: _Group, rows: np.ndarray) -> Batch:
+    def _held(self, X: np.ndarray | sp.csr_matrix) -> torch.Tensor | DeviceCSR | sp.csr_matrix:
+        """The group's rows as batches are drawn from them: dense on the device, or CSR (see the class)."""
+        if sp.issparse(X) and not dense_is_better(X):
+            return DeviceCSR(X, self.device) if self.csr_on_device else X
+        return torch.as_tensor(X.toarray() if sp.issparse(X) else X, device=self.device)
+
+    def _per_row(self, values: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
+        return None if values is None else torch.as_tensor(values[rows], dtype=torch.float32, device=self.device)
+
+    def _positions(self, group: _Group, rows: np.ndarray) -> torch.Tensor:
+        """Where the data rows ``rows`` sit in the group, on the device the group's rows are drawn on."""
         size = self.streamed.chunk_rows
         local = group.offsets[np.searchsorted(group.chunks, rows // size)] + rows % size
-        values = group.X[local]
-        dense = values.toarray() if sp.issparse(values) else values
+        return torch.as_tensor(local, device="cpu" if sp.issparse(group.X) else self.device)
+
+    def _batch(self, group: _Group, positions: torch.Tensor) -> Batch:
+        if isinstance(group.X, torch.Tensor):
+            x = group.X[positions]
+        elif isinstance(group.X, DeviceCSR):
+            x = group.X.dense_rows(positions)
+        else:
+            x = torch.from_numpy(densify_rows(group.X, positions.numpy())).to(self.device)
+            positions = positions.to(self.device)
         mask = None
-        if not self.count_data and np.isnan(dense).any():
-            mask = torch.as_tensor(~np.isnan(dense), device=self.device)
-            dense = np.nan_to_num(dense, nan=0.0)
-
-        def tensor(per_row):
-            return None if per_row is None else torch.as_tensor(per_row[rows], dtype=torch.float32, device=self.device)
-
+        if group.has_nan:
+            mask = ~torch.isnan(x)
+            x = torch.nan_to_num(x, nan=0.0)
         return Batch(
-            x=torch.as_tensor(dense, device=self.device),
+            x=x,
             mask=mask,
-            size_factor=tensor(self.size_factors),
+            size_factor=None if group.size_factors is None else group.size_factors[positions],
             covariates=None,
             feature_weights=self.feature_weights,
-            count_constant=tensor(self.count_constants),
+            count_constant=None if group.count_constants is None else group.count_constants[positions],
         )
 
     def _groups(self, index: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
@@ -210,8 +248,8 @@ class StreamingSource:
     def batch(self, index: torch.Tensor) -> Batch:
         """Rows ``index`` as one Batch, in that order (reads the chunks they fall in)."""
         rows = index.numpy()
-        chunks = np.unique(rows // self.streamed.chunk_rows).tolist()
-        return self._batch(self._read_group(chunks), rows)
+        group = self._read_group(np.unique(rows // self.streamed.chunk_rows).tolist())
+        return self._batch(group, self._positions(group, rows))
 
     def batches(self, index: torch.Tensor, batch_size: int):
         """Yield batches over the rows ``index``, read group by group (the next one in the background)."""
@@ -221,8 +259,8 @@ class StreamingSource:
             for g, (_, rows) in enumerate(groups):
                 group = pending.result()
                 pending = pool.submit(self._read_group, groups[g + 1][0]) if g + 1 < len(groups) else None
-                for start in range(0, len(rows), batch_size):
-                    yield self._batch(group, rows[start:start + batch_size])
+                for positions in self._positions(group, rows).split(batch_size):
+                    yield self._batch(group, positions)
 
 
 class _ArrayRows:

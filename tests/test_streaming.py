@@ -11,7 +11,7 @@ import torch
 from memory_probe import assert_growth_does_not_follow_the_input
 
 from sciencevae import BetaVAE
-from sciencevae.data import BatchSource, as_prepared
+from sciencevae.data import BatchSource, DeviceCSR, as_prepared
 from sciencevae.datasets import cell_programmes
 from sciencevae.streaming import AnnDataRows, Streamed, StreamingSource, open_counts
 
@@ -77,16 +77,38 @@ def test_an_epoch_serves_every_row_once_mixing_chunks(counts):
     assert source.peak_buffer_rows <= 300
 
 
-def test_streamed_batches_carry_the_same_size_factors_and_constants(counts):
+@pytest.mark.parametrize("fill, held", [("full", torch.Tensor), ("sparse", sp.csr_matrix),
+                                        ("sparse on the device", DeviceCSR)])
+def test_streamed_batches_equal_in_memory_batches_however_a_group_is_held(counts, fill, held):
     from sciencevae.streaming import _ArrayRows
 
-    streamed = StreamingSource(Streamed(_ArrayRows(counts), chunk_rows=128), torch.device("cpu"), count_data=True)
-    memory = BatchSource(as_prepared(counts), torch.device("cpu"), count_data=True)
-    rows = torch.arange(0, 1500, 7)
+    X = counts.copy()  # ~50% non-zero: a group is held dense
+    if fill != "full":  # thinned to ~15% non-zero: held as CSR, on the host or (as on a GPU) on the device
+        X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), 0.02).astype(np.float32)
+        X.eliminate_zeros()
+    streamed = StreamingSource(Streamed(_ArrayRows(X), chunk_rows=128), torch.device("cpu"), count_data=True,
+                               csr_on_device=fill == "sparse on the device")
+    assert isinstance(streamed._read_group([0, 3]).X, held)
+    memory = BatchSource(as_prepared(X), torch.device("cpu"), count_data=True)
+    rows = torch.arange(0, 1500, 7)[torch.randperm(215, generator=torch.Generator().manual_seed(1))]
+    whole_epoch = torch.cat([b.x for b in streamed.batches(rows, 50)])
     a, b = streamed.batch(rows), memory.batch(rows)
     torch.testing.assert_close(a.x, b.x)
     torch.testing.assert_close(a.size_factor, b.size_factor)
     torch.testing.assert_close(a.count_constant, b.count_constant)
+    np.testing.assert_array_equal(np.sort(whole_epoch.sum(1).numpy()), np.sort(b.x.sum(1).numpy()))
+
+
+def test_streamed_dense_rows_with_nan_are_masked():
+    from sciencevae.streaming import _ArrayRows
+
+    values = np.arange(60.0).reshape(20, 3)
+    values[[2, 11], [1, 0]] = np.nan
+    source = StreamingSource(Streamed(_ArrayRows(values), chunk_rows=8, buffer_chunks=2), torch.device("cpu"))
+    batch = source.batch(torch.tensor([11, 2, 5]))
+    np.testing.assert_array_equal(batch.mask.numpy(), ~np.isnan(values[[11, 2, 5]]))
+    np.testing.assert_array_equal(batch.x.numpy(), np.nan_to_num(values[[11, 2, 5]]))
+    assert source.batch(torch.tensor([16, 19])).mask is None  # their chunk has no NaN: no mask
 
 
 def test_fit_from_a_backed_file_matches_fitting_in_memory(tmp_path):
