@@ -9,7 +9,8 @@
 #    same data, epochs and batch size;
 # 3. ours with the compiled (Triton) NB kernel, and ours at batch 8192;
 # 4. a profile of our epoch: device busy time against wall time, kernel launches per step;
-# 5. ours at 1M cells (simulated in parallel 100k-cell blocks; kept on the GPU as CSR).
+# 5. ours at 1M cells (simulated in parallel 100k-cell blocks; kept on the GPU as CSR);
+# 6. streamed training from a backed .h5ad (out_of_core.py at 200k cells).
 # Each step has its own time limit and the steps run in order of importance, so a step cut short leaves the
 # numbers of the ones before it. Logs go to LOG_DIR (default $OUT): four files.
 # 2026-11-27 on an H200 (compiled kernel then): 1. ~30 s, 2. ~170 s and ~130 s, 3. ~40 s, 4. ~60 s; 5. did not
@@ -34,7 +35,7 @@ else echo "scvi-tools not importable, ours only:"; tail -3 "$log_dir/scvi_import
 
 echo "== 1. tests marked gpu"
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
-    tests/test_data.py tests/test_fused_nb.py tests/test_train.py 2>&1 | tee "$log_dir/gpu_tests.txt" | tail -15
+    tests/test_data.py tests/test_fused_nb.py tests/test_train.py tests/test_streaming.py 2>&1 | tee "$log_dir/gpu_tests.txt" | tail -15
 
 data=/tmp/gpu_check_data
 run() {  # run LIMIT_S NAME THROUGHPUT_ARGS...
@@ -56,4 +57,7 @@ for batch in 4096 1024; do
 done
 run 300 throughput_1m_batch4096 --cells 1000000 --epochs 3 --batch-size 4096 --lr 4e-3 \
     --methods "sciencevae (NB, linear)"
+echo "== 6. streamed from a backed .h5ad (200k cells written there first), groups moved to the GPU"
+timeout 200 python3 benchmarks/out_of_core.py --cells 200000 --path /tmp/cells_200k.h5ad --epochs 2 --threads 8 2>&1 \
+    | tee -a "$log_dir/throughput.txt" | grep -E '^(epoch|peak|wrote|Traceback|[A-Za-z]*Error)'
 nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader

@@ -99,6 +99,24 @@ def test_streamed_batches_equal_in_memory_batches_however_a_group_is_held(counts
     np.testing.assert_array_equal(np.sort(whole_epoch.sum(1).numpy()), np.sort(b.x.sum(1).numpy()))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("thin", [False, True])
+def test_streamed_groups_are_held_on_the_gpu(counts, thin):
+    from sciencevae.streaming import _ArrayRows
+
+    X = counts.copy()
+    if thin:
+        X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), 0.02).astype(np.float32)
+        X.eliminate_zeros()
+    streamed = StreamingSource(Streamed(_ArrayRows(X), chunk_rows=128), torch.device("cuda"), count_data=True)
+    group = streamed._read_group([0, 3])
+    assert (group.X.values if thin else group.X).is_cuda and group.size_factors.is_cuda
+    rows = torch.arange(0, 1500, 7)
+    batch = streamed.batch(rows)
+    np.testing.assert_array_equal(batch.x.cpu().numpy(), X[rows.numpy()].toarray())
+
+
 def test_streamed_dense_rows_with_nan_are_masked():
     from sciencevae.streaming import _ArrayRows
 
