@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     fit.add_argument("--compile", default="auto", choices=sorted(_COMPILE_CHOICES),
-                     help="compile the NB kernel (a few seconds once; faster epochs); auto: on the CPU when the run repays "
-                          "it, never on a GPU")
+                     help="compile the NB kernel (a few seconds once; faster epochs); auto: on the CPU when the "
+                          "run repays it, never on a GPU")
     _add_checkpoint_flags(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_cmd_fit)
