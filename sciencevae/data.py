@@ -315,6 +315,37 @@ def dense_is_better(X: sp.csr_matrix) -> bool:
     return X.nnz >= MIN_DENSE_DENSITY * n_obs * n_features and 4 * n_obs * n_features <= DENSE_BUDGET_BYTES
 
 
+def hold_rows(X: np.ndarray | sp.csr_matrix, device: torch.device,
+              csr_on_device: bool | None = None) -> torch.Tensor | DeviceCSR | sp.csr_matrix:
+    """Rows as batches are drawn from them: a dense float32 tensor on ``device`` when X is dense or a CSR
+    matrix that :func:`dense_is_better`; otherwise CSR, as a :class:`DeviceCSR` on the device (the default
+    on CUDA; ``csr_on_device`` overrides) or as the scipy matrix (densified batch by batch on the host).
+
+    >>> type(hold_rows(np.ones((2, 2)), torch.device("cpu"))).__name__
+    'Tensor'
+    """
+    if sp.issparse(X) and not dense_is_better(X):
+        on_device = device.type == "cuda" if csr_on_device is None else csr_on_device
+        return DeviceCSR(X, device) if on_device else X
+    dense = X.toarray() if sp.issparse(X) else X
+    return torch.as_tensor(np.asarray(dense, dtype=np.float32), device=device)
+
+
+def position_device(rows: torch.Tensor | DeviceCSR | sp.csr_matrix, device: torch.device) -> torch.device:
+    """Where the positions of a batch's rows belong: the host for scipy rows, else the device."""
+    return torch.device("cpu") if sp.issparse(rows) else device
+
+
+def draw_rows(rows: torch.Tensor | DeviceCSR | sp.csr_matrix, positions: torch.Tensor,
+              device: torch.device) -> torch.Tensor:
+    """The dense float32 batch of rows ``positions`` of rows held by :func:`hold_rows`, on ``device``."""
+    if isinstance(rows, torch.Tensor):
+        return rows[positions]
+    if isinstance(rows, DeviceCSR):
+        return rows.dense_rows(positions)
+    return torch.from_numpy(densify_rows(rows, positions.cpu().numpy())).to(device, non_blocking=True)
+
+
 class BatchSource:
     """Serve batches of a Prepared on a device.
 
@@ -335,19 +366,11 @@ class BatchSource:
                  csr_on_device: bool | None = None):
         self.device = device
         self.n_obs, self.n_features = prepared.X.shape
-        self.sparse = sp.issparse(prepared.X) and not dense_is_better(prepared.X)
-        self.device_csr = None
         # the count constant (~1 s at 100k cells) is summed in a second thread while X goes to the device
         with ThreadPoolExecutor(1) as helper:
             constant = helper.submit(log_factorial_rows, prepared.X, prepared.feature_weights) if count_data else None
-            if self.sparse:
-                self.X = prepared.X
-                if csr_on_device if csr_on_device is not None else device.type == "cuda":
-                    self.device_csr = DeviceCSR(prepared.X, device)
-            else:
-                dense = prepared.X.toarray() if sp.issparse(prepared.X) else prepared.X
-                dense = np.nan_to_num(dense, nan=0.0) if prepared.mask is not None else dense
-                self.X = torch.as_tensor(np.asarray(dense, dtype=np.float32), device=device)
+            X = prepared.X if prepared.mask is None else np.nan_to_num(prepared.X, nan=0.0)  # masked: dense
+            self.rows = hold_rows(X, device, csr_on_device)
             self.count_constant = None if constant is None else self._tensor(constant.result())
         self.mask = self._tensor(prepared.mask, torch.bool)
         self.covariates = self._tensor(prepared.covariates)
@@ -356,6 +379,16 @@ class BatchSource:
         if size_factors is None and count_data:
             size_factors = np.asarray(prepared.X.sum(axis=1)).ravel()
         self.size_factors = self._tensor(size_factors)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the rows are held as CSR (on the host or the device)."""
+        return not isinstance(self.rows, torch.Tensor)
+
+    @property
+    def device_csr(self) -> DeviceCSR | None:
+        """The rows when they are CSR held on the device."""
+        return self.rows if isinstance(self.rows, DeviceCSR) else None
 
     def _tensor(self, value, dtype=torch.float32) -> torch.Tensor | None:
         return None if value is None else torch.as_tensor(np.asarray(value), dtype=dtype, device=self.device)
@@ -366,13 +399,8 @@ class BatchSource:
 
     def batch(self, index: torch.Tensor) -> Batch:
         """Rows ``index`` (a 1-D int64 tensor, on the CPU or the device) as a device Batch."""
+        x = draw_rows(self.rows, index.to(position_device(self.rows, self.device)), self.device)
         device_index = index.to(self.device)
-        if self.device_csr is not None:
-            x = self.device_csr.dense_rows(device_index)
-        elif self.sparse:
-            x = torch.from_numpy(densify_rows(self.X, index.cpu().numpy())).to(self.device, non_blocking=True)
-        else:
-            x = self.X[device_index]
         return Batch(
             x=x,
             mask=self._take(self.mask, device_index),
@@ -392,7 +420,6 @@ class BatchSource:
         The index goes to the device once (not once per batch) unless scipy
         densifies the batches on the host.
         """
-        if not self.sparse or self.device_csr is not None:
-            index = index.to(self.device)
+        index = index.to(position_device(self.rows, self.device))
         for chunk in index.split(batch_size):
             yield self.batch(chunk)

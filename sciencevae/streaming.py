@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import Batch, DeviceCSR, check_counts, dense_is_better, densify_rows, log_factorial_rows, split_rows
+from .data import Batch, DeviceCSR, check_counts, draw_rows, hold_rows, log_factorial_rows, position_device, split_rows
 
 __all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
 
@@ -139,7 +139,7 @@ class StreamingSource:
         self.streamed = streamed
         self.device = device
         self.count_data = count_data
-        self.csr_on_device = device.type == "cuda" if csr_on_device is None else csr_on_device
+        self.csr_on_device = csr_on_device
         self.n_obs, self.n_features = streamed.n_obs, streamed.n_features
         weights = streamed.feature_weights
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
@@ -173,14 +173,8 @@ class StreamingSource:
         self.peak_buffer_rows = max(self.peak_buffer_rows, offset)
         rows = np.concatenate(rows)
         has_nan = not self.count_data and bool(np.isnan(X.data if sp.issparse(X) else X).any())
-        return _Group(self._held(X), np.array(sorted(chunks)), np.array(offsets), has_nan,
-                      self._per_row(self.size_factors, rows), self._per_row(self.count_constants, rows))
-
-    def _held(self, X: np.ndarray | sp.csr_matrix) -> torch.Tensor | DeviceCSR | sp.csr_matrix:
-        """The group's rows as batches are drawn from them: dense on the device, or CSR (see the class)."""
-        if sp.issparse(X) and not dense_is_better(X):
-            return DeviceCSR(X, self.device) if self.csr_on_device else X
-        return torch.as_tensor(X.toarray() if sp.issparse(X) else X, device=self.device)
+        return _Group(hold_rows(X, self.device, self.csr_on_device), np.array(sorted(chunks)), np.array(offsets),
+                      has_nan, self._per_row(self.size_factors, rows), self._per_row(self.count_constants, rows))
 
     def _per_row(self, values: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
         return None if values is None else torch.as_tensor(values[rows], dtype=torch.float32, device=self.device)
@@ -189,16 +183,11 @@ class StreamingSource:
         """Where the data rows ``rows`` sit in the group, on the device the group's rows are drawn on."""
         size = self.streamed.chunk_rows
         local = group.offsets[np.searchsorted(group.chunks, rows // size)] + rows % size
-        return torch.as_tensor(local, device="cpu" if sp.issparse(group.X) else self.device)
+        return torch.as_tensor(local, device=position_device(group.X, self.device))
 
     def _batch(self, group: _Group, positions: torch.Tensor) -> Batch:
-        if isinstance(group.X, torch.Tensor):
-            x = group.X[positions]
-        elif isinstance(group.X, DeviceCSR):
-            x = group.X.dense_rows(positions)
-        else:
-            x = torch.from_numpy(densify_rows(group.X, positions.numpy())).to(self.device)
-            positions = positions.to(self.device)
+        x = draw_rows(group.X, positions, self.device)
+        positions = positions.to(self.device)
         mask = None
         if group.has_nan:
             mask = ~torch.isnan(x)

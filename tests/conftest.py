@@ -18,3 +18,11 @@ def linear_r2(latents: np.ndarray, target: np.ndarray) -> float:
     design = np.c_[latents, np.ones(len(latents))]
     coef = np.linalg.lstsq(design, target, rcond=None)[0]
     return 1.0 - np.var(target - design @ coef) / np.var(target)
+
+
+def thinned(counts, fraction: float, seed: int = 0):
+    """A CSR count matrix binomially thinned to ``fraction`` of its reads (a shallower run; sparser)."""
+    out = counts.copy()
+    out.data = np.random.default_rng(seed).binomial(out.data.astype(np.int64), fraction).astype(np.float32)
+    out.eliminate_zeros()
+    return out

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import thinned
 from memory_probe import assert_growth_does_not_follow_the_input
 
 from sciencevae import BetaVAE
@@ -82,10 +83,8 @@ def test_an_epoch_serves_every_row_once_mixing_chunks(counts):
 def test_streamed_batches_equal_in_memory_batches_however_a_group_is_held(counts, fill, held):
     from sciencevae.streaming import _ArrayRows
 
-    X = counts.copy()  # ~50% non-zero: a group is held dense
-    if fill != "full":  # thinned to ~15% non-zero: held as CSR, on the host or (as on a GPU) on the device
-        X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), 0.02).astype(np.float32)
-        X.eliminate_zeros()
+    # ~50% non-zero: a group is held dense; thinned to ~15%: as CSR, on the host or (as on a GPU) on the device
+    X = counts if fill == "full" else thinned(counts, 0.02)
     streamed = StreamingSource(Streamed(_ArrayRows(X), chunk_rows=128), torch.device("cpu"), count_data=True,
                                csr_on_device=fill == "sparse on the device")
     assert isinstance(streamed._read_group([0, 3]).X, held)
@@ -105,10 +104,7 @@ def test_streamed_batches_equal_in_memory_batches_however_a_group_is_held(counts
 def test_streamed_groups_are_held_on_the_gpu(counts, thin):
     from sciencevae.streaming import _ArrayRows
 
-    X = counts.copy()
-    if thin:
-        X.data = np.random.default_rng(0).binomial(X.data.astype(np.int64), 0.02).astype(np.float32)
-        X.eliminate_zeros()
+    X = thinned(counts, 0.02) if thin else counts
     streamed = StreamingSource(Streamed(_ArrayRows(X), chunk_rows=128), torch.device("cuda"), count_data=True)
     group = streamed._read_group([0, 3])
     assert (group.X.values if thin else group.X).is_cuda and group.size_factors.is_cuda
