@@ -39,20 +39,20 @@ import torch
 
 __all__ = ["nb_log_likelihood_sum", "log_factorial_sum", "compile_pays", "TABLE_ROWS", "COMPILE_MIN_ENTRIES"]
 
-TABLE_ROWS = 32
+TABLE_ROWS = 16  # counts below this come from per-gene tables (~98% of entries), larger ones from the series
 COMPILE_MIN_ENTRIES = 600_000_000  # cells × genes × epochs from which compiling pays (see compile_pays)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _lgamma_series(z: torch.Tensor) -> torch.Tensor:
-    """``lgamma(z) - [(z - 1/2) log z - z + log(2 pi) / 2]``, Stirling's series (error below 1e-16 for z >= 32)."""
+    """``lgamma(z) - [(z - 1/2) log z - z + log(2 pi) / 2]``, Stirling's series (error below 2e-14 for z >= 16)."""
     r = 1.0 / z
     r2 = r * r
     return r * (1.0 / 12 - r2 * (1.0 / 360 - r2 * (1.0 / 1260 - r2 / 1680)))
 
 
 def _digamma_series(z: torch.Tensor) -> torch.Tensor:
-    """``log z - digamma(z)``, the asymptotic series (error below 1e-16 for z >= 32)."""
+    """``log z - digamma(z)``, the asymptotic series (error below 1e-14 for z >= 16)."""
     r = 1.0 / z
     r2 = r * r
     return 0.5 * r + r2 * (1.0 / 12 - r2 * (1.0 / 120 - r2 * (1.0 / 252 - r2 / 240)))
@@ -142,17 +142,22 @@ def _entry_terms(logits, log_size, x, weights, log_theta, gamma_terms, theta, lg
     return total, d_logits, d_theta
 
 
-def _run(gene_terms, entry_terms, gamma_terms, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The kernels on (logits, log_size, log_theta, x, weights), detached: one compiled version serves all."""
-    logits, log_size, log_theta, x, weights = (t.detach() for t in tensors)
-    return entry_terms(logits, log_size, x, weights, log_theta, gamma_terms, *gene_terms(log_theta))
+def _kernel(logits, log_size, log_theta, x, weights,
+            gamma_terms=_gamma_terms_selected) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-gene tables and the per-entry terms: what is compiled, as one region (one call, fused loops)."""
+    return _entry_terms(logits, log_size, x, weights, log_theta, gamma_terms, *_gene_terms(log_theta))
+
+
+def _detached(tensors) -> tuple[torch.Tensor, ...]:
+    return tuple(t.detach() for t in tensors)
 
 
 def _eager(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kernels op by op. On the CPU the few large counts are patched by index; elsewhere both branches are
-    evaluated and selected, since finding them (``nonzero``) would make every step wait for the device."""
+    """The kernels op by op on (logits, log_size, log_theta, x, weights). On the CPU the few large counts are
+    patched by index; elsewhere both branches are evaluated and selected, since finding them (``nonzero``) would
+    make every step wait for the device."""
     on_cpu = tensors[0].device.type == "cpu"
-    return _run(_gene_terms, _entry_terms, _gamma_terms_patched if on_cpu else _gamma_terms_selected, *tensors)
+    return _kernel(*_detached(tensors), gamma_terms=_gamma_terms_patched if on_cpu else _gamma_terms_selected)
 
 
 class _Compiled:
@@ -165,21 +170,20 @@ class _Compiled:
     """
 
     def __init__(self):
-        options = {"cpp.dynamic_threads": True}
-        self.functions = tuple(torch.compile(fn, dynamic=True, options=options) for fn in (_gene_terms, _entry_terms))
+        self.function = torch.compile(_kernel, dynamic=True, options={"cpp.dynamic_threads": True})
         self.checked = False
 
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.functions is None:
+        if self.function is None:
             return _eager(*tensors)
         if self.checked:
-            return _run(*self.functions, _gamma_terms_selected, *tensors)
+            return self.function(*_detached(tensors))
         try:
-            out = _run(*self.functions, _gamma_terms_selected, *tensors)
+            out = self.function(*_detached(tensors))
         except Exception as error:  # noqa: BLE001  a compiler failure falls back to the same maths, eagerly
             warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {str(error)[:300]}); the NB "
                           "likelihood runs eagerly (same values, slower)", RuntimeWarning, stacklevel=4)
-            self.functions = None
+            self.function = None
             return _eager(*tensors)
         self.checked = True
         return out
@@ -248,7 +252,8 @@ def nb_log_likelihood_sum(
     dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 is too coarse for the NB terms
     # a cell with no counts (size 0) has mu = 0 and log-likelihood 0; a tiny floor keeps log(size) finite
     log_size = size_factor.reshape(-1, 1).to(dtype).clamp_min(1e-12).log()
-    weights = torch.ones_like(log_theta, dtype=dtype) if weights is None else weights.to(dtype)
+    # no weights: a 0-d one, which the compiled kernel specialises on (10% faster than a vector of ones)
+    weights = torch.ones((), dtype=dtype, device=logits.device) if weights is None else weights.to(dtype)
     return _NBLogLikelihoodSum.apply(logits.to(dtype), log_size, log_theta.to(dtype), x.to(dtype), weights,
                                       compiled)
 
