@@ -178,8 +178,31 @@ def test_a_compiler_failure_falls_back_to_the_same_values_eagerly(monkeypatch):
     expected = fused_nb._eager(logits, log_size, log_theta, x, weights)
     for got, want in zip((total, d_logits, d_theta), expected):
         torch.testing.assert_close(got, want)
-    assert kernels.function is None  # later calls go straight to the eager kernels
+    assert kernels.function is None and not kernels.attempts  # later calls go straight to the eager kernels
     assert kernels(logits, log_size, log_theta, x, weights)[0].shape == total.shape
+
+
+def test_a_failed_compile_without_the_isa_probe_is_retried_with_it(monkeypatch):
+    import warnings
+
+    from sciencevae import fused_nb
+
+    def compile_failing_without_probe(fn, dynamic, options):
+        def run(*args):
+            if options.get("cpp.vec_isa_ok"):
+                raise RuntimeError("-mamx-tile: unrecognized command-line option")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(fused_nb.torch, "compile", compile_failing_without_probe)
+    kernels = fused_nb._Compiled()
+    logits, log_theta, size, x, weights = _inputs(8)
+    log_size = size.log()[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fall-back warning: the second options compile
+        total = kernels(logits, log_size, log_theta, x, weights)[0]
+    assert kernels.function is kernels.attempts[0] and len(kernels.attempts) == 1
+    torch.testing.assert_close(total, fused_nb._eager(logits, log_size, log_theta, x, weights)[0])
 
 
 @pytest.mark.parametrize("use_weights", [False, True])
