@@ -226,8 +226,8 @@ class _NBLogLikelihoodSum(torch.autograd.Function):
 def compile_pays(n_rows: int, n_features: int, epochs: int, device_type: str = "cpu") -> bool:
     """Whether compiling the kernel repays itself over a training run (the default of ``fit(compile=None)``).
 
-    On the CPU compiling costs 3-4 s per process (8-10 s the first time on a machine) and saves about 5 ns per
-    (cell, gene) entry and epoch (2,000 genes: 34k instead of 25k cells/s on 2 threads): it pays from about
+    On the CPU compiling costs ~2 s per process (~4 s the first time on a machine) and saves about 4 ns per
+    (cell, gene) entry and epoch (2,000 genes: 33k instead of 26k cells/s on 2 threads): it pays from about
     ``COMPILE_MIN_ENTRIES`` entries × epochs. On a GPU it never pays in practice: the steps are bound by the
     host's per-step work (Python, dispatch, kernel launches), not by the likelihood (H200, 100k cells, batch
     4096: 806k cells/s compiled against 772k eager, for 15 s of compile), so it runs only when asked for.
