@@ -219,8 +219,8 @@ def _log_factorials(values: np.ndarray, block: int = 1 << 22) -> np.ndarray:
     top = len(_LOG_FACTORIAL) - 1
     for start in range(0, len(values), block):
         part = values[start:start + block]
-        counts = np.minimum(part, top).astype(np.int32)
-        np.take(_LOG_FACTORIAL, counts, out=out[start:start + block])
+        # counts past the table (or past int32) are clipped here and recomputed below
+        np.take(_LOG_FACTORIAL, part.astype(np.int32), mode="clip", out=out[start:start + block])
         large = np.flatnonzero(part > top)
         if len(large):
             out[start + large] = gammaln(part[large].astype(np.float64) + 1.0)
@@ -241,9 +241,12 @@ def log_factorial_rows(X: np.ndarray | sp.csr_matrix, weights: np.ndarray | None
             terms = _log_factorials(X.data[bounds[0]:bounds[-1]])
             if weights is not None:
                 terms *= weights[X.indices[bounds[0]:bounds[-1]]]
-            # reduceat needs an index past the last row's start (an empty last row), and gives empty rows a value
-            row_sums = np.add.reduceat(np.append(terms, 0.0), bounds[:-1] - bounds[0])
-            sums[start:start + chunk] = row_sums * (np.diff(bounds) > 0)
+            # reduceat over the non-empty rows only (it would give an empty row its neighbour's value)
+            filled = np.diff(bounds) > 0
+            row_sums = np.zeros(len(filled))
+            if filled.any():
+                row_sums[filled] = np.add.reduceat(terms, (bounds[:-1] - bounds[0])[filled])
+            sums[start:start + chunk] = row_sums
         return sums
     for start in range(0, X.shape[0], chunk):
         rows = np.nan_to_num(np.asarray(X[start:start + chunk], dtype=np.float64))
