@@ -183,3 +183,57 @@ def test_ctrl_c_stops_cleanly_and_names_the_saved_checkpoint(monkeypatch, tmp_pa
     saved = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     for name, value in vae.module.state_dict().items():
         torch.testing.assert_close(value, saved["module"][name])
+
+
+def test_lean_fused_adam_steps_exactly_as_torch_adam_and_resumes_from_its_state_dict():
+    from sciencevae.train import LeanFusedAdam
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)]
+    start = [torch.randn(shape, generator=gen) for shape in shapes]
+    grads = [[torch.randn(shape, generator=gen) for shape in shapes] for _ in range(6)]
+
+    def train(make, steps, params=None, state=None):
+        params = params or [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make(params)
+        if state is not None:
+            optimizer.load_state_dict(state)
+        for step_grads in steps:
+            optimizer.zero_grad()
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            optimizer.step()
+        return params, optimizer
+
+    reference, _ = train(lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True), grads)
+    lean, _ = train(lambda ps: LeanFusedAdam(ps, lr=1e-2), grads)
+    for got, want in zip(lean, reference):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # three steps, a checkpoint of the state, three more in a new optimizer: the same end
+    halfway, optimizer = train(lambda ps: LeanFusedAdam(ps, lr=1e-2), grads[:3])
+    assert optimizer.lean and float(optimizer.state[halfway[0]]["step"]) == 3
+    resumed, _ = train(lambda ps: LeanFusedAdam(ps, lr=1e-2), grads[3:], params=halfway,
+                       state=optimizer.state_dict())
+    for got, want in zip(resumed, reference):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_lean_fused_adam_falls_back_to_torch_when_the_kernel_call_fails():
+    from sciencevae.train import LeanFusedAdam
+
+    def changed_signature(*args, **kwargs):
+        raise TypeError("_fused_adam_() got an unexpected keyword argument")
+
+    params = [torch.nn.Parameter(torch.ones(4))]
+    reference = [torch.nn.Parameter(torch.ones(4))]
+    lean, torch_adam = LeanFusedAdam(params, lr=0.1), torch.optim.Adam(reference, lr=0.1, fused=True)
+    for step in range(3):
+        if step == 1:
+            lean.kernel = changed_signature  # as if another torch changed the kernel's arguments
+        for p, opt in ((params[0], lean), (reference[0], torch_adam)):
+            opt.zero_grad()
+            p.grad = torch.full((4,), float(step + 1))
+            opt.step()
+    assert not lean.lean
+    torch.testing.assert_close(params[0], reference[0], rtol=0, atol=0)
+    assert float(lean.state[params[0]]["step"]) == 3
