@@ -4,18 +4,21 @@
 # Then on the GPU machine, from the repository root, carrying .whl:  bash benchmarks/gpu_check.sh [LOG_DIR]
 #
 # In order of importance, each step with its own time limit (a step cut short leaves the numbers of the ones
-# before it; the whole script is ~9-10 minutes, so the last steps may not fit one call's 600 s):
-# 1. the tests marked `gpu` (CUDA kernels against the CPU, CSR counts and streamed groups on the GPU, bf16);
-# 2. throughput at 100k cells (held on the GPU), batch 4096, ours (fit's defaults: eager NB kernel on a GPU)
-#    against scvi-tools' LinearSCVI and SCVI in the same run, same data, epochs and batch size;
-# 3. a profile of our epoch: device busy time against wall time, kernel launches per step, where the host
+# before it; the last steps may not fit one call's 600 s):
+# 1. the tests marked `gpu` (CUDA kernels against the CPU, CSR counts and streamed groups on the GPU, bf16,
+#    training steps replayed from a CUDA graph);
+# 2. throughput at 100k cells (held on the GPU), batch 4096, ours (fit's defaults: eager NB kernel, steps
+#    replayed from a CUDA graph) against scvi-tools' LinearSCVI and SCVI in the same run, same data, epochs
+#    and batch size; 3. ours step by step (--cuda-graph off), the A/B of the graph;
+# 4. a profile of our epoch: device busy time against wall time, kernel launches per step, where the host
 #    waits for the device (sync debug mode), the operators with the most host time;
-# 4. ours at batch 8192; 5. streamed training from a backed .h5ad (out_of_core.py, 200k cells; a code path
-# not yet run on a GPU); 6. ours at 1M cells (simulated in parallel 100k-cell blocks: the step least sure to fit);
-# 7. batch 1024 against scvi-tools, the compiled (Triton) kernel, a profile at batch 1024 (measured already).
-# Logs go to LOG_DIR (default $OUT): four files. scvi-tools and anndata are used where importable.
-# 2026-11-27 on an H200 (an earlier order, compiled kernel then): tests ~30 s, 100k at 4096 and at 1024 with
-# the peers ~110 s and ~90 s each, ours alone ~20 s, a profile ~25 s; 1M did not finish in 200 s.
+# 5. ours at batch 1024 (fit's default on CUDA) and 8192; 6. ours on 10 copies of the 90k training cells
+#    (900k cells an epoch, held on the GPU as CSR); 7. the compiled (Triton) kernel with the graph;
+# 8. streamed training from a backed .h5ad (out_of_core.py, 200k cells; a code path not yet run on a GPU);
+# 9. batch 1024 against the peers.
+# Logs go to LOG_DIR (default $OUT). scvi-tools and anndata are used where importable.
+# 2026-11-27 on an H200 (fourth session, before the CUDA graph): tests ~30 s, 100k at 4096 with the peers
+# ~110 s, ours alone ~20 s, a profile ~25 s.
 set -uo pipefail
 log_dir=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$log_dir"
@@ -36,7 +39,8 @@ else echo "scvi-tools not importable, ours only:"; tail -3 "$log_dir/scvi_import
 
 echo "== 1. tests marked gpu"
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
-    tests/test_data.py tests/test_fused_nb.py tests/test_train.py tests/test_streaming.py 2>&1 | tee "$log_dir/gpu_tests.txt" | tail -15
+    tests/test_data.py tests/test_fused_nb.py tests/test_train.py tests/test_streaming.py tests/test_graphed.py 2>&1 \
+    | tee "$log_dir/gpu_tests.txt" | tail -15
 
 data=/tmp/gpu_check_data
 run() {  # run LIMIT_S NAME THROUGHPUT_ARGS...
@@ -47,21 +51,26 @@ run() {  # run LIMIT_S NAME THROUGHPUT_ARGS...
 }
 profile() {  # profile BATCH: one epoch of ours at 100k cells under the profiler and the sync debug mode
   echo "== profile, batch $1" | tee -a "$log_dir/profile.txt"
-  timeout 60 python3 benchmarks/gpu_profile.py "$data/train_100000.npz" --batch-size "$1" --compile off 2>&1 \
+  timeout 60 python3 benchmarks/gpu_profile.py "$data/train_100000.npz" --batch-size "$1" --compile off \
+      --cuda-graph on 2>&1 \
       | tee -a "$log_dir/profile.txt" | sed -n 1,24p
 }
-run 150 throughput_100k_batch4096 --cells 100000 --epochs 4 --batch-size 4096 --lr 4e-3 --methods "${methods[@]}"
+git log -1 --format="sciencevae %h %s" 2>/dev/null || true
+run 170 throughput_100k_batch4096 --cuda-graph on --cells 100000 --epochs 4 --batch-size 4096 --lr 4e-3 \
+    --methods "${methods[@]}"
+run 45 throughput_100k_batch4096_step_by_step --cuda-graph off --cells 100000 --epochs 4 --batch-size 4096 \
+    --lr 4e-3 --methods "sciencevae (NB, linear)"
 profile 4096
-run 40 throughput_100k_batch8192 --cells 100000 --epochs 4 --batch-size 8192 --lr 5.7e-3 \
+run 45 throughput_100k_batch1024 --cells 100000 --epochs 4 --batch-size 1024 --lr 2e-3 --methods "sciencevae (NB, linear)"
+run 45 throughput_100k_batch8192 --cells 100000 --epochs 4 --batch-size 8192 --lr 5.7e-3 \
     --methods "sciencevae (NB, linear)"
-echo "== streamed from a backed .h5ad (200k cells written there first), groups moved to the GPU"
-timeout 200 python3 benchmarks/out_of_core.py --cells 200000 --path /tmp/cells_200k.h5ad --epochs 2 --threads 8 2>&1 \
-    | tee -a "$log_dir/throughput.txt" | grep -E '^(epoch|peak|wrote|Traceback|[A-Za-z]*Error)'
-run 240 throughput_1m_batch4096 --cells 1000000 --epochs 3 --batch-size 4096 --lr 4e-3 \
+run 150 throughput_900k_batch4096 --cells 100000 --repeat 10 --epochs 3 --batch-size 4096 --lr 4e-3 \
     --methods "sciencevae (NB, linear)"
-# measured on 2026-11-27 already; rerun when the time allows
-run 130 throughput_100k_batch1024 --cells 100000 --epochs 4 --batch-size 1024 --lr 2e-3 --methods "${methods[@]}"
 run 60 throughput_100k_batch4096_compiled --cells 100000 --epochs 4 --batch-size 4096 --lr 4e-3 --compile on \
     --methods "sciencevae (NB, linear)"
-profile 1024
+echo "== streamed from a backed .h5ad (200k cells written there first), groups moved to the GPU"
+timeout 150 python3 benchmarks/out_of_core.py --cells 200000 --path /tmp/cells_200k.h5ad --epochs 2 --threads 8 2>&1 \
+    | tee -a "$log_dir/throughput.txt" | grep -E '^(epoch|peak|wrote|Traceback|[A-Za-z]*Error)'
+run 130 throughput_100k_batch1024_with_peers --cells 100000 --epochs 4 --batch-size 1024 --lr 2e-3 \
+    --methods "${methods[@]}"
 nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader

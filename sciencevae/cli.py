@@ -148,7 +148,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     with run_folder(args.out):
         history = vae.fit(
             X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-            progress=not args.quiet, compile=_COMPILE_CHOICES[args.compile], **_checkpointing(args),
+            progress=not args.quiet, **_kernel_choices(args), **_checkpointing(args),
         )
         _write_fit_outputs(args, vae, X, names, history)
     kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
@@ -157,6 +157,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 _COMPILE_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def _kernel_choices(args: argparse.Namespace) -> dict:
+    """fit's ``compile`` and ``cuda_graph`` from --compile and --cuda-graph."""
+    return {"compile": _COMPILE_CHOICES[args.compile], "cuda_graph": args.cuda_graph == "on"}
 
 
 def _model_from_args(args: argparse.Namespace, n_features: int):
@@ -170,7 +175,7 @@ def _fit_worker(args: argparse.Namespace, X) -> int:
     """A torchrun rank other than 0: train (gradients are shared), write nothing."""
     _model_from_args(args, X.shape[1]).fit(
         X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-        progress=False, compile=_COMPILE_CHOICES[args.compile], **_checkpointing(args),
+        progress=False, **_kernel_choices(args), **_checkpointing(args),
     )
     return 0
 
@@ -355,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     fit.add_argument("--compile", default="auto", choices=sorted(_COMPILE_CHOICES),
                      help="compile the NB kernel (a few seconds once; faster epochs); auto: on the CPU when the "
-                          "run repays it, never on a GPU")
+                          "run repays it (on a GPU: from ~1e11 cells x genes x epochs)")
+    fit.add_argument("--cuda-graph", default="on", choices=["on", "off"],
+                     help="on a GPU, replay each full training step from a CUDA graph (one launch per step)")
     _add_checkpoint_flags(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=_cmd_fit)

@@ -423,6 +423,9 @@ class BatchSource:
         The index goes to the device once (not once per batch) unless scipy
         densifies the batches on the host.
         """
-        index = index.to(position_device(self.rows, self.device))
-        for chunk in index.split(batch_size):
+        for chunk in self.chunks(index, batch_size):
             yield self.batch(chunk)
+
+    def chunks(self, index: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """``index`` in consecutive pieces of ``batch_size`` on the device its rows are drawn on (one copy)."""
+        return index.to(position_device(self.rows, self.device)).split(batch_size)

@@ -37,10 +37,12 @@ import warnings
 
 import torch
 
-__all__ = ["nb_log_likelihood_sum", "log_factorial_sum", "compile_pays", "TABLE_ROWS", "COMPILE_MIN_ENTRIES"]
+__all__ = ["nb_log_likelihood_sum", "log_factorial_sum", "compile_pays", "TABLE_ROWS", "COMPILE_MIN_ENTRIES",
+           "COMPILE_MIN_ENTRIES_CUDA"]
 
 TABLE_ROWS = 16  # smaller counts (98.7% of the benchmark data) from per-gene tables, larger ones from the series
-COMPILE_MIN_ENTRIES = 600_000_000  # cells × genes × epochs from which compiling pays (see compile_pays)
+COMPILE_MIN_ENTRIES = 600_000_000  # cells × genes × epochs from which compiling pays on the CPU (see compile_pays)
+COMPILE_MIN_ENTRIES_CUDA = 100_000_000_000  # the same on a GPU, where steps are replayed from a CUDA graph
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -228,14 +230,19 @@ def compile_pays(n_rows: int, n_features: int, epochs: int, device_type: str = "
 
     On the CPU compiling costs ~2 s per process (~4 s the first time on a machine) and saves about 4 ns per
     (cell, gene) entry and epoch (2,000 genes: 33k instead of 26k cells/s on 2 threads): it pays from about
-    ``COMPILE_MIN_ENTRIES`` entries × epochs. On a GPU it never pays in practice: the steps are bound by the
-    host's per-step work (Python, dispatch, kernel launches), not by the likelihood (H200, 100k cells, batch
-    4096: 806k cells/s compiled against 772k eager, for 15 s of compile), so it runs only when asked for.
+    ``COMPILE_MIN_ENTRIES`` entries × epochs. On a GPU, with the training steps replayed from a CUDA graph
+    (``fit(cuda_graph=True)``), the device's work bounds an epoch and the compiled (Triton) kernel more than
+    halves it (H200, 90k cells × 2,000 genes, batch 4096: 4.5M cells/s against 1.8M eager), but compiling
+    takes ~13 s (cold cache): ~0.16 ns saved per entry and epoch, so it pays from ``COMPILE_MIN_ENTRIES_CUDA``
+    (e.g. 1M cells × 2,000 genes × 50 epochs).
 
     >>> compile_pays(10_000, 2_000, 100), compile_pays(1_000, 50, 20), compile_pays(10_000, 2_000, 100, "cuda")
     (True, False, False)
+    >>> compile_pays(1_000_000, 2_000, 50, "cuda")
+    True
     """
-    return device_type == "cpu" and n_rows * n_features * epochs >= COMPILE_MIN_ENTRIES
+    threshold = {"cpu": COMPILE_MIN_ENTRIES, "cuda": COMPILE_MIN_ENTRIES_CUDA}.get(device_type)
+    return threshold is not None and n_rows * n_features * epochs >= threshold
 
 
 def nb_log_likelihood_sum(

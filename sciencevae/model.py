@@ -290,6 +290,7 @@ class BetaVAE:
         size_factors=None,
         feature_weights=None,
         compile: bool | None = None,
+        cuda_graph: bool = True,
     ) -> pd.DataFrame:
         """Train on X (numpy, torch, scipy CSR, a Prepared or a Streamed); returns the history.
 
@@ -311,14 +312,19 @@ class BetaVAE:
         restores the last good weights. ``precision="bf16"`` autocasts on CUDA.
         ``compile`` uses the likelihood's compiled kernel (NB on the CPU:
         ~35% faster per epoch, a few seconds to compile once per process);
-        ``None`` compiles on the CPU when the run is long enough to repay it,
-        on a GPU never (:func:`~sciencevae.fused_nb.compile_pays`).
+        ``None`` compiles when the run is long enough to repay it
+        (:func:`~sciencevae.fused_nb.compile_pays`; on a GPU only for long
+        runs, ~10¹¹ cells × genes × epochs, with ``cuda_graph``).
+        ``cuda_graph`` replays full training steps from a CUDA graph on a GPU
+        when the data are held there (one launch per step instead of ~100;
+        :mod:`~sciencevae.graphed`); False trains step by step.
         """
         prepared = self._checked(X, covariates, size_factors, feature_weights)
         n_rows, n_features = prepared.shape if isinstance(prepared, Streamed) else prepared.X.shape
         workers, device = distributed.start(device)
         target = resolve_device(device)
-        pays = compile_pays(n_rows, n_features, epochs, target.type)
+        # on a GPU compiling pays only where the steps are replayed from a CUDA graph (device-bound)
+        pays = compile_pays(n_rows, n_features, epochs, target.type) and (target.type != "cuda" or cuda_graph)
         self.module.likelihood.compiled = pays if compile is None else compile
         batch_size, lr = batch_and_lr(batch_size, lr, target, workers.world_size)
         config = TrainConfig(
@@ -330,6 +336,7 @@ class BetaVAE:
             validation=validation,
             early_stopping=early_stopping,
             precision=precision,
+            cuda_graph=cuda_graph,
         )
         self.module.to(target)
         split = None

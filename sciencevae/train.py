@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import BatchSource
+from .data import BatchSource, position_device
 from .distributed import Workers, all_reduce_sum, gather_objects
 from .io import atomic_torch_save
+from .graphed import GraphedSteps
 from .streaming import peak_host_memory_mb
 from .objectives import Objective
 
@@ -58,6 +59,7 @@ class TrainConfig:
     validation: float = 0.1
     early_stopping: int | None = None
     precision: str = "32"
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -171,9 +173,25 @@ def _snapshot(module: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str, cache: bool = True):
     enabled = precision == "bf16" and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=cache)
+
+
+def _batch_row(module: nn.Module, objective: Objective, batch, step: int, noise: torch.Generator, precision: str,
+               optimizer: torch.optim.Optimizer | None, dataset_size: int, autocast_cache: bool = True) -> torch.Tensor:
+    """[loss, reconstruction, kl, kl_per_latent...] of one batch, times its size; a training step with an optimizer.
+
+    Nothing here waits for the device, so the step can be captured in a CUDA graph (:mod:`sciencevae.graphed`).
+    """
+    with _autocast(batch.x.device, precision, autocast_cache):
+        parts = objective.loss(module(batch, noise), step, dataset_size)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+    row = torch.cat([torch.stack([parts["loss"], parts["reconstruction"], parts["kl"]]), parts["kl_per_latent"]])
+    return row.detach() * batch.x.shape[0]
 
 
 def epoch_sums(
@@ -197,16 +215,9 @@ def epoch_sums(
     totals = None
     dataset_size = len(index) if dataset_size is None else dataset_size
     for batch in source.batches(index, batch_size):
-        with _autocast(source.device, precision):
-            parts = objective.loss(module(batch, noise), step, dataset_size)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            step += 1
-        n = batch.x.shape[0]
-        row = torch.cat([torch.stack([parts["loss"], parts["reconstruction"], parts["kl"]]), parts["kl_per_latent"]])
-        totals = row.detach() * n if totals is None else totals + row.detach() * n
+        row = _batch_row(module, objective, batch, step, noise, precision, optimizer, dataset_size)
+        totals = row if totals is None else totals + row
+        step += optimizer is not None
     return totals
 
 
@@ -312,6 +323,10 @@ def fit(
     continues from it and ends exactly where an uninterrupted run would.
     Ctrl-C stops with :class:`TrainingInterrupted`, naming the last saved epoch.
 
+    On CUDA, with the rows held on the device and one process, full batches
+    are trained by replaying the step from a CUDA graph (``config.cuda_graph``,
+    see :mod:`sciencevae.graphed`).
+
     >>> import numpy as np
     >>> from sciencevae.data import as_prepared
     >>> from sciencevae.model import ModelConfig, VAEModule
@@ -347,14 +362,25 @@ def fit(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     last_good = _snapshot(module)
     trainable = _data_parallel(module, device) if workers.active else module
+    graphed = None
+    if _graphs_apply(config, source, workers):
+        def step_row(positions: torch.Tensor, step: int, autocast_cache: bool) -> torch.Tensor:
+            return _batch_row(trainable, objective, source.batch(positions), step, noise, config.precision, optimizer,
+                              n_train, autocast_cache)
+
+        graphed = GraphedSteps(step_row, batch_size, optimizer, device, generators=[noise],
+                               from_step=objective.schedule_steps)
     bar = tqdm(range(state.epoch, config.epochs), disable=not (progress and workers.is_main), desc="training",
                unit="epoch")
     try:
         for epoch in bar:
             started = time.perf_counter()
             order = train_index[torch.randperm(len(train_index), generator=shuffle)]
-            sums = epoch_sums(trainable, objective, source, order, batch_size, state.step, noise, config.precision,
-                              optimizer, dataset_size=n_train)
+            if graphed is not None:
+                sums = graphed.epoch(source.chunks(order, batch_size), state.step)
+            else:
+                sums = epoch_sums(trainable, objective, source, order, batch_size, state.step, noise,
+                                  config.precision, optimizer, dataset_size=n_train)
             record = {"epoch": epoch + 1, **_record("", all_reduce_sum(sums, workers), n_train)}
             if not math.isfinite(record["loss"]):
                 module.load_state_dict(last_good)
@@ -383,6 +409,14 @@ def fit(
         module.load_state_dict(state.best_weights)
     module.eval()
     return pd.DataFrame(state.history)
+
+
+def _graphs_apply(config: TrainConfig, source, workers: Workers) -> bool:
+    """Whether training steps are replayed from a CUDA graph: asked for, on CUDA, in one process, and the rows
+    held on the device (a streamed source changes its rows by group; scipy rows are densified on the host)."""
+    device = source.device
+    return (config.cuda_graph and device.type == "cuda" and not workers.active and isinstance(source, BatchSource)
+            and position_device(source.rows, device) == device)
 
 
 def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:

@@ -45,7 +45,7 @@ def test_fit_csv_writes_model_latents_and_history(tmp_path, capsys):
     assert sha256(data) == before
 
 
-def test_fit_sparse_counts_with_and_without_the_compiled_kernel(tmp_path, monkeypatch):
+def test_fit_sparse_counts_with_and_without_the_compiled_kernel_and_cuda_graph(tmp_path, monkeypatch):
     from sciencevae import fused_nb
 
     counts, _ = count_programmes(n_obs=200)
@@ -58,10 +58,12 @@ def test_fit_sparse_counts_with_and_without_the_compiled_kernel(tmp_path, monkey
     for flag in ("off", "on"):
         out = tmp_path / f"run_{flag}"
         args = ["fit", str(data), "--out", str(out), "--likelihood", "nb", "--decoder", "linear", "--n-latent", "3",
-                "--epochs", "2", "--quiet", "--compile", flag]
+                "--epochs", "2", "--quiet", "--compile", flag, "--cuda-graph", flag]
         assert main(args) == 0
         assert bool(compiled_calls) == (flag == "on")
-        assert sciencevae.load(out / "model").loadings.shape == (counts.shape[1], 3)
+        loaded = sciencevae.load(out / "model")
+        assert loaded.loadings.shape == (counts.shape[1], 3)
+        assert loaded.train_config.cuda_graph == (flag == "on")  # saved with the model (no effect on a CPU)
         losses[flag] = pd.read_csv(out / "history.csv")["loss"].to_numpy()
     np.testing.assert_allclose(losses["on"], losses["off"], rtol=1e-4)  # the same maths either way
 
