@@ -17,8 +17,8 @@
 # 8. streamed training from a backed .h5ad (out_of_core.py, 200k cells; a code path not yet run on a GPU);
 # 9. batch 1024 against the peers.
 # Logs go to LOG_DIR (default $OUT). scvi-tools and anndata are used where importable.
-# 2026-11-27 on an H200 (fourth session, before the CUDA graph): tests ~30 s, 100k at 4096 with the peers
-# ~110 s, ours alone ~20 s, a profile ~25 s.
+# 2026-11-27 on an H200 (sixth session): 580 s in all, of which tests 30 s, each 100k run with the peers
+# ~100 s, ours alone ~15-20 s (with the compile ~35 s), 900k cells ~60 s, the streamed 200k ~90 s.
 set -uo pipefail
 log_dir=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$log_dir"
