@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -155,11 +156,11 @@ def _detached(tensors) -> tuple[torch.Tensor, ...]:
 
 
 def _eager(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The kernels op by op on (logits, log_size, log_theta, x, weights). On the CPU the few large counts are
-    patched by index; elsewhere both branches are evaluated and selected, since finding them (``nonzero``) would
-    make every step wait for the device."""
+    """The kernels op by op on (logits, log_size, log_theta, x, weights), detached. On the CPU the few large
+    counts are patched by index; elsewhere both branches are evaluated and selected, since finding them
+    (``nonzero``) would make every step wait for the device."""
     on_cpu = tensors[0].device.type == "cpu"
-    return _kernel(*_detached(tensors), gamma_terms=_gamma_terms_patched if on_cpu else _gamma_terms_selected)
+    return _kernel(*tensors, gamma_terms=_gamma_terms_patched if on_cpu else _gamma_terms_selected)
 
 
 _COMPILE_OPTIONS = (
@@ -168,8 +169,8 @@ _COMPILE_OPTIONS = (
 )
 
 
-class _Compiled:
-    """The kernels compiled for one device and dtype at their first call; eager if compiling fails.
+class CompiledFunction:
+    """``function`` compiled at its first call (``torch.compile``, dynamic sizes); ``eager`` if compiling fails.
 
     Compiling lazily lets the compiler see the real batch shape (sizes stay symbolic, so other batch sizes reuse
     the code). ``cpp.dynamic_threads`` keeps the loops parallel whatever sizes that first call had (torch caches
@@ -177,34 +178,36 @@ class _Compiled:
     for every later process). ``cpp.vec_isa_ok`` takes the CPU's vector instructions from torch's own CPU
     detection (which checks that the OS enables them) instead of building and loading a probe library per
     instruction set in subprocesses; should the compiler be unable to build for them, the compile is retried
-    with torch's probing, and failing that the kernel runs eagerly with a warning.
+    with torch's probing, and failing that ``eager`` runs (the same maths) with a warning.
     """
 
-    def __init__(self):
+    def __init__(self, function: Callable, eager: Callable, what: str):
         self.function = None
-        self.attempts = [torch.compile(_kernel, dynamic=True, options=options) for options in _COMPILE_OPTIONS]
+        self.eager = eager
+        self.what = what
+        self.attempts = [torch.compile(function, dynamic=True, options=options) for options in _COMPILE_OPTIONS]
 
-    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, *args):
         if self.function is not None:
-            return self.function(*_detached(tensors))
+            return self.function(*args)
         while self.attempts:
             try:
-                out = self.attempts[0](*_detached(tensors))
+                out = self.attempts[0](*args)
             except Exception as error:  # noqa: BLE001  a compiler failure: next options, or the same maths eagerly
                 self.attempts.pop(0)
                 if not self.attempts:
                     warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {str(error)[:300]}); "
-                                  "the NB likelihood runs eagerly (same values, slower)", RuntimeWarning, stacklevel=4)
+                                  f"{self.what} runs eagerly (same values, slower)", RuntimeWarning, stacklevel=4)
                 continue
             self.function = self.attempts[0]
             return out
-        return _eager(*tensors)
+        return self.eager(*args)
 
 
 @functools.cache
-def _compiled(device_type: str, dtype: torch.dtype) -> _Compiled:
+def _compiled(device_type: str, dtype: torch.dtype) -> CompiledFunction:
     """One set of compiled kernels per device type and dtype for the process."""
-    return _Compiled()
+    return CompiledFunction(_kernel, _eager, "the NB likelihood")
 
 
 class _NBLogLikelihoodSum(torch.autograd.Function):
@@ -212,8 +215,11 @@ class _NBLogLikelihoodSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, log_size, log_theta, x, weights, compiled):
-        kernels = _compiled(logits.device.type, logits.dtype) if compiled else _eager
-        total, d_logits, d_theta = kernels(logits, log_size, log_theta, x, weights)
+        if torch.compiler.is_compiling():  # inside a larger compiled region (a whole training step): inline
+            kernels = _kernel
+        else:
+            kernels = _compiled(logits.device.type, logits.dtype) if compiled else _eager
+        total, d_logits, d_theta = kernels(*_detached((logits, log_size, log_theta, x, weights)))
         ctx.save_for_backward(d_logits, d_theta, log_theta)
         return total
 
@@ -228,9 +234,10 @@ class _NBLogLikelihoodSum(torch.autograd.Function):
 def compile_pays(n_rows: int, n_features: int, epochs: int, device_type: str = "cpu") -> bool:
     """Whether compiling the kernel repays itself over a training run (the default of ``fit(compile=None)``).
 
-    On the CPU compiling costs ~2 s per process (~4 s the first time on a machine) and saves about 4 ns per
-    (cell, gene) entry and epoch (2,000 genes: 33k instead of 26k cells/s on 2 threads): it pays from about
-    ``COMPILE_MIN_ENTRIES`` entries × epochs. On a GPU, with the training steps replayed from a CUDA graph
+    On the CPU the whole training step is compiled (``VAEModule.terms``: the kernel with the encoder, decoder
+    and KL, forward and backward): ~3.5 s per process (~7 s the first time on a machine), saving about 6.5 ns
+    per (cell, gene) entry and epoch (2,000 genes, batch 128, 2 threads: ~3.2 ms a step against ~5 eager and
+    3.4 with the kernel alone compiled): it pays from about ``COMPILE_MIN_ENTRIES`` entries × epochs. On a GPU, with the training steps replayed from a CUDA graph
     (``fit(cuda_graph=True)``), the device's work bounds an epoch and the compiled (Triton) kernel more than
     halves it (H200, 90k cells × 2,000 genes, batch 4096: 4.5M cells/s against 1.8M eager), but compiling
     takes ~13 s (cold cache): ~0.16 ns saved per entry and epoch, so it pays from ``COMPILE_MIN_ENTRIES_CUDA``

@@ -136,13 +136,15 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
 class Likelihood(nn.Module):
     """Base class: decoder output (batch, n_heads * n_features) -> Distribution.
 
-    ``compiled`` asks for a compiled fused kernel where the likelihood has one (NB); ``BetaVAE.fit`` sets it per
-    run (see :func:`~sciencevae.fused_nb.compile_pays`); a new or loaded model evaluates eagerly.
+    ``compiled`` asks for a compiled fused kernel where the likelihood has one (``fused``: NB); ``BetaVAE.fit``
+    sets it per run (see :func:`~sciencevae.fused_nb.compile_pays`); a new or loaded model evaluates eagerly.
+    With ``compiled`` and ``fused``, CPU training steps are compiled whole (see ``VAEModule.terms``).
     """
 
     name: ClassVar[str] = ""
     n_heads: ClassVar[int] = 1
     is_count: ClassVar[bool] = False
+    fused: ClassVar[bool] = False  # log_likelihood is the fused kernel of sciencevae.fused_nb
 
     def __init__(self, n_features: int):
         super().__init__()
@@ -276,6 +278,7 @@ class NegativeBinomialLikelihood(_CountLikelihood):
     """
 
     name = "nb"
+    fused = True
 
     def __init__(self, n_features: int):
         super().__init__(n_features)

@@ -170,7 +170,7 @@ def test_a_compiler_failure_falls_back_to_the_same_values_eagerly(monkeypatch):
         return fails
 
     monkeypatch.setattr(fused_nb.torch, "compile", broken_compile)
-    kernels = fused_nb._Compiled()
+    kernels = fused_nb.CompiledFunction(fused_nb._kernel, fused_nb._eager, "the NB likelihood")
     logits, log_theta, size, x, weights = _inputs(6)
     log_size = size.log()[:, None]
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found.*runs eagerly"):
@@ -195,7 +195,7 @@ def test_a_failed_compile_without_the_isa_probe_is_retried_with_it(monkeypatch):
         return run
 
     monkeypatch.setattr(fused_nb.torch, "compile", compile_failing_without_probe)
-    kernels = fused_nb._Compiled()
+    kernels = fused_nb.CompiledFunction(fused_nb._kernel, fused_nb._eager, "the NB likelihood")
     logits, log_theta, size, x, weights = _inputs(8)
     log_size = size.log()[:, None]
     with warnings.catch_warnings():
@@ -243,3 +243,34 @@ def test_fit_compiles_only_runs_that_repay_it(rng, monkeypatch):
     assert vae.module.likelihood.compiled is True and np.isfinite(history["loss"]).all()
     vae.fit(counts, epochs=2, progress=False, compile=False)
     assert vae.module.likelihood.compiled is False
+
+
+def test_a_cpu_training_step_compiled_whole_has_the_eager_values_and_gradients(rng, monkeypatch):
+    from sciencevae import model as model_module
+    from sciencevae.objectives import Objective
+
+    counts = rng.negative_binomial(2, 0.3, size=(96, 30)).astype(np.float32)
+    counts[0, 0] = 40.0  # one count past the tables
+    vae = BetaVAE(30, n_latent=3, likelihood="nb", decoder="linear", hidden=(16,))
+    batch = BatchSource(as_prepared(counts), torch.device("cpu"), count_data=True).batch(torch.arange(96))
+    whole_calls = []
+    real = model_module._compiled_terms
+    monkeypatch.setattr(model_module, "_compiled_terms", lambda: whole_calls.append(1) or real())
+
+    def step(compiled: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        vae.module.likelihood.compiled = compiled
+        vae.module.zero_grad(set_to_none=True)
+        loss = Objective(beta=2.0).loss(vae.module(batch, torch.Generator().manual_seed(5)), 0, 96)["loss"]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in vae.module.parameters()]
+
+    eager_loss, eager_grads = step(False)
+    assert not whole_calls
+    compiled_loss, compiled_grads = step(True)
+    assert whole_calls  # the whole step went through the compiled region
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-3)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # forward-only calls (validation, evaluate) use the compiled kernel alone
+        vae.module(batch, torch.Generator().manual_seed(5))
+    assert len(whole_calls) == 1
