@@ -237,11 +237,11 @@ def compile_pays(n_rows: int, n_features: int, epochs: int, device_type: str = "
     On the CPU the whole training step is compiled (``VAEModule.terms``: the kernel with the encoder, decoder
     and KL, forward and backward): ~3.5 s per process (~7 s the first time on a machine), saving about 6.5 ns
     per (cell, gene) entry and epoch (2,000 genes, batch 128, 2 threads: ~3.2 ms a step against ~5 eager and
-    3.4 with the kernel alone compiled): it pays from about ``COMPILE_MIN_ENTRIES`` entries × epochs. On a GPU, with the training steps replayed from a CUDA graph
-    (``fit(cuda_graph=True)``), the device's work bounds an epoch and the compiled (Triton) kernel more than
-    halves it (H200, 90k cells × 2,000 genes, batch 4096: 4.5M cells/s against 1.8M eager), but compiling
-    takes ~13 s (cold cache): ~0.16 ns saved per entry and epoch, so it pays from ``COMPILE_MIN_ENTRIES_CUDA``
-    (e.g. 1M cells × 2,000 genes × 50 epochs).
+    3.4 with the kernel alone compiled): it pays from about ``COMPILE_MIN_ENTRIES`` entries × epochs. On a
+    GPU, with the training steps replayed from a CUDA graph (``fit(cuda_graph=True)``), the device's work
+    bounds an epoch and the compiled (Triton) kernel more than halves it (H200, 90k cells × 2,000 genes,
+    batch 4096: 4.5M cells/s against 1.8M eager), but compiling takes ~13 s (cold cache): ~0.16 ns saved per
+    entry and epoch, so it pays from ``COMPILE_MIN_ENTRIES_CUDA`` (e.g. 1M cells × 2,000 genes × 50 epochs).
 
     >>> compile_pays(10_000, 2_000, 100), compile_pays(1_000, 50, 20), compile_pays(10_000, 2_000, 100, "cuda")
     (True, False, False)
