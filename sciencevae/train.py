@@ -217,7 +217,8 @@ def epoch_sums(
     for batch in source.batches(index, batch_size):
         row = _batch_row(module, objective, batch, step, noise, precision, optimizer, dataset_size)
         totals = row if totals is None else totals + row
-        step += optimizer is not None
+        if optimizer is not None:
+            step += 1
     return totals
 
 
