@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sciencevae.data import Prepared, as_prepared
+from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_counts, integer_distance,
+                             round_counts, rounding_message)
 from sciencevae.io import atomic_write_text
 
-__all__ = ["CellsAdapter", "read_cells", "COUNT_LIKELIHOODS"]
+__all__ = ["CellsAdapter", "read_cells", "modelled_var", "missing_labels", "COUNT_LIKELIHOODS"]
 
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 OBSM_KEY, VARM_KEY, UNS_KEY = "X_sciencevae", "sciencevae_loadings", "sciencevae"
@@ -59,7 +60,7 @@ def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
 
 
 def _matrix(adata: ad.AnnData, layer: str | None) -> tuple[np.ndarray | sp.csr_matrix, pd.Index]:
-    """The chosen matrix (in memory, CSR kept) and its gene names."""
+    """The chosen matrix (in memory, CSR kept) and its gene names (unique, else an error)."""
     if layer == "raw":
         if adata.raw is None:
             raise ValueError("layer='raw' was asked for but the AnnData has no .raw")
@@ -70,28 +71,55 @@ def _matrix(adata: ad.AnnData, layer: str | None) -> tuple[np.ndarray | sp.csr_m
         if layer not in adata.layers:
             raise ValueError(f"layer {layer!r} does not exist; the AnnData has layers {sorted(adata.layers)} (or use X / raw)")
         X, genes = adata.layers[layer], adata.var_names
+    _check_unique(genes, "raw.var_names" if layer == "raw" else "var_names")
     if hasattr(X, "to_memory"):  # backed datasets
         X = X.to_memory()
     X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
     return X, genes
 
 
+def modelled_var(adata: ad.AnnData, layer: str | None) -> pd.DataFrame:
+    """The gene annotations of the matrix a layer names: ``raw.var`` for ``"raw"``, else ``var``."""
+    return adata.raw.var if layer == "raw" and adata.raw is not None else adata.var
+
+
+def _check_unique(names: pd.Index, what: str) -> None:
+    """Refuse duplicated gene or cell names (outputs are keyed by them)."""
+    if names.has_duplicates:
+        repeated = pd.unique(names[names.duplicated()].astype(str))
+        shown = ", ".join(map(repr, repeated[:5])) + (" ..." if len(repeated) > 5 else "")
+        fix = "obs_names_make_unique()" if what == "obs_names" else "var_names_make_unique()"
+        raise ValueError(f"{what} are not unique ({len(repeated)} repeated: {shown}); make them unique first: "
+                         f"adata.{fix if what != 'raw.var_names' else 'raw.var_names_make_unique()'}, then save the file")
+
+
 def _values(X) -> np.ndarray:
     return X.data if sp.issparse(X) else X
 
 
-def _check_counts(X, where: str, likelihood: str) -> None:
+def _check_counts(X, where: str, hint: str = "") -> float | None:
+    """Refuse what cannot be counts; the first value with rounding error (e.g. 7.0000005), or None."""
     values = _values(X)
     fix = "pass --likelihood gaussian (likelihood='gaussian') or give raw counts"
-    if values.size == 0:
-        return
-    if not np.all(np.isfinite(values)):
+    fix = f"{hint}, or {fix}" if hint else fix
+    if values.size and not np.all(np.isfinite(values)):
         raise ValueError(f"{where} holds NaN or infinite values; counts must be finite ({fix})")
-    if values.min() < 0:
-        raise ValueError(f"{where} holds negative values (min {values.min():g}); {fix}")
-    fractional = values != np.round(values)
-    if fractional.any():
-        raise ValueError(f"{where} holds non-integer values (e.g. {values[fractional].flat[0]:g}); {fix}")
+    return check_counts(values, f"{where} holds", fix=fix)
+
+
+def _counts_hint(adata: ad.AnnData, layer: str | None) -> str:
+    """Where else the AnnData holds counts, as a fix for a refused matrix ('' when nowhere)."""
+    candidates = [("raw", adata.raw.X if adata.raw is not None else None)]
+    candidates += [(name, adata.layers[name]) for name in adata.layers]
+    for name, matrix in candidates:
+        if matrix is None or name == layer or (hasattr(matrix, "to_memory") and not hasattr(matrix, "data")):
+            continue
+        sample = np.asarray(_values(matrix)[:100_000] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:100_000])
+        if sample.size and np.all(np.isfinite(sample)) and sample.min() >= 0 and np.all(
+                integer_distance(sample) <= INTEGER_TOLERANCE):
+            where = ".raw" if name == "raw" else f"layer {name!r}"
+            return f"{where} holds counts: pass --layer {name} (layer={name!r})"
+    return ""
 
 
 def _where(layer: str | None) -> str:
@@ -118,18 +146,29 @@ class CellsAdapter:
                    n_top_genes: int | None = None, batch_key: str | None = None,
                    categorical_covariate_keys: list[str] | None = None,
                    continuous_covariate_keys: list[str] | None = None, binarize: bool = False) -> "CellsAdapter":
-        """Choose genes and covariates from a reference AnnData."""
+        """Choose genes and covariates from a reference AnnData.
+
+        Raises ``ValueError`` (one line: the problem and the fix) for an empty
+        AnnData, repeated cell or gene names, values that are not counts
+        (pointing to ``raw`` or a layer that holds counts), cells without
+        counts, and degenerate covariate columns (missing values, a single
+        value, a value per cell).
+        """
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise ValueError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
+        _check_unique(adata.obs_names, "obs_names")
         X, genes = _matrix(adata, layer)
         if likelihood in COUNT_LIKELIHOODS:
-            _check_counts(X, _where(layer), likelihood)
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        if likelihood in COUNT_LIKELIHOODS and np.any(totals == 0):
-            raise ValueError(
-                f"{int(np.sum(totals == 0))} cells have no counts at all; remove them first, "
-                "e.g. sc.pp.filter_cells(adata, min_counts=1)"
-            )
+            X, _ = _validated_counts(adata, X, layer)
+            totals = np.asarray(X.sum(axis=1)).ravel()
+            if np.any(totals == 0):
+                raise ValueError(
+                    f"{int(np.sum(totals == 0))} cells have no counts at all; remove them first, "
+                    "e.g. sc.pp.filter_cells(adata, min_counts=1)"
+                )
+        keys = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
+        categorical = {k: _categories(adata, k) for k in keys}
+        continuous = {k: _moments(adata, k) for k in continuous_covariate_keys or []}
         keep = np.asarray((X != 0).sum(axis=0)).ravel() > 0
         if not keep.all():
             warnings.warn(f"{int((~keep).sum())} genes have no counts in any cell and are left out", UserWarning,
@@ -137,14 +176,6 @@ class CellsAdapter:
         chosen = np.flatnonzero(keep)
         if n_top_genes is not None and n_top_genes < len(chosen):
             chosen = chosen[_highly_variable(X[:, chosen], adata.obs, batch_key, n_top_genes)]
-        keys = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
-        categorical = {k: sorted(map(str, pd.unique(_obs(adata, k).astype(str)))) for k in keys}
-        continuous = {}
-        for key in continuous_covariate_keys or []:
-            values = pd.to_numeric(_obs(adata, key), errors="coerce").to_numpy(dtype=float)
-            if not np.all(np.isfinite(values)):
-                raise ValueError(f"obs column {key!r} must be numeric without NaN to be a continuous covariate")
-            continuous[key] = [float(values.mean()), float(values.std() or 1.0)]
         return cls(genes=[str(g) for g in genes[chosen]], layer=layer, likelihood=likelihood, binarize=binarize,
                    categorical=categorical, continuous=continuous)
 
@@ -152,10 +183,12 @@ class CellsAdapter:
         """Counts of the fitted genes (reordered by name) with covariates.
 
         ``missing_genes``: ``"error"`` (default) lists the fitted genes the
-        data lack; ``"zero"`` fills them with zeros and warns.
+        data lack; ``"zero"`` fills them with zeros and warns. Counts stored
+        as floats with rounding error are rounded (on a copy), with a warning.
         """
         if adata.n_obs == 0:
             raise ValueError("the AnnData has no cells")
+        _check_unique(adata.obs_names, "obs_names")
         X, genes = _matrix(adata, self.layer)
         index = pd.Index(genes).get_indexer(self.genes)
         missing = [g for g, i in zip(self.genes, index) if i < 0]
@@ -170,7 +203,9 @@ class CellsAdapter:
                           stacklevel=2)
         X = _take_columns(X, index)
         if self.likelihood in COUNT_LIKELIHOODS:
-            _check_counts(X, _where(self.layer), self.likelihood)
+            X, example = _validated_counts(adata, X, self.layer)
+            if example is not None:
+                warnings.warn(rounding_message(f"{_where(self.layer)} holds", example), UserWarning, stacklevel=2)
         if self.binarize:
             X = (X != 0).astype(np.float32) if not sp.issparse(X) else _binarized(X)
         covariates = self._covariates(adata)
@@ -181,27 +216,33 @@ class CellsAdapter:
     def _covariates(self, adata: ad.AnnData) -> np.ndarray | None:
         blocks = []
         for key, categories in self.categorical.items():
-            values = _obs(adata, key).astype(str).to_numpy()
+            column = _obs(adata, key)
+            _refuse_missing(column, key)
+            values = column.astype(str).to_numpy()
             unseen = sorted(set(values) - set(categories))
             if unseen:
                 raise ValueError(f"obs column {key!r} has categories the model has not seen: {unseen[:5]}")
             blocks.append((values[:, None] == np.asarray(categories)[None, :]).astype(np.float32))
         for key, (mean, std) in self.continuous.items():
-            values = pd.to_numeric(_obs(adata, key), errors="coerce").to_numpy(dtype=float)
+            values = _numeric(_obs(adata, key), key)
             blocks.append(((values - mean) / std)[:, None].astype(np.float32))
         return np.concatenate(blocks, axis=1) if blocks else None
 
     def write_back(self, adata: ad.AnnData, latents: np.ndarray, loadings: np.ndarray | None, uns: dict) -> ad.AnnData:
-        """A copy of ``adata`` with obsm/varm/uns added; the counts are untouched."""
+        """A copy of ``adata`` with obsm/varm/uns added; the counts are untouched.
+
+        Loadings go to ``varm["sciencevae_loadings"]`` (0 for genes not
+        modelled); when the model read ``raw``, every modelled gene's loading
+        is also in ``raw.varm`` (raw may hold genes that ``var`` lacks).
+        """
         out = adata.to_memory() if adata.isbacked else adata.copy()
         out.obsm[OBSM_KEY] = np.asarray(latents, dtype=np.float32)
         if loadings is not None:
-            full = np.zeros((out.n_vars, loadings.shape[1]), dtype=np.float32)
-            index = out.var_names.get_indexer(self.genes)
-            present = index >= 0
-            full[index[present]] = loadings[present]
-            out.varm[VARM_KEY] = full
-            out.var["sciencevae_used"] = np.isin(out.var_names, self.genes)
+            _put_loadings(out, self.genes, loadings)
+            if self.layer == "raw" and out.raw is not None:
+                raw = out.raw.to_adata()
+                _put_loadings(raw, self.genes, loadings)
+                out.raw = raw
         out.uns[UNS_KEY] = {**uns, "adapter": json.dumps(asdict(self))}
         return out
 
@@ -215,6 +256,82 @@ class CellsAdapter:
             return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"{path} is not a sciencevae cells adapter: {err}") from None
+
+
+def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> None:
+    """``varm[VARM_KEY]`` (0 for genes not modelled) and ``var["sciencevae_used"]``, in place."""
+    full = np.zeros((adata.n_vars, loadings.shape[1]), dtype=np.float32)
+    index = adata.var_names.get_indexer(genes)
+    present = index >= 0
+    full[index[present]] = loadings[present]
+    adata.varm[VARM_KEY] = full
+    adata.var["sciencevae_used"] = np.isin(adata.var_names, genes)
+
+
+def _validated_counts(adata: ad.AnnData, X, layer: str | None):
+    """X checked as counts (refusals point to raw / a layer holding counts) and rounded when its
+    values are integers up to rounding error. Returns (X, an example value that was rounded or None)."""
+    where = _where(layer)
+    try:
+        example = _check_counts(X, where)
+    except ValueError:
+        hint = _counts_hint(adata, layer)
+        if not hint:
+            raise
+        _check_counts(X, where, hint)
+        raise
+    return (X, None) if example is None else (round_counts(X), example)
+
+
+#: Strings that stand for a missing obs value (compared case-insensitively after stripping).
+MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "none", "null", "<na>"})
+
+
+def missing_labels(column: pd.Series) -> np.ndarray:
+    """True where an obs value is missing: NaN / None / pd.NA, or a string that spells one ("nan", "NA", "")."""
+    text = column.astype(str).str.strip().str.lower()
+    return np.asarray(column.isna()) | text.isin(MISSING_LABELS).to_numpy()
+
+
+def _refuse_missing(column: pd.Series, key: str) -> None:
+    missing = missing_labels(column)
+    if missing.any():
+        raise ValueError(
+            f"obs column {key!r} has no value for {int(missing.sum())} of {len(column)} cells; a covariate needs "
+            f"one for every cell: fill them in or drop those cells (adata[adata.obs[{key!r}].notna()])"
+        )
+
+
+def _categories(adata: ad.AnnData, key: str) -> list[str]:
+    """The categories of a categorical covariate; refuses missing values, one value, or a value per cell."""
+    column = _obs(adata, key)
+    _refuse_missing(column, key)
+    categories = sorted(map(str, pd.unique(column.astype(str))))
+    if len(categories) < 2:
+        raise ValueError(f"obs column {key!r} has the same value ({categories[0]!r}) for every cell; there is "
+                         "nothing to correct for: leave it out")
+    if len(column) > 3 and len(categories) > len(column) // 2:
+        raise ValueError(f"obs column {key!r} has {len(categories)} different values for {len(column)} cells; it "
+                         "labels single cells, not batches: choose a column that groups cells")
+    return categories
+
+
+def _numeric(column: pd.Series, key: str) -> np.ndarray:
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"obs column {key!r} must be numeric without missing values to be a continuous covariate "
+                         f"({int(bad.sum())} of {len(values)} cells are missing or not numbers)")
+    return values
+
+
+def _moments(adata: ad.AnnData, key: str) -> list[float]:
+    """[mean, std] of a continuous covariate; refuses missing, non-numeric or constant columns."""
+    values = _numeric(_obs(adata, key), key)
+    if np.ptp(values) == 0:
+        raise ValueError(f"obs column {key!r} has the same value ({values[0]:g}) for every cell; there is nothing "
+                         "to correct for: leave it out")
+    return [float(values.mean()), float(values.std())]
 
 
 def _obs(adata: ad.AnnData, key: str) -> pd.Series:
@@ -243,11 +360,32 @@ def _binarized(X: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
+#: Per-batch highly variable genes (seurat_v3 loess) crash the process on a one-cell batch.
+MIN_BATCH_CELLS = 2
+
+
 def _highly_variable(X, obs: pd.DataFrame, batch_key: str | None, n_top_genes: int) -> np.ndarray:
-    """Indices of the seurat_v3 highly variable genes of a count matrix (input untouched)."""
+    """Indices of the seurat_v3 highly variable genes of a count matrix (input untouched).
+
+    Raises ``ValueError`` for a batch with fewer than :data:`MIN_BATCH_CELLS`
+    cells and when scanpy's loess fit fails (few cells or genes).
+    """
     import scanpy as sc
 
+    fix = "pass --n-top-genes 0 (n_top_genes=None) to model all genes"
+    if batch_key:
+        sizes = obs[batch_key].astype(str).value_counts()
+        small = sizes[sizes < MIN_BATCH_CELLS]
+        if len(small):
+            raise ValueError(f"batch {small.index[0]!r} of obs column {batch_key!r} has {int(small.iloc[0])} cell; "
+                             f"highly variable genes per batch need at least {MIN_BATCH_CELLS}: merge it into "
+                             f"another batch or {fix}")
     tmp = ad.AnnData(X=X.copy(), obs=obs[[batch_key]].copy() if batch_key else pd.DataFrame(index=obs.index))
     tmp.var_names = [f"g{i}" for i in range(X.shape[1])]
-    sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
+    try:
+        sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
+    except ValueError as err:
+        reason = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
+        raise ValueError(f"highly variable genes (scanpy seurat_v3) could not be chosen ({reason.strip()}); "
+                         f"{fix}{', or merge small batches' if batch_key else ''}") from None
     return np.flatnonzero(tmp.var["highly_variable"].to_numpy())

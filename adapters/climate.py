@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,9 @@ from sciencevae.data import Prepared, as_prepared
 from sciencevae.io import atomic_path
 from sciencevae.streaming import Streamed
 
-__all__ = ["ClimateAdapter", "FieldRows", "open_field", "ADAPTER_NAME"]
+from .climate_time import TimeDecodingError, decode_time_coords
+
+__all__ = ["ClimateAdapter", "FieldRows", "open_field", "decode_time_coords", "ADAPTER_NAME"]
 
 ADAPTER_NAME = "adapter.nc"
 LAT_NAMES = ("lat", "latitude", "nav_lat", "y_lat")
@@ -49,13 +52,33 @@ LAT_NAMES = ("lat", "latitude", "nav_lat", "y_lat")
 def open_field(inputs: str | Path | Sequence[str | Path] | xr.Dataset | xr.DataArray, var=None) -> xr.Dataset:
     """Open netCDF/zarr path(s) (several files combine by coordinates) or wrap a DataArray.
 
-    Nothing is loaded: files open lazily with dask chunks over time.
+    Nothing is loaded: files open lazily with dask chunks over time. Time
+    coordinates are decoded by :func:`~sciencevae.adapters.climate_time.decode_time_coords`
+    (files: each one before they combine; in-memory data: numeric times that
+    carry CF units), so every CF calendar and ``months since`` / ``years since``
+    / CDO absolute times arrive as dates.
     """
     if isinstance(inputs, xr.DataArray):
         name = inputs.name if inputs.name is not None else (var if isinstance(var, str) else "field")
-        return inputs.to_dataset(name=name)
+        return decode_time_coords(inputs.to_dataset(name=name))
     if isinstance(inputs, xr.Dataset):
-        return inputs
+        return decode_time_coords(inputs)
+    expanded = _expand_paths(inputs)
+    try:
+        if len(expanded) == 1 and expanded[0].rstrip("/").endswith(".zarr"):
+            return decode_time_coords(xr.open_zarr(expanded[0], decode_times=False))
+        if len(expanded) == 1:
+            return decode_time_coords(xr.open_dataset(expanded[0], chunks={}, decode_times=False))
+        return xr.open_mfdataset(expanded, combine="by_coords", chunks={}, decode_times=False,
+                                 preprocess=decode_time_coords)
+    except (OSError, ValueError) as err:
+        if isinstance(err, TimeDecodingError):
+            raise TimeDecodingError(f"{', '.join(Path(p).name for p in expanded)}: {err}") from None
+        raise ValueError(f"could not open {', '.join(expanded)} as netCDF/zarr: {err}") from None
+
+
+def _expand_paths(inputs: str | Path | Sequence[str | Path]) -> list[str]:
+    """Paths and glob patterns -> existing paths (a pattern that matches nothing is an error)."""
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     expanded: list[str] = []
     for path in paths:
@@ -66,14 +89,7 @@ def open_field(inputs: str | Path | Sequence[str | Path] | xr.Dataset | xr.DataA
     for path in expanded:
         if not Path(path).exists():
             raise FileNotFoundError(f"input {path} does not exist")
-    try:
-        if len(expanded) == 1 and expanded[0].rstrip("/").endswith(".zarr"):
-            return xr.open_zarr(expanded[0])
-        if len(expanded) == 1:
-            return xr.open_dataset(expanded[0], chunks={})
-        return xr.open_mfdataset(expanded, combine="by_coords", chunks={})
-    except (OSError, ValueError) as err:
-        raise ValueError(f"could not open {', '.join(expanded)} as netCDF/zarr: {err}") from None
+    return expanded
 
 
 def _variables(ds: xr.Dataset, var) -> list[str]:
@@ -98,6 +114,9 @@ def _check_samples(da: xr.DataArray, sample_dim: str) -> None:
         raise ValueError(f"variable {da.name!r} has only the {sample_dim!r} dimension; nothing to stack as features")
     index = da.indexes.get(sample_dim)
     if index is not None:
+        if index.isna().any():
+            raise ValueError(f"{sample_dim!r} has {int(index.isna().sum())} missing value(s); drop those steps first, "
+                             f"e.g. data.isel({sample_dim}=data[{sample_dim!r}].notnull())")
         if index.has_duplicates:
             raise ValueError(f"{sample_dim!r} has duplicated values (e.g. {index[index.duplicated()][0]}); drop them")
         if not index.is_monotonic_increasing:
@@ -325,17 +344,20 @@ def _grid_statistics(da: xr.DataArray, sample_dim: str, grid_dims: list[str]) ->
     """Per grid point: observed at least once, mean and std over samples (NaN-skipping, float64).
 
     Reductions over ``sample_dim``: a dask-backed field is read chunk by chunk,
-    never whole.
+    never whole. Land (NaN at every step) has no mean: numpy's 0/0 warnings
+    for it are expected and silenced.
     """
     values = da.astype(np.float64).transpose(sample_dim, *grid_dims)
-    observed = values.notnull().any(sample_dim)
-    mean = values.mean(sample_dim, skipna=True)
-    std = values.std(sample_dim, skipna=True)
-    observed, mean, std = xr.align(observed, mean, std)
-    if hasattr(observed.data, "dask"):
-        import dask
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "(invalid value|Mean of empty|Degrees of freedom)", RuntimeWarning)
+        observed = values.notnull().any(sample_dim)
+        mean = values.mean(sample_dim, skipna=True)
+        std = values.std(sample_dim, skipna=True)
+        observed, mean, std = xr.align(observed, mean, std)
+        if hasattr(observed.data, "dask"):
+            import dask
 
-        observed, mean, std = dask.compute(observed, mean, std)
+            observed, mean, std = dask.compute(observed, mean, std)
     return tuple(np.asarray(v.values).ravel() for v in (observed, mean, std))
 
 

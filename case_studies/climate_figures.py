@@ -8,48 +8,93 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sciencevae.diagnostics import panel_grid, save_figure
+
+from .climate_knobs import decimal_years
 
 if TYPE_CHECKING:  # pragma: no cover
     from .climate_trend import ClimateResult
 
-__all__ = ["save_figures"]
+__all__ = ["save_figures", "time_axis"]
 ROLE_COLOURS = {"seasonal": "tab:blue", "trend": "tab:red", "other": "tab:green", "inactive": "0.6"}
 
 
-def _series(time: np.ndarray, values: np.ndarray, table, label: str) -> Figure:
+def time_axis(time: xr.DataArray) -> tuple[np.ndarray, str]:
+    """Decimal years to plot against (any CF calendar; matplotlib never sees cftime) and the axis label.
+
+    >>> import xarray as xr
+    >>> time = xr.DataArray(xr.date_range("2000-01-01", periods=2, freq="MS", calendar="noleap", use_cftime=True),
+    ...                     dims="time", name="time")
+    >>> time_axis(time)[1]
+    'time (decimal years, noleap calendar)'
+    """
+    first = np.asarray(time.values).ravel()[0]
+    calendar = getattr(first, "calendar", None) or time.encoding.get("calendar") or "standard"
+    return decimal_years(time), f"{time.name} (decimal years, {calendar} calendar)"
+
+
+def _series(time: xr.DataArray, values: np.ndarray, table, label: str) -> Figure:
+    """One panel per row of ``table``: the column of ``values`` against decimal years."""
+    years, xlabel = time_axis(time)
     n = len(table)
     figure = Figure(figsize=(9, 1.3 * max(n, 1)))
     axes = figure.subplots(max(n, 1), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (j, row) in zip(axes, table.iterrows()):
-        ax.plot(time, values[:, j], color=ROLE_COLOURS[row.role], lw=0.8)
+        ax.plot(years, values[:, j], color=ROLE_COLOURS[row.role], lw=0.8)
         ax.set_ylabel(f"{label}{j}", rotation=0, ha="right")
         kl = f"KL {row.kl:.2f} nats, " if "kl" in row else ""
         ax.set_title(f"{label}{j}: {row.role}  ({kl}seasonal R² {row.seasonal_r2:.2f}, trend R² {row.trend_r2:.2f})",
                      fontsize=8, loc="left")
+    axes[-1].set_xlabel(xlabel)
     figure.tight_layout()
     return figure
 
 
 def latent_series(res: "ClimateResult") -> Figure:
     """Each latent's time series, coloured and titled by its own role."""
-    return _series(res.time.values, res.latents["z"].values, res.latent_roles, "z")
+    return _series(res.time, res.latents["z"].values, res.latent_roles, "z")
 
 
 def knob_series(res: "ClimateResult") -> Figure:
     """Each knob's time series (unit variance), coloured and titled by its role."""
-    return _series(res.time.values, res.latents["knob"].values, res.roles, "knob ")
+    return _series(res.time, res.latents["knob"].values, res.roles, "knob ")
+
+
+def _geo_coord(da: xr.DataArray, axis: str) -> str | None:
+    """The name of ``da``'s latitude (``axis="lat"``) or longitude coordinate over its own dims, if any."""
+    units = ("degrees_north", "degree_north", "degrees_n") if axis == "lat" else ("degrees_east", "degree_east",
+                                                                                   "degrees_e")
+    names = ("lat", "latitude", "nav_lat") if axis == "lat" else ("lon", "longitude", "nav_lon")
+    for name, coord in da.coords.items():
+        if coord.ndim and set(coord.dims) <= set(da.dims) and (
+                name in names or str(coord.attrs.get("units", "")).lower() in units):
+            return str(name)
+    return None
+
+
+def _mesh(da: xr.DataArray) -> tuple[xr.DataArray, np.ndarray, np.ndarray, str, str]:
+    """A 2-D grid ready for pcolormesh: latitude up and longitude across when they are known
+    (1-D in either dim order, or 2-D curvilinear), else the dims as they are."""
+    lat, lon = _geo_coord(da, "lat"), _geo_coord(da, "lon")
+    if lat is not None and da[lat].ndim == 1 and da[lat].dims[0] == da.dims[1]:
+        da = da.transpose()  # (lon, lat) order: put latitude on the y axis
+    if lat is not None and lon is not None:
+        x = da[lon].broadcast_like(da).transpose(*da.dims).values
+        y = da[lat].broadcast_like(da).transpose(*da.dims).values
+        return da, x, y, lon, lat
+    y, x = da.dims
+    return da, da[x].values, da[y].values, str(x), str(y)
 
 
 def _plot_grid(ax, da: xr.DataArray, title: str) -> None:
     values = da.values
     limit = np.nanmax(np.abs(values)) or 1.0
     if da.ndim == 2:
-        y, x = da.dims
-        image = ax.pcolormesh(da[x].values, da[y].values, values, cmap="RdBu_r", vmin=-limit, vmax=limit,
-                              shading="auto")
-        ax.set_xlabel(x), ax.set_ylabel(y)
+        da, x, y, xlabel, ylabel = _mesh(da)
+        image = ax.pcolormesh(x, y, da.values, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto")
+        ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
     else:
         image = ax.scatter(np.arange(values.size), values.ravel(), c=values.ravel(), cmap="RdBu_r",
                            vmin=-limit, vmax=limit, s=4)
@@ -103,6 +148,8 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
         twin.plot(np.unique(year), series.groupby(year).mean().values, color=ROLE_COLOURS["trend"],
                   label=f"knob {j} (trend)")
     twin.set_ylabel("trend knob")
+    ax.set_xlabel(f"{res.time.name} (calendar year)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.legend(loc="upper left", fontsize=8)
     ax.set_title("trend knob against the area-weighted mean")
     return figure
@@ -120,19 +167,21 @@ def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> F
     for score in scores[:n_points]:
         flat = score.stack(point=stacked_dims)
         points.append(flat.isel(point=int(np.nanargmax(flat.values))).point.values.item())
+    years, xlabel = time_axis(res.time)
     figure = Figure(figsize=(9, 2.6 * len(points)))
     axes = figure.subplots(len(points), 1, squeeze=False)[:, 0]
     for ax, point in zip(axes, points):
         where = dict(zip(stacked_dims, point))
         data = res.data[var].sel(where)
-        ax.plot(res.time, data, color="0.5", lw=0.8, label="input")
+        ax.plot(years, data, color="0.5", lw=0.8, label="input")
         mean = res.components[name("mean_state")].sel(where)
-        ax.plot(res.time, mean + seasonal.sel(where), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
-        ax.plot(res.time, mean + trend.sel(where), color=ROLE_COLOURS["trend"], label="mean + trend")
-        ax.plot(res.time, residual.sel(where), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
+        ax.plot(years, mean + seasonal.sel(where), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
+        ax.plot(years, mean + trend.sel(where), color=ROLE_COLOURS["trend"], label="mean + trend")
+        ax.plot(years, residual.sel(where), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
         ax.set_title(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in where.items()),
                      fontsize=9, loc="left")
     axes[0].legend(fontsize=7, ncol=4)
+    axes[-1].set_xlabel(xlabel)
     figure.tight_layout()
     return figure
 

@@ -31,9 +31,21 @@ __all__ = ["decimal_years", "harmonics", "smooth_basis", "explained", "assign_ro
 
 
 def decimal_years(time: xr.DataArray) -> np.ndarray:
-    """Fractional years of a time coordinate (numpy datetime64 or cftime)."""
-    year, month, day = (np.asarray(getattr(time.dt, part).values, dtype=float) for part in ("year", "month", "day"))
-    return year + (month - 1) / 12 + (day - 1) / 365.25
+    """Fractional years of a time coordinate (numpy datetime64 or cftime, any CF calendar).
+
+    Each month is a twelfth of a year and a date inside a month the matching
+    fraction of that month's length in its calendar (the 1st at 00:00 of
+    month m is exactly ``year + (m - 1) / 12``; days and hours are monotonic).
+
+    >>> import xarray as xr
+    >>> time = xr.DataArray(xr.date_range("2000-01-01", periods=3, freq="MS", calendar="360_day", use_cftime=True))
+    >>> decimal_years(time).round(4).tolist()
+    [2000.0, 2000.0833, 2000.1667]
+    """
+    part = {name: np.asarray(getattr(time.dt, name).values, dtype=float)
+            for name in ("year", "month", "day", "hour", "minute", "second", "days_in_month")}
+    day = part["day"] - 1 + (part["hour"] * 3600 + part["minute"] * 60 + part["second"]) / 86400
+    return part["year"] + (part["month"] - 1 + day / part["days_in_month"]) / 12
 
 
 def harmonics(month: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cftime
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -47,7 +48,10 @@ from sciencevae.io import atomic_path, atomic_write_text
 
 from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs
 
-__all__ = ["run", "ClimateResult", "synthetic_dataset", "trend_component_slopes"]
+__all__ = ["run", "validate", "check_record", "ClimateResult", "synthetic_dataset", "trend_component_slopes",
+           "MIN_RECORD_YEARS"]
+
+MIN_RECORD_YEARS = 2.0  # two annual cycles: below this a season cannot be told from a trend
 
 
 def synthetic_dataset(parts: dict) -> xr.Dataset:
@@ -193,6 +197,66 @@ def _maps(model: BetaVAE, adapter: ClimateAdapter, knobs: Knobs) -> xr.Dataset:
     return maps
 
 
+def _date_text(value) -> str:
+    """A date as YYYY-MM-DD, for datetime64 and cftime alike."""
+    if isinstance(value, cftime.datetime):
+        return value.strftime("%Y-%m-%d")
+    return str(np.datetime_as_string(np.datetime64(value, "D")))
+
+
+def _check_dates(time: xr.DataArray) -> None:
+    """Refuse a sample coordinate that does not hold dates (numbers without CF units, strings)."""
+    values = np.asarray(time.values).ravel()
+    if np.issubdtype(values.dtype, np.datetime64):
+        return
+    if values.dtype == object and values.size and all(isinstance(v, cftime.datetime) for v in values):
+        return
+    if np.issubdtype(values.dtype, np.number):
+        kind, fix = f"{values.dtype} numbers", (f"give {time.name!r} CF time units such as 'days since 1960-01-01' "
+                                                "(attrs['units'], or on a copy of the file)")
+    else:
+        kind, fix = f"{values.dtype} values", "convert them to dates, e.g. with pd.to_datetime or cftime"
+    raise ValueError(f"the sample dimension {time.name!r} holds {kind}, not dates; the climate case study needs "
+                     f"dates for its seasonal and trend roles: {fix}")
+
+
+def check_record(time: xr.DataArray) -> None:
+    """Refuse a time coordinate that is not dates or spans less than ``MIN_RECORD_YEARS`` (two annual cycles).
+
+    The span counts one step past the last date (24 monthly steps span 2 years).
+
+    >>> import pandas as pd, xarray as xr
+    >>> check_record(xr.DataArray(pd.date_range("2000-01-01", periods=10, freq="MS"), dims="time", name="time"))
+    Traceback (most recent call last):
+    ...
+    ValueError: the record spans 10 months (0.83 years, 2000-01-01 to 2000-10-01); telling the seasonal cycle \
+from a trend needs at least 2 years (24 monthly steps): give a longer record
+    """
+    _check_dates(time)
+    years = decimal_years(time)
+    step = float(np.median(np.diff(years))) if len(years) > 1 else 0.0
+    span = float(years[-1] - years[0]) + step if len(years) else 0.0
+    if span < MIN_RECORD_YEARS - 0.01:
+        values = np.asarray(time.values).ravel()
+        where = f", {_date_text(values[0])} to {_date_text(values[-1])}" if len(values) else ""
+        raise ValueError(f"the record spans {round(span * 12)} months ({span:.2f} years{where}); telling the "
+                         f"seasonal cycle from a trend needs at least {MIN_RECORD_YEARS:g} years "
+                         f"({round(MIN_RECORD_YEARS * 12)} monthly steps): give a longer record")
+
+
+def validate(data, var=None) -> tuple[xr.Dataset, ClimateAdapter]:
+    """Open ``data`` and check everything the case study needs before anything is trained or written.
+
+    Returns the (lazily) opened Dataset and the fitted adapter; raises
+    ``ValueError`` with one line naming the problem and the fix (the
+    adapter's checks, dates on the sample dimension, a record of at least two years).
+    """
+    ds = open_field(data, var)
+    adapter = ClimateAdapter.from_data(ds, var)
+    check_record(ds[adapter.sample_dim])
+    return ds, adapter
+
+
 def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400, seed: int = 0,
         batch_size: int = 32, lr: float = 1e-3, hidden: tuple[int, ...] = (256, 128), device: str = "auto",
         kl_threshold: float = 0.1, role_threshold: float = 0.5, rotate: bool = True,
@@ -200,14 +264,15 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400,
         resume: bool = False) -> ClimateResult:
     """Fit a Gaussian β-VAE on a monthly field and decompose it.
 
-    ``data``: a DataArray, a Dataset (+ ``var``), or path(s) to netCDF/zarr.
-    Returns a :class:`ClimateResult` with ``latents``, ``latent_roles``,
+    ``data``: a DataArray, a Dataset (+ ``var``), or path(s) to netCDF/zarr;
+    numeric times with CF units are decoded in any CF calendar, and a field
+    without dates or shorter than two years is refused before training
+    (:func:`validate`). Returns a :class:`ClimateResult` with ``latents``, ``latent_roles``,
     ``knobs`` / ``roles``, ``components``, ``maps`` and ``counterfactual``.
     ``rotate=False`` makes every active latent a knob. ``checkpoint_dir``,
     ``checkpoint_every`` and ``resume`` are passed to ``BetaVAE.fit``.
     """
-    ds = open_field(data, var)
-    adapter = ClimateAdapter.from_data(ds, var)
+    ds, adapter = validate(data, var)
     ds = ds[adapter.variables].load()
     prepared = adapter.prepare(ds)
     model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed)

@@ -20,6 +20,7 @@ import os
 import uuid
 from pathlib import Path
 
+import cftime
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -54,12 +55,20 @@ def _cells(run: Path) -> tuple[xr.Dataset, dict]:
 
     adata = ad.read_h5ad(run / "cells.h5ad")
     programmes = np.arange(adata.obsm["X_sciencevae"].shape[1])
-    settings = {k: (v.item() if hasattr(v, "item") else v) for k, v in adata.uns["sciencevae"]["params"].items()}
+    params = adata.uns["sciencevae"]["params"]
+    settings = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+    # the matrix the model read: raw may hold genes that var lacks, and then holds their loadings
+    raw = adata.raw is not None and "sciencevae_loadings" in adata.raw.varm
+    modelled = adata.raw if raw and settings.get("layer") == "raw" else adata
+    coords = {"cell": adata.obs_names.to_numpy(str), "gene": modelled.var_names.to_numpy(str),
+              "programme": programmes}
+    symbols = settings.get("gene_symbols")
+    if symbols and symbols in modelled.var:
+        coords["gene_symbol"] = ("gene", modelled.var[symbols].astype(str).to_numpy())
     return xr.Dataset(
         {"activity": (("cell", "programme"), adata.obsm["X_sciencevae"]),
-         "loading": (("gene", "programme"), adata.varm["sciencevae_loadings"])},
-        coords={"cell": adata.obs_names.to_numpy(str), "gene": adata.var_names.to_numpy(str),
-                "programme": programmes},
+         "loading": (("gene", "programme"), np.asarray(modelled.varm["sciencevae_loadings"]))},
+        coords=coords,
     ), settings
 
 
@@ -96,11 +105,40 @@ def _tables(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
             da = part[names[0]]
             frame = pd.DataFrame(da.values, index=pd.Index(da[dims[0]].values, name=dims[0]),
                                  columns=[f"{names[0]}_{c}" for c in da[dims[1]].values])
-        else:
+        else:  # tidy; multi-dim coordinates (a curvilinear grid's lat(y, x), lon(y, x)) stay as columns
+            grid_coords = [str(c) for c, coord in part.coords.items()
+                           if coord.ndim >= 2 and set(coord.dims) <= set(dims)]
             frame = part.to_dataframe().reset_index().set_index(list(dims))
-            frame = frame[[c for c in frame.columns if c in names]]
+            frame = frame[[c for c in frame.columns if c in names or c in grid_coords]]
         tables["_".join(names) if len(names) <= 2 else "_".join(dims)] = frame
     return tables
+
+
+def _iso_times(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, str]]:
+    """Time coordinates (datetime64 or cftime, any CF calendar) as ISO-8601 strings, and their calendars.
+
+    Tables hold the same text column whatever the calendar (a 360_day
+    ``2001-02-30T00:00:00`` has no pandas timestamp); zarr keeps the dates.
+
+    >>> import xarray as xr
+    >>> time = xr.date_range("2001-02-29", periods=2, freq="D", calendar="360_day", use_cftime=True)
+    >>> ds, calendars = _iso_times(xr.Dataset(coords={"time": time}))
+    >>> ds["time"].values.tolist(), calendars
+    (['2001-02-29T00:00:00', '2001-02-30T00:00:00'], {'time': '360_day'})
+    """
+    converted, calendars = {}, {}
+    for name, coord in ds.coords.items():
+        values = np.asarray(coord.values)
+        if np.issubdtype(values.dtype, np.datetime64):
+            text = np.datetime_as_string(values, unit="s")
+            calendars[str(name)] = str(coord.encoding.get("calendar", "standard"))
+        elif values.dtype == object and values.size and all(isinstance(v, cftime.datetime) for v in values.ravel()):
+            text = np.array([v.isoformat() for v in values.ravel()]).reshape(values.shape)
+            calendars[str(name)] = values.ravel()[0].calendar
+        else:
+            continue
+        converted[name] = (coord.dims, text.astype(str), {**coord.attrs, "calendar": calendars[str(name)]})
+    return (ds.assign_coords(converted) if converted else ds), calendars
 
 
 def export_run(run: str | Path, out: str | Path, fmt: str = "zarr") -> list[Path]:
@@ -119,6 +157,7 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "zarr") -> list[Path
         os.replace(tmp, target)  # the store appears whole or not at all
         return [target]
     written = []
+    ds, calendars = _iso_times(ds)
     for name, frame in _tables(ds).items():
         path = out / f"{name}.{fmt}"
         with atomic_path(path) as tmp:
@@ -127,5 +166,6 @@ def export_run(run: str | Path, out: str | Path, fmt: str = "zarr") -> list[Path
             else:
                 frame.to_csv(tmp)
         written.append(path)
-    atomic_write_text(json.dumps(json.loads(ds.attrs["provenance"]), indent=2), out / "provenance.json")
+    provenance = {**json.loads(ds.attrs["provenance"]), **({"time_calendars": calendars} if calendars else {})}
+    atomic_write_text(json.dumps(provenance, indent=2), out / "provenance.json")
     return written + [out / "provenance.json"]

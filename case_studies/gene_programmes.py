@@ -27,11 +27,11 @@ import pandas as pd
 import torch
 from scipy.stats import false_discovery_control, hypergeom, mannwhitneyu
 
-from sciencevae import BetaVAE, __version__
-from sciencevae.adapters.cells import CellsAdapter, read_cells
+from sciencevae import BetaVAE, Prepared, __version__
+from sciencevae.adapters.cells import CellsAdapter, missing_labels, modelled_var, read_cells
 from sciencevae.io import atomic_path, atomic_write_text
 
-__all__ = ["run", "ProgrammeResult", "read_gmt", "gene_weights", "varimax", "top_genes", "enrichment", "association"]
+__all__ = ["run", "check_inputs", "Inputs", "gene_names", "ProgrammeResult", "read_gmt", "gene_weights", "varimax", "top_genes", "enrichment", "association"]
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:
@@ -116,6 +116,7 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
     """Per programme, direction and gene set: overlap of the top genes (hypergeometric p, BH q)
     and a one-sided Mann–Whitney test that the set's loadings are shifted (rank_p, rank_q)."""
     genes = np.asarray([str(g) for g in genes])
+    n_top = min(n_top, len(genes))  # a panel smaller than n_top: every gene is "top"
     universe = set(genes)
     members = {name: np.isin(genes, list(set(s) & universe)) for name, s in gene_sets.items()}
     members = {name: m for name, m in members.items() if m.sum() >= min_size}
@@ -140,16 +141,20 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
 
 
 def association(latents: np.ndarray, obs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean activity per group and Cohen's d of the group against the rest."""
+    """Mean activity per group and Cohen's d of the group against the rest.
+
+    Cells without a value in a column (NaN, "nan", "") belong to no group of it.
+    """
     rows = []
     for key in keys:
         groups = obs[key].astype(str).to_numpy()
-        for group in pd.unique(groups):
+        labelled = ~missing_labels(obs[key])  # cells without a value belong to no group
+        for group in pd.unique(groups[labelled]):
             inside = groups == group
-            if inside.all():
+            if inside[labelled].all():
                 continue
             for j in range(latents.shape[1]):
-                a, b = latents[inside, j], latents[~inside, j]
+                a, b = latents[inside, j], latents[labelled & ~inside, j]
                 pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / max(len(a) + len(b) - 2, 1))
                 d = (a.mean() - b.mean()) / pooled if pooled > 0 else 0.0
                 rows.append({"programme": j, "obs_key": key, "group": group, "n_cells": int(inside.sum()),
@@ -162,7 +167,7 @@ def _categorical_keys(obs: pd.DataFrame, max_levels: int = 50) -> list[str]:
     for key in obs.columns:
         column = obs[key]
         if isinstance(column.dtype, pd.CategoricalDtype) or column.dtype == object:
-            if 1 < column.nunique() <= max_levels:
+            if 1 < column[~missing_labels(column)].astype(str).nunique() <= max_levels:
                 keys.append(key)
     return keys
 
@@ -211,12 +216,51 @@ class ProgrammeResult:
         return out
 
 
-def _symbols(adata: ad.AnnData, genes: list[str], gene_symbols: str | None) -> list[str]:
+def gene_names(adata: ad.AnnData, genes: list[str], layer: str | None, gene_symbols: str | None) -> list[str]:
+    """Names to report for ``genes``: ``var[gene_symbols]`` of the modelled matrix (``raw.var`` for
+    ``layer="raw"``, falling back to ``var`` for a column only it has); a gene without a symbol keeps its id."""
     if gene_symbols is None:
-        return genes
-    if gene_symbols not in adata.var:
-        raise ValueError(f"var column {gene_symbols!r} does not exist; the AnnData has {list(adata.var.columns)}")
-    return [str(s) for s in adata.var[gene_symbols].reindex(genes).fillna(pd.Series(genes, index=genes))]
+        return list(genes)
+    tables = [modelled_var(adata, layer), adata.var]
+    found = [t for t in tables if gene_symbols in t.columns]
+    if not found:
+        where = "raw.var or var" if layer == "raw" else "var"
+        raise ValueError(f"{where} has no column {gene_symbols!r} for --gene-symbols; it has "
+                         f"{sorted(map(str, tables[0].columns))[:20]}")
+    symbols = pd.Series(genes, index=genes, dtype=object)
+    for table in reversed(found):  # the modelled matrix's own annotations win
+        column = table[gene_symbols]
+        named = column[~missing_labels(column)].astype(str)
+        named = named[~named.index.duplicated()]
+        symbols.update(named.reindex(genes).dropna())
+    return [str(s) for s in symbols]
+
+
+@dataclass
+class Inputs:
+    """What a run needs, checked before anything trains: the genes and covariates, the prepared
+    counts, the names reported per gene and the gene sets."""
+
+    adapter: CellsAdapter
+    prepared: Prepared
+    names: list[str]
+    gene_sets: dict[str, list[str]] | None
+
+
+def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = "nb", batch_key: str | None = None,
+                 n_top_genes: int | None = 2000, gene_sets=None, gene_symbols: str | None = None) -> Inputs:
+    """Validate and prepare everything :func:`run` trains on; raises ``ValueError`` (one line) on bad input.
+
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.random.default_rng(0).poisson(2.0, size=(30, 8)).astype(np.float32))
+    >>> check_inputs(adata, n_top_genes=None).prepared.X.shape
+    (30, 8)
+    """
+    adapter = CellsAdapter.from_adata(adata, layer=layer, likelihood=likelihood, n_top_genes=n_top_genes,
+                                      batch_key=batch_key)
+    sets = read_gmt(gene_sets) if isinstance(gene_sets, (str, Path)) else gene_sets
+    return Inputs(adapter=adapter, prepared=adapter.prepare(adata),
+                  names=gene_names(adata, adapter.genes, layer, gene_symbols), gene_sets=sets)
 
 
 def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "nb", decoder: str = "linear",
@@ -224,7 +268,7 @@ def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "
         n_top_genes: int | None = 2000, epochs: int = 100, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
         device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50, rotation: str | None = "varimax",
         progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,
-        resume: bool = False) -> ProgrammeResult:
+        resume: bool = False, inputs: Inputs | None = None) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
@@ -234,33 +278,33 @@ def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "
     ``resume`` are passed to ``BetaVAE.fit``.
 
     ``gene_sets``: a .gmt path or a dict name -> genes, matched against
-    ``var[gene_symbols]`` when given (e.g. ``"gene_symbol"`` for Ensembl ids).
+    ``var[gene_symbols]`` when given (e.g. ``"gene_symbol"`` for Ensembl ids;
+    ``raw.var`` when ``layer="raw"``). ``inputs``: the result of
+    :func:`check_inputs` on the same arguments (skips checking them again).
     """
     adata = read_cells(adata) if isinstance(adata, (str, Path)) else adata
-    adapter = CellsAdapter.from_adata(adata, layer=layer, likelihood=likelihood, n_top_genes=n_top_genes,
-                                      batch_key=batch_key)
-    prepared = adapter.prepare(adata)
+    if inputs is None:
+        inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols)
+    if rotation not in (None, "varimax"):
+        raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
+    adapter, prepared = inputs.adapter, inputs.prepared
     model = BetaVAE(len(adapter.genes), n_latent=n_latent, likelihood=likelihood, beta=beta, decoder=decoder,
                     hidden=hidden, n_covariates=adapter.n_covariates, seed=seed)
     model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress,
               checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
-    if rotation not in (None, "varimax"):
-        raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
     raw_weights = gene_weights(model, prepared)
     turn = varimax(raw_weights) if rotation == "varimax" else np.eye(n_latent)
     latents, weights = model.encode(prepared) @ turn, raw_weights @ turn
-    names = _symbols(adata, adapter.genes, gene_symbols)
-    sets = read_gmt(gene_sets) if isinstance(gene_sets, (str, Path)) else gene_sets
     kl = model.kl_per_latent(prepared)
     settings = dict(layer=layer, n_latent=n_latent, likelihood=likelihood, decoder=decoder, beta=beta,
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
-                    seed=seed, n_genes=len(adapter.genes), rotation=rotation)
+                    seed=seed, n_genes=len(adapter.genes), rotation=rotation, gene_symbols=gene_symbols)
     uns = {"params": {k: ("" if v is None else v) for k, v in settings.items()}, "likelihood": likelihood,
            "kl_per_latent": kl.astype(float), "rotation": turn, "sciencevae_version": __version__}
+    sets = inputs.gene_sets
     return ProgrammeResult(
         model=model, adapter=adapter, adata=adapter.write_back(adata, latents, weights, uns), weights=weights,
-        rotation=turn,
-        programmes=top_genes(weights, names), enrichment=None if sets is None else enrichment(weights, names, sets, n_top),
+        rotation=turn, programmes=top_genes(weights, inputs.names),
+        enrichment=None if sets is None else enrichment(weights, inputs.names, sets, n_top),
         association=association(latents, adata.obs, _categorical_keys(adata.obs)), settings=settings,
     )
-

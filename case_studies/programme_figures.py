@@ -14,7 +14,7 @@ from sciencevae.diagnostics import panel_grid, save_figure
 if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
 
-__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity"]
+__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "UMAP_MAX_CELLS"]
 
 
 def group_heatmap(res: "ProgrammeResult", key: str) -> Figure:
@@ -45,22 +45,39 @@ def top_gene_bars(res: "ProgrammeResult", n_genes: int = 10) -> Figure:
     return figure
 
 
-def umap_activity(res: "ProgrammeResult", seed: int = 0) -> Figure:
-    """A UMAP of the latents, one panel per programme coloured by its activity."""
+#: The UMAP figure draws at most this many cells (a seeded random subsample, said on the figure).
+UMAP_MAX_CELLS = 50_000
+
+
+def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_MAX_CELLS) -> Figure:
+    """A UMAP of the latents, one panel per programme coloured by its activity.
+
+    Neighbours are exact (scikit-learn's, through ``sc.pp.neighbors(transformer="sklearn")``):
+    scanpy 1.11's default approximate path fails with scipy >= 1.17 from a few thousand cells.
+    Above ``max_cells`` cells a random subsample of that size is drawn.
+    """
     import anndata as ad
+    import pandas as pd
     import scanpy as sc
 
     latents = res.adata.obsm[OBSM_KEY]
-    tmp = ad.AnnData(obs=res.adata.obs[[]].copy(), obsm={OBSM_KEY: latents})
-    sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, tmp.n_obs - 1)), random_state=seed)
+    n_cells = len(latents)
+    rows = np.arange(n_cells)
+    if n_cells > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
+    tmp = ad.AnnData(obs=pd.DataFrame(index=rows.astype(str)), obsm={OBSM_KEY: latents[rows]})
+    sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, len(rows) - 1)), random_state=seed,
+                    transformer="sklearn")
     sc.tl.umap(tmp, random_state=seed)
     xy = tmp.obsm["X_umap"]
     figure, axes = panel_grid(latents.shape[1], 3, 2.8)
     for j, ax in enumerate(axes):
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[:, j], s=3, cmap="viridis")
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[rows, j], s=3, cmap="viridis")
         ax.set_title(f"programme {j}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-        figure.colorbar(points, ax=ax, shrink=0.7)
+        figure.colorbar(points, ax=ax, shrink=0.7, label="activity")
+    if len(rows) < n_cells:
+        figure.suptitle(f"UMAP of a random {len(rows):,} of {n_cells:,} cells", fontsize=10)
     figure.tight_layout()
     return figure
 

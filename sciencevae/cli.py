@@ -203,12 +203,11 @@ def _refuse_torchrun(command: str) -> None:
 
 def _cmd_climate(args: argparse.Namespace) -> int:
     _refuse_torchrun("climate")
-    from .adapters.climate import ClimateAdapter, open_field
     from .case_studies import climate_trend
 
     _check_out(args.out, args.inputs, args.overwrite or _resuming(args))
     inputs = [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0])
-    ClimateAdapter.from_data(open_field(inputs, args.var), args.var)  # validate before anything is written
+    climate_trend.validate(inputs, args.var)  # times, record length, grid: before anything is written
     with run_folder(args.out):
         res = climate_trend.run(
             inputs, var=args.var, n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed,
@@ -228,19 +227,19 @@ def _cmd_climate(args: argparse.Namespace) -> int:
 
 def _cmd_cells(args: argparse.Namespace) -> int:
     _refuse_torchrun("cells")
-    from .adapters.cells import CellsAdapter, read_cells
+    from .adapters.cells import read_cells
     from .case_studies import gene_programmes
 
     adata = read_cells(args.input)
     _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []),
                args.overwrite or _resuming(args))
-    CellsAdapter.from_adata(adata, layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key)
+    choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
+                   gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None)
+    inputs = gene_programmes.check_inputs(adata, **choices)  # everything checked before anything is written
     with run_folder(args.out):
         res = gene_programmes.run(
-            adata, layer=args.layer, n_latent=args.n_latent, likelihood=args.likelihood, decoder=args.decoder,
-            beta=args.beta, batch_key=args.batch_key, gene_sets=args.gene_sets, gene_symbols=args.gene_symbols,
-            n_top_genes=args.n_top_genes or None, epochs=args.epochs, seed=args.seed, device=args.device,
-            progress=not args.quiet, **_checkpointing(args),
+            adata, n_latent=args.n_latent, decoder=args.decoder, beta=args.beta, epochs=args.epochs, seed=args.seed,
+            device=args.device, progress=not args.quiet, inputs=inputs, **choices, **_checkpointing(args),
         )
         res.save(args.out)
     run = {"command": "cells", "sciencevae_version": __version__, "input": str(args.input.resolve()),

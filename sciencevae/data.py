@@ -17,7 +17,8 @@ from scipy.special import gammaln
 import torch
 
 __all__ = ["Prepared", "Batch", "BatchSource", "as_prepared", "densify_rows", "one_hot", "subset_rows",
-           "log_factorial_rows", "split_rows", "check_counts"]
+           "log_factorial_rows", "split_rows", "check_counts",
+           "integer_distance", "round_counts", "rounding_message", "INTEGER_TOLERANCE"]
 
 
 @dataclass(frozen=True)
@@ -182,28 +183,70 @@ def densify_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     return X[rows].toarray().astype(np.float32, copy=False)
 
 
+#: Values this close to an integer (absolute up to 1000, relative 1e-6 above) are counts stored with
+#: rounding error, e.g. 7.0000005 after a normalise / un-normalise round trip in float32.
+INTEGER_TOLERANCE = 1e-3
+
+
+def integer_distance(values: np.ndarray) -> np.ndarray:
+    """Distance of each value to the nearest integer, relative to max(1, |value| / 1000).
+
+    >>> integer_distance(np.array([7.0, 7.0000005, 6.5])).round(7).tolist()
+    [0.0, 5e-07, 0.5]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return np.abs(values - np.round(values)) / np.maximum(1.0, np.abs(values) * 1e-3)
+
+
 def check_counts(values: np.ndarray, where: str = "X holds", likelihood: str | None = None,
-                 block: int = 1 << 22) -> None:
+                 block: int = 1 << 22, fix: str | None = None) -> float | None:
     """Count likelihoods need complete, non-negative integer data (checked in blocks: small temporaries).
 
-    ``where`` starts the message ("X holds", "rows 0-99 hold"); ``likelihood`` names the model in the fix.
+    ``where`` starts the message ("X holds", "rows 0-99 hold"); ``likelihood`` names the model in the fix
+    (``fix`` replaces the fix). Values within :data:`INTEGER_TOLERANCE` of an integer are counts stored with rounding error: the
+    first such value is returned (round the data with :func:`round_counts`), else None. Examples in
+    messages are printed at full precision.
 
+    >>> check_counts(np.array([1.0, 7.000000476837158]))
+    7.000000476837158
     >>> check_counts(np.array([1.0, 0.5]), likelihood="nb")
     Traceback (most recent call last):
     ValueError: X holds non-integer values (e.g. 0.5); use the gaussian likelihood for continuous data, or give raw counts to 'nb'
     """
-    fix = "use the gaussian likelihood for continuous data, or give raw counts"
-    fix += f" to {likelihood!r}" if likelihood else ""
+    if fix is None:
+        fix = "use the gaussian likelihood for continuous data, or give raw counts"
+        fix += f" to {likelihood!r}" if likelihood else ""
     flat = np.asarray(values).reshape(-1)
+    example = None
     for start in range(0, len(flat), block):
         part = flat[start:start + block]
         if np.isnan(part).any():
             raise ValueError(f"{where} NaN values; count likelihoods need complete counts ({fix})")
         if part.min() < 0:
-            raise ValueError(f"{where} negative values (min {part.min():g}); counts must be >= 0 ({fix})")
-        fractional = part != np.round(part)
-        if np.any(fractional):
-            raise ValueError(f"{where} non-integer values (e.g. {part[fractional][0]:g}); {fix}")
+            raise ValueError(f"{where} negative values (min {float(part.min())!r}); counts must be >= 0 ({fix})")
+        fractional = part[part != np.round(part)]
+        if len(fractional):
+            far = fractional[integer_distance(fractional) > INTEGER_TOLERANCE]
+            if len(far):
+                raise ValueError(f"{where} non-integer values (e.g. {float(far[0])!r}); {fix}")
+            example = float(fractional[0]) if example is None else example
+    return example
+
+
+def round_counts(X: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
+    """A float32 copy of a count matrix with every value rounded to the nearest integer (X is not changed)."""
+    if sp.issparse(X):
+        out = X.astype(np.float32, copy=True)
+        out.data = np.round(out.data)
+        out.eliminate_zeros()
+        return out
+    return np.round(np.asarray(X, dtype=np.float32))
+
+
+def rounding_message(where: str, example: float) -> str:
+    """The one warning given when counts with rounding error are rounded."""
+    return (f"{where} counts stored with rounding error (e.g. {example!r}); they were rounded to integers for the "
+            "model (the input is unchanged)")
 
 
 _LOG_FACTORIAL = gammaln(np.arange(4096, dtype=np.float64) + 1.0)

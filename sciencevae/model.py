@@ -10,7 +10,8 @@ the per-sample reconstruction and per-latent KL to an
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from torch import nn
 from torch.distributions import Distribution
 
 from . import distributed
-from .data import Batch, BatchSource, Prepared, as_prepared, check_counts, split_rows, subset_rows
+from .data import (Batch, BatchSource, Prepared, as_prepared, check_counts, round_counts, rounding_message,
+                   split_rows, subset_rows)
 from .fused_nb import CompiledFunction, compile_pays
 from .streaming import Streamed, StreamingSource
 from .likelihoods import LIKELIHOODS, make_likelihood
@@ -400,9 +402,12 @@ class BetaVAE:
                 raise ValueError(f"the model expects {self.config.n_covariates} covariate columns; streamed data "
                                  "have none")
             self._check_input(as_prepared(X.reader.read(0, min(X.chunk_rows, X.n_obs))))
-            return X
+            return X  # chunks with rounding error are rounded (and said so) as they are read
         prepared = as_prepared(X, covariates, size_factors, feature_weights)
-        self._check_input(prepared)
+        example = self._check_input(prepared)
+        if example is not None:
+            warnings.warn(rounding_message("X holds", example), UserWarning, stacklevel=3)
+            prepared = replace(prepared, X=round_counts(prepared.X))
         return prepared
 
     def _source(self, prepared: Prepared | Streamed):
@@ -421,7 +426,8 @@ class BetaVAE:
         """
         self._checked(X, covariates)
 
-    def _check_input(self, prepared) -> None:
+    def _check_input(self, prepared) -> float | None:
+        """Check shapes and values; for counts with rounding error, the first such value (else None)."""
         c = self.config
         if prepared.n_features != c.n_features:
             raise ValueError(f"X has {prepared.n_features} features but the model was built for {c.n_features}")
@@ -429,11 +435,12 @@ class BetaVAE:
         if n_cov != c.n_covariates:
             raise ValueError(f"the model expects {c.n_covariates} covariate columns, got {n_cov}")
         values = prepared.X.data if sp.issparse(prepared.X) else prepared.X
-        if self.module.likelihood.is_count:
-            check_counts(values, likelihood=c.likelihood)  # NaN included (a mask means the dense X holds NaN)
         if c.likelihood == "bernoulli":
             if np.any((values < 0) | (values > 1)):
                 raise ValueError("likelihood 'bernoulli' needs values in [0, 1]; binarise the data first")
+        if self.module.likelihood.is_count:  # NaN included (a mask means the dense X holds NaN)
+            return check_counts(values, likelihood=c.likelihood)
+        return None
 
     @torch.no_grad()
     def _posterior(self, X, covariates=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:

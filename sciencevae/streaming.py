@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import Batch, DeviceCSR, check_counts, draw_rows, hold_rows, log_factorial_rows, position_device, split_rows
+from .data import (Batch, DeviceCSR, check_counts, draw_rows, hold_rows, log_factorial_rows, position_device,
+                   round_counts, rounding_message, split_rows)
 
 __all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
 
@@ -149,8 +151,13 @@ class StreamingSource:
         # count data: validated, and their per-row size factor and lgamma(x + 1) sum kept (16 bytes a row),
         # on a chunk's first read only
         self.checked_chunks: set[int] = set()
+        self.rounded_chunks: set[int] = set()  # chunks holding counts with rounding error (rounded on each read)
         self.size_factors = np.zeros(self.n_obs) if count_data else None
         self.count_constants = np.zeros(self.n_obs) if count_data else None
+
+    def _announce_rounding(self, example: float) -> None:
+        if not self.rounded_chunks:  # once per pass over the data
+            warnings.warn(rounding_message("the data hold", example), UserWarning, stacklevel=2)
 
     def _read_group(self, chunks: list[int]) -> _Group:
         size = self.streamed.chunk_rows
@@ -160,7 +167,13 @@ class StreamingSource:
             X = self.streamed.reader.read(start, stop)
             X = X.tocsr().astype(np.float32, copy=False) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
             if self.count_data and chunk not in self.checked_chunks:
-                check_counts(X.data if sp.issparse(X) else X, f"rows {start}-{stop - 1} hold")
+                example = check_counts(X.data if sp.issparse(X) else X, f"rows {start}-{stop - 1} hold")
+                if example is not None:
+                    self._announce_rounding(example)
+                    self.rounded_chunks.add(chunk)
+            if chunk in self.rounded_chunks:
+                X = round_counts(X)
+            if self.count_data and chunk not in self.checked_chunks:
                 self.size_factors[start:stop] = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
                 self.count_constants[start:stop] = log_factorial_rows(X, self.weights)
                 self.checked_chunks.add(chunk)
