@@ -105,6 +105,9 @@ def _tables(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
             da = part[names[0]]
             frame = pd.DataFrame(da.values, index=pd.Index(da[dims[0]].values, name=dims[0]),
                                  columns=[f"{names[0]}_{c}" for c in da[dims[1]].values])
+            labels = {str(c): coord.values for c, coord in da.coords.items()  # e.g. a gene's symbol
+                      if c != dims[0] and coord.dims == (dims[0],)}
+            frame = pd.concat([pd.DataFrame(labels, index=frame.index), frame], axis=1) if labels else frame
         else:  # tidy; multi-dim coordinates (a curvilinear grid's lat(y, x), lon(y, x)) stay as columns
             grid_coords = [str(c) for c, coord in part.coords.items()
                            if coord.ndim >= 2 and set(coord.dims) <= set(dims)]

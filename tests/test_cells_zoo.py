@@ -189,7 +189,10 @@ def check_complete_run(run: Path, adata: ad.AnnData, args: list[str], capsys) ->
     np.testing.assert_array_equal(exported["loading"].values, loadings)
     assert list(exported["gene"].values) == list(modelled.var_names)
     table = pd.read_parquet(run.parent / "export_parquet" / "loading.parquet")
-    np.testing.assert_allclose(table.to_numpy(), loadings, rtol=1e-6)
+    np.testing.assert_allclose(table.filter(like="loading_").to_numpy(), loadings, rtol=1e-6)
+    if "--gene-symbols" in args:
+        symbol = args[args.index("--gene-symbols") + 1]
+        assert table["gene_symbol"].tolist() == modelled.var[symbol].astype(str).tolist()
     activity = pd.read_csv(run.parent / "export_csv" / "activity.csv", index_col=0)
     np.testing.assert_allclose(activity.to_numpy(), out.obsm["X_sciencevae"], rtol=1e-5, atol=1e-6)
     return out
