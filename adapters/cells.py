@@ -83,14 +83,17 @@ def modelled_var(adata: ad.AnnData, layer: str | None) -> pd.DataFrame:
     return adata.raw.var if layer == "raw" and adata.raw is not None else adata.var
 
 
+_MAKE_UNIQUE = {"obs_names": "adata.obs_names_make_unique()", "var_names": "adata.var_names_make_unique()",
+                "raw.var_names": "adata.raw.var_names_make_unique()"}
+
+
 def _check_unique(names: pd.Index, what: str) -> None:
-    """Refuse duplicated gene or cell names (outputs are keyed by them)."""
+    """Refuse repeated cell or gene names (``what``: a key of ``_MAKE_UNIQUE``): outputs are keyed by them."""
     if names.has_duplicates:
         repeated = pd.unique(names[names.duplicated()].astype(str))
         shown = ", ".join(map(repr, repeated[:5])) + (" ..." if len(repeated) > 5 else "")
-        fix = "obs_names_make_unique()" if what == "obs_names" else "var_names_make_unique()"
         raise ValueError(f"{what} are not unique ({len(repeated)} repeated: {shown}); make them unique first: "
-                         f"adata.{fix if what != 'raw.var_names' else 'raw.var_names_make_unique()'}, then save the file")
+                         f"{_MAKE_UNIQUE[what]}, then save the file")
 
 
 def _values(X) -> np.ndarray:
@@ -107,16 +110,18 @@ def _check_counts(X, where: str, hint: str = "") -> float | None:
     return check_counts(values, f"{where} holds", fix=fix)
 
 
-def _counts_hint(adata: ad.AnnData, layer: str | None) -> str:
-    """Where else the AnnData holds counts, as a fix for a refused matrix ('' when nowhere)."""
+def _counts_hint(adata: ad.AnnData, layer: str | None, n_rows: int = 1000) -> str:
+    """Where else the AnnData holds counts (judged on its first ``n_rows`` cells), as a fix for a
+    refused matrix; '' when nowhere."""
     candidates = [("raw", adata.raw.X if adata.raw is not None else None)]
     candidates += [(name, adata.layers[name]) for name in adata.layers]
     for name, matrix in candidates:
-        if matrix is None or name == layer or (hasattr(matrix, "to_memory") and not hasattr(matrix, "data")):
+        if matrix is None or name == layer:
             continue
-        sample = np.asarray(_values(matrix)[:100_000] if sp.issparse(matrix) else np.asarray(matrix).ravel()[:100_000])
-        if sample.size and np.all(np.isfinite(sample)) and sample.min() >= 0 and np.all(
-                integer_distance(sample) <= INTEGER_TOLERANCE):
+        part = matrix[:n_rows]  # in memory or backed: only these rows are read
+        values = np.asarray(part.data if sp.issparse(part) else part, dtype=np.float64).ravel()
+        if values.size and np.all(np.isfinite(values)) and values.min() >= 0 and np.all(
+                integer_distance(values) <= INTEGER_TOLERANCE):
             where = ".raw" if name == "raw" else f"layer {name!r}"
             return f"{where} holds counts: pass --layer {name} (layer={name!r})"
     return ""
