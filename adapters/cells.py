@@ -32,7 +32,7 @@ from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_cou
                              round_counts, rounding_message)
 from sciencevae.io import atomic_write_text
 
-__all__ = ["CellsAdapter", "read_cells", "modelled_var", "missing_labels", "COUNT_LIKELIHOODS"]
+__all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "COUNT_LIKELIHOODS"]
 
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 OBSM_KEY, VARM_KEY, UNS_KEY = "X_sciencevae", "sciencevae_loadings", "sciencevae"
@@ -168,8 +168,8 @@ class CellsAdapter:
             totals = np.asarray(X.sum(axis=1)).ravel()
             if np.any(totals == 0):
                 raise ValueError(
-                    f"{int(np.sum(totals == 0))} cells have no counts at all; remove them first, "
-                    "e.g. sc.pp.filter_cells(adata, min_counts=1)"
+                    f"{int(np.sum(totals == 0))} cells have no counts at all; drop them: --drop-empty-cells on "
+                    "the command line, drop_empty_cells(adata) in Python (or sc.pp.filter_cells(adata, min_counts=1))"
                 )
         keys = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
         categorical = {k: _categories(adata, k) for k in keys}
@@ -181,6 +181,7 @@ class CellsAdapter:
         chosen = np.flatnonzero(keep)
         if n_top_genes is not None and n_top_genes < len(chosen):
             chosen = chosen[_highly_variable(X[:, chosen], adata.obs, batch_key, n_top_genes)]
+        _warn_spike_ins(genes[chosen])
         return cls(genes=[str(g) for g in genes[chosen]], layer=layer, likelihood=likelihood, binarize=binarize,
                    categorical=categorical, continuous=continuous)
 
@@ -261,6 +262,33 @@ class CellsAdapter:
             return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"{path} is not a sciencevae cells adapter: {err}") from None
+
+
+def _warn_spike_ins(genes: pd.Index) -> None:
+    """Say so when ERCC spike-ins (technical RNA, not genes of the cells) are among the modelled genes."""
+    spikes = [str(g) for g in genes if str(g).upper().startswith("ERCC-")]
+    if spikes:
+        warnings.warn(f"{len(spikes)} ERCC spike-ins (e.g. {spikes[0]}) are modelled as genes; drop them first if "
+                      "they should not be: adata[:, ~adata.var_names.str.startswith('ERCC-')]", UserWarning,
+                      stacklevel=3)
+
+
+def drop_empty_cells(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
+    """The cells with at least one count in the matrix ``layer`` names, with a warning saying how many
+    were dropped (a copy; ``adata`` itself when none is empty).
+
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.array([[0.0, 0.0], [1.0, 2.0]], dtype=np.float32))
+    >>> drop_empty_cells(adata).n_obs
+    1
+    """
+    X, _ = _matrix(adata, layer)
+    keep = np.asarray(X.sum(axis=1)).ravel() > 0
+    if keep.all():
+        return adata
+    warnings.warn(f"{int((~keep).sum())} of {adata.n_obs} cells have no counts in {_where(layer)} and were dropped",
+                  UserWarning, stacklevel=2)
+    return adata[keep].copy()
 
 
 def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> None:
@@ -385,7 +413,9 @@ def _highly_variable(X, obs: pd.DataFrame, batch_key: str | None, n_top_genes: i
             raise ValueError(f"batch {small.index[0]!r} of obs column {batch_key!r} has {int(small.iloc[0])} cell; "
                              f"highly variable genes per batch need at least {MIN_BATCH_CELLS}: merge it into "
                              f"another batch or {fix}")
-    tmp = ad.AnnData(X=X.copy(), obs=obs[[batch_key]].copy() if batch_key else pd.DataFrame(index=obs.index))
+    # float: scanpy squares the counts in their own dtype, and int16 counts above 181 overflow (silently)
+    counts = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+    tmp = ad.AnnData(X=counts, obs=obs[[batch_key]].copy() if batch_key else pd.DataFrame(index=obs.index))
     tmp.var_names = [f"g{i}" for i in range(X.shape[1])]
     try:
         sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)

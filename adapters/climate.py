@@ -277,7 +277,8 @@ class ClimateAdapter:
             full = np.full((len(matrix), state.keep.size), np.nan)
             full[:, state.keep] = block
             values = full.reshape(len(matrix), *state.grid.shape).astype(np.float32)
-            da = xr.DataArray(values, dims=(dim, *state.grid.dims), coords=state.grid.coords, attrs=state.grid.attrs)
+            da = xr.DataArray(values, dims=(dim, *state.grid.dims), coords=state.grid.coords,
+                              attrs=_carried_attrs(state.grid.attrs, units))
             out[state.name] = da
         ds = xr.Dataset(out)
         if samples is not None:
@@ -289,12 +290,20 @@ class ClimateAdapter:
         return self._on_grid("weight")
 
     def _on_grid(self, field: str) -> xr.Dataset:
+        """``mean``, ``std`` or ``weight`` per feature on the grid, with attributes saying which."""
         out = {}
         for state in self.states:
             full = np.full(state.keep.size, np.nan)
             full[state.keep] = getattr(state, field)
+            units = state.grid.attrs.get("units")
+            attrs = {"mean": {"long_name": f"time mean of {state.name} (the standardisation's centre)"},
+                     "std": {"long_name": f"standard deviation of {state.name} over time (the standardisation's scale)"},
+                     "weight": {"long_name": "area weight of the log-likelihood (cos latitude, mean 1)", "units": "1"},
+                     }[field]
+            if field != "weight" and units is not None:
+                attrs["units"] = units
             out[state.name] = xr.DataArray(full.reshape(state.grid.shape), dims=state.grid.dims,
-                                           coords=state.grid.coords, attrs=state.grid.attrs)
+                                           coords=state.grid.coords, attrs=attrs)
         return xr.Dataset(out)
 
     def save(self, path: str | Path) -> Path:
@@ -338,6 +347,21 @@ class ClimateAdapter:
             ))
         return cls(ds.attrs["sample_dim"], states, bool(ds.attrs["standardize"]), bool(ds.attrs["area_weighting"]),
                    json.loads(ds.attrs.get("sample_attrs", "{}")))
+
+
+#: What a field in the data's units may keep of the input variable's attributes (never its
+#: actual_range, valid_range, statistic, scale or fill settings: they describe the input's values).
+CARRIED_ATTRS = ("units", "long_name", "standard_name")
+
+
+def _carried_attrs(attrs: dict, scale: str) -> dict:
+    """The input variable's attributes that still describe a field put back on the grid in ``scale``
+    (``"original"``: values in the data's units; ``"anomaly"``: differences, units only;
+    ``"standardized"``: dimensionless)."""
+    if scale == "standardized":
+        return {"units": "1"}
+    keep = CARRIED_ATTRS if scale == "original" else ("units",)
+    return {k: attrs[k] for k in keep if k in attrs}
 
 
 def _grid_statistics(da: xr.DataArray, sample_dim: str, grid_dims: list[str]) -> tuple[np.ndarray, ...]:

@@ -17,7 +17,7 @@ from .climate_knobs import decimal_years
 if TYPE_CHECKING:  # pragma: no cover
     from .climate_trend import ClimateResult
 
-__all__ = ["save_figures", "time_axis"]
+__all__ = ["save_figures", "time_axis", "robust_limit", "representative_points"]
 ROLE_COLOURS = {"seasonal": "tab:blue", "trend": "tab:red", "other": "tab:green", "inactive": "0.6"}
 
 
@@ -48,6 +48,8 @@ def _series(time: xr.DataArray, values: np.ndarray, table, label: str) -> Figure
         ax.set_title(f"{label}{j}: {row.role}  ({kl}seasonal R² {row.seasonal_r2:.2f}, trend R² {row.trend_r2:.2f})",
                      fontsize=8, loc="left")
     axes[-1].set_xlabel(xlabel)
+    figure.supylabel(f"{label.strip()} value (posterior mean{', unit variance' if label.startswith('knob') else ''})",
+                     fontsize=8)
     figure.tight_layout()
     return figure
 
@@ -88,28 +90,50 @@ def _mesh(da: xr.DataArray) -> tuple[xr.DataArray, np.ndarray, np.ndarray, str, 
     return da, da[x].values, da[y].values, str(x), str(y)
 
 
-def _plot_grid(ax, da: xr.DataArray, title: str) -> None:
+_GEO_LABELS = {"lat": "latitude (°N)", "lon": "longitude (°E)"}
+
+
+def robust_limit(values: np.ndarray, percentile: float = 98.0) -> float:
+    """A symmetric colour limit from the ``percentile`` of |values|: one extreme cell (an inland sea)
+    does not wash out the rest of a map.
+
+    >>> robust_limit(np.r_[np.ones(99), 100.0])
+    1.0
+    """
+    finite = np.abs(values[np.isfinite(values)])
+    limit = float(np.percentile(finite, percentile)) if finite.size else 0.0
+    return limit if limit > 0 else 1.0
+
+
+def _plot_grid(ax, da: xr.DataArray, title: str, units: str) -> None:
+    """A map (or a strip for a 1-D grid) with robust symmetric colour limits, labelled axes and units."""
     values = da.values
-    limit = np.nanmax(np.abs(values)) or 1.0
+    limit = robust_limit(values)
     if da.ndim == 2:
         da, x, y, xlabel, ylabel = _mesh(da)
         image = ax.pcolormesh(x, y, da.values, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto")
-        ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
+        lat, lon = _geo_coord(da, "lat"), _geo_coord(da, "lon")
+        ax.set_xlabel(_GEO_LABELS["lon"] if xlabel == lon else xlabel)
+        ax.set_ylabel(_GEO_LABELS["lat"] if ylabel == lat else ylabel)
     else:
         image = ax.scatter(np.arange(values.size), values.ravel(), c=values.ravel(), cmap="RdBu_r",
                            vmin=-limit, vmax=limit, s=4)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=da.attrs.get("units", ""))
+        ax.set_xlabel("grid point")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, extend="both", label=units)
     ax.set_title(title, fontsize=9)
 
 
 def knob_maps(res: "ClimateResult", var: str) -> Figure | None:
-    """Decoder sensitivity map of every knob (None when no latent is active)."""
+    """Decoder sensitivity map of every knob (None when no latent is active); colour limits at the
+    98th percentile of |change| (cells beyond it saturate)."""
     active = [int(j) for j in res.roles.index]
     if not active:
         return None
+    units = res.data[var].attrs.get("units", "data units")
     figure, axes = panel_grid(len(active), 5, 3.2, max_columns=3)
     for ax, j in zip(axes, active):
-        _plot_grid(ax, res.maps[var].sel(knob=j), f"knob {j} ({res.roles.loc[j, 'role']}): {var} per unit knob")
+        _plot_grid(ax, res.maps[var].sel(knob=j), f"knob {j} ({res.roles.loc[j, 'role']}): change of {var}",
+                   f"{units} per knob s.d.")
     figure.tight_layout()
     return figure
 
@@ -124,7 +148,7 @@ def phase_circle(res: "ClimateResult") -> Figure | None:
     ax = figure.subplots()
     points = ax.scatter(knob[:, seasonal[0]], knob[:, seasonal[1]], c=res.time.dt.month.values, cmap="twilight", s=8)
     figure.colorbar(points, ax=ax, label="month")
-    ax.set_xlabel(f"knob {seasonal[0]}"), ax.set_ylabel(f"knob {seasonal[1]}")
+    ax.set_xlabel(f"knob {seasonal[0]} (s.d.)"), ax.set_ylabel(f"knob {seasonal[1]} (s.d.)")
     ax.set_title("seasonal phase circle")
     return figure
 
@@ -138,16 +162,19 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
     dims = list(weights.dims)
     observed = res.data[var].weighted(weights).mean(dims)
     year = res.time.dt.year
+    complete = _complete_years(year.values)
+    keep = np.isin(year.values, complete)
     figure = Figure(figsize=(8, 3.5))
     ax = figure.subplots()
-    ax.plot(np.unique(year), observed.groupby(year).mean().values, color="k", label="area-weighted annual mean")
+    ax.plot(complete, observed[keep].groupby(year[keep]).mean().values, color="k",
+            label="area-weighted annual mean" + ("" if keep.all() else " (complete years)"))
     ax.set_ylabel(f"{var} ({res.data[var].attrs.get('units', '')})")
     twin = ax.twinx()
     for j in trend:
-        series = res.latents["knob"].isel(knob_index=j)
-        twin.plot(np.unique(year), series.groupby(year).mean().values, color=ROLE_COLOURS["trend"],
+        series = res.latents["knob"].isel(knob_index=j)[keep]
+        twin.plot(complete, series.groupby(year[keep]).mean().values, color=ROLE_COLOURS["trend"],
                   label=f"knob {j} (trend)")
-    twin.set_ylabel("trend knob")
+    twin.set_ylabel("trend knob (s.d.)")
     ax.set_xlabel(f"{res.time.name} (calendar year)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.legend(loc="upper left", fontsize=8)
@@ -155,35 +182,79 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
     return figure
 
 
+def representative_points(scores: list[xr.DataArray], sample_mask: xr.DataArray, percentile: float = 95.0) -> list:
+    """One grid point per score: the point of the largest connected observed region (the open ocean, not
+    an inland sea) whose score is nearest the ``percentile`` of the scores there (typical of a strong
+    signal, not its most extreme cell). Returns the points as tuples of the grid dims' coordinates."""
+    from scipy import ndimage
+
+    valid = np.isfinite(sample_mask.values)
+    if valid.ndim == 2 and valid.any():
+        labels, count = ndimage.label(valid, structure=np.ones((3, 3)))
+        sizes = ndimage.sum(valid, labels, index=np.arange(1, count + 1))
+        valid = labels == 1 + int(np.argmax(sizes))
+    points = []
+    for score in scores:
+        values = np.where(valid, score.transpose(*sample_mask.dims).values, np.nan)
+        target = np.nanpercentile(values, percentile)
+        index = np.unravel_index(int(np.nanargmin(np.abs(values - target))), values.shape)
+        points.append(tuple(sample_mask[d].values[i] if d in sample_mask.coords else i
+                            for d, i in zip(sample_mask.dims, index)))
+    return points
+
+
+def _complete_years(years: np.ndarray) -> np.ndarray:
+    """The years with at least 90% of the samples of the fullest year (a partial first or last year
+    would bias an annual mean by its season).
+
+    >>> _complete_years(np.r_[np.repeat(2019, 12), np.repeat(2020, 8)]).tolist()
+    [2019]
+    """
+    values, counts = np.unique(years, return_counts=True)
+    return values[counts >= 0.9 * counts.max()]
+
+
 def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> Figure:
-    """Input, mean + seasonal, trend and residual at the points of largest seasonal and trend signal."""
+    """Input, mean + seasonal, trend and residual at representative points of strong seasonal, trend
+    and residual signal (:func:`representative_points`)."""
     single = len(res.adapter.variables) == 1
     name = (lambda c: c) if single else (lambda c: f"{var}_{c}")
     seasonal, trend, residual = (res.components[name(c)] for c in ("seasonal", "trend", "residual"))
+    mean_state = res.components[name("mean_state")]
     sample = res.adapter.sample_dim
-    scores = [seasonal.std(sample), trend.max(sample) - trend.min(sample), residual.std(sample)]
-    stacked_dims = [d for d in seasonal.dims if d != sample]
-    points = []
-    for score in scores[:n_points]:
-        flat = score.stack(point=stacked_dims)
-        points.append(flat.isel(point=int(np.nanargmax(flat.values))).point.values.item())
+    scores = [seasonal.std(sample), trend.max(sample) - trend.min(sample), residual.std(sample)][:n_points]
+    kinds = ["strong seasonal cycle", "strong trend", "strong residual"]
+    points = representative_points(scores, mean_state)
     years, xlabel = time_axis(res.time)
+    units = res.data[var].attrs.get("units", "")
     figure = Figure(figsize=(9, 2.6 * len(points)))
     axes = figure.subplots(len(points), 1, squeeze=False)[:, 0]
-    for ax, point in zip(axes, points):
-        where = dict(zip(stacked_dims, point))
-        data = res.data[var].sel(where)
-        ax.plot(years, data, color="0.5", lw=0.8, label="input")
-        mean = res.components[name("mean_state")].sel(where)
-        ax.plot(years, mean + seasonal.sel(where), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
-        ax.plot(years, mean + trend.sel(where), color=ROLE_COLOURS["trend"], label="mean + trend")
-        ax.plot(years, residual.sel(where), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
-        ax.set_title(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in where.items()),
-                     fontsize=9, loc="left")
+    for ax, point, kind in zip(axes, points, kinds):
+        where = dict(zip(mean_state.dims, point))
+        at = {d: v for d, v in where.items() if d in mean_state.coords}
+        cell = {d: v for d, v in where.items() if d not in mean_state.coords}
+        pick = (lambda da: da.sel(at).isel(cell))
+        mean = pick(mean_state)
+        ax.plot(years, pick(res.data[var]), color="0.5", lw=0.8, label="input")
+        ax.plot(years, mean + pick(seasonal), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
+        ax.plot(years, mean + pick(trend), color=ROLE_COLOURS["trend"], label="mean + trend")
+        ax.plot(years, pick(residual), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
+        ax.set_ylabel(f"{var} ({units})" if units else var)
+        place = ", ".join(_place(d, v) for d, v in where.items())
+        ax.set_title(f"{place} ({kind})", fontsize=9, loc="left")
     axes[0].legend(fontsize=7, ncol=4)
     axes[-1].set_xlabel(xlabel)
     figure.tight_layout()
     return figure
+
+
+def _place(dim: str, value) -> str:
+    """A grid coordinate for a title: 46°N, 50°E for latitude and longitude, else dim=value."""
+    if dim in ("lat", "latitude") and isinstance(value, (float, np.floating, int, np.integer)):
+        return f"{abs(value):g}°{'N' if value >= 0 else 'S'}"
+    if dim in ("lon", "longitude") and isinstance(value, (float, np.floating, int, np.integer)):
+        return f"{value:g}°E"
+    return f"{dim}={value:g}" if isinstance(value, (float, np.floating)) else f"{dim}={value}"
 
 
 def save_figures(res: "ClimateResult", folder: str | Path) -> list[Path]:

@@ -124,9 +124,10 @@ class ClimateResult:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save(out / "model")
         self.adapter.save(out / ADAPTER_NAME)
+        provenance = _provenance(out, self.settings)
         for name, ds in (("latents", self.latents), ("components", self.components), ("maps", self.maps)):
             with atomic_path(out / f"{name}.nc") as tmp:
-                ds.to_netcdf(tmp)
+                ds.assign_attrs(provenance).to_netcdf(tmp)
         report = {"sciencevae_version": __version__, "settings": self.settings,
                   "latents": self.latent_roles.reset_index().rename(columns={"latent": "index"}).to_dict("records"),
                   "knobs": [{**row, "direction": self.knobs.directions[row["knob"]].tolist()}
@@ -134,12 +135,28 @@ class ClimateResult:
                   "trend_component_slope_per_decade": trend_component_slopes(self)}
         atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
         save_figures(self, out / "figures")
-        slopes = pd.DataFrame([{"variable": v, **d} for v, d in report["trend_component_slope_per_decade"].items()])
-        tables = {"Knobs and their roles": self.roles.reset_index(),
-                  "Latents (posterior KL in nats, roles of the raw latents)": self.latent_roles.reset_index(),
-                  "Trend: slope per decade (area-weighted mean)": slopes, **(extra_tables or {})}
+        slopes = pd.DataFrame([{"variable": v, "units": f"{self.data[v].attrs.get('units', '')} per decade", **d}
+                               for v, d in report["trend_component_slope_per_decade"].items()])
+        knob_units = {"slope_per_decade": "slope (knob s.d. per decade)"}
+        tables = {"Knobs and their roles": self.roles.reset_index().rename(columns=knob_units),
+                  "Latents (posterior KL in nats, roles of the raw latents)":
+                      self.latent_roles.reset_index().rename(columns={"slope_per_decade": "slope (latent units per "
+                                                                                           "decade)"}),
+                  "Trend: Theil–Sen slope of the area-weighted mean, trend component and input": slopes,
+                  **(extra_tables or {})}
         write_report(out, "sciencevae climate run", self.settings, tables)
         return out
+
+
+def _provenance(out: Path, settings: dict) -> dict:
+    """Global attributes of every written netCDF: what made it, with which settings, from which input
+    (``run.json`` in the run folder, when the command line wrote one)."""
+    attrs = {"Conventions": "CF-1.8", "source": "sciencevae climate_trend", "sciencevae_version": __version__,
+             "settings": json.dumps(settings, default=str)}
+    if (out / "run.json").exists():
+        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        attrs["input"] = json.dumps(run.get("inputs", []))
+    return attrs
 
 
 def _area_mean(ds: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
@@ -179,10 +196,29 @@ def _components(model: BetaVAE, adapter: ClimateAdapter, data: xr.Dataset, z: np
                  "trend": parts["trend"][var], "residual": residual}
         for name, da in named.items():
             dims = [d for d in data[var].dims if d in da.dims]
-            da = da.transpose(*dims).assign_attrs(data[var].attrs)
-            da.attrs["long_name"] = f"{name} component of {data[var].attrs.get('long_name', var)}"
+            da = da.transpose(*dims).copy(deep=False)
+            da.attrs = _component_attrs(name, var, data[var].attrs)  # replaced: none of the input's ranges
             out[name if single else f"{var}_{name}"] = da
     return xr.Dataset(out, attrs={"source": "sciencevae climate_trend", "sciencevae_version": __version__})
+
+
+_COMPONENT_MEANINGS = {
+    "mean_state": ("mean state of {}", "time: mean"),
+    "seasonal": ("seasonal component of {} (anomaly from the mean state)", None),
+    "trend": ("trend component of {} (anomaly from the mean state)", None),
+    "residual": ("residual of {}: input minus mean state, seasonal and trend components", None),
+}
+
+
+def _component_attrs(name: str, var: str, source: dict) -> dict:
+    """CF attributes of a component: what it holds, the input's units, cell_methods where they apply."""
+    meaning, cell_methods = _COMPONENT_MEANINGS[name]
+    attrs = {"long_name": meaning.format(source.get("long_name", var))}
+    if "units" in source:
+        attrs["units"] = source["units"]
+    if cell_methods:
+        attrs["cell_methods"] = cell_methods
+    return attrs
 
 
 def _maps(model: BetaVAE, adapter: ClimateAdapter, knobs: Knobs) -> xr.Dataset:
@@ -193,7 +229,10 @@ def _maps(model: BetaVAE, adapter: ClimateAdapter, knobs: Knobs) -> xr.Dataset:
                             dim="knob", units="anomaly")
     maps = maps.assign_coords(role=("knob", knobs.table["role"].to_numpy().astype(str)))
     for var in maps.data_vars:
-        maps[var].attrs["description"] = "change of the field per unit (one standard deviation) of the knob"
+        name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
+        maps[var].attrs = {"long_name": f"change of {name} per knob standard deviation (decoder response at the "
+                                        "mean latent code)", **{k: v for k, v in maps[var].attrs.items() if k == "units"}}
+    maps["role"].attrs["long_name"] = "role of the knob"
     return maps
 
 
@@ -287,13 +326,17 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400,
     knobs = find_knobs(z, kl, month, years, rotate, kl_threshold, role_threshold)
     sample = adapter.sample_dim
     latents = xr.Dataset(
-        {"z": ((sample, "latent"), z, {"long_name": "posterior mean"}),
-         "z_std": ((sample, "latent"), z_std, {"long_name": "posterior standard deviation"}),
-         "knob": ((sample, "knob_index"), knobs.scores(z), {"long_name": "knob scores (unit variance)"}),
-         "direction": (("knob_index", "latent"), knobs.directions, {"long_name": "latent-space direction of a knob"})},
+        {"z": ((sample, "latent"), z, {"long_name": "posterior mean of each latent", "units": "1"}),
+         "z_std": ((sample, "latent"), z_std, {"long_name": "posterior standard deviation of each latent",
+                                               "units": "1"}),
+         "knob": ((sample, "knob_index"), knobs.scores(z), {"long_name": "knob score (unit variance over time)",
+                                                            "units": "1"}),
+         "direction": (("knob_index", "latent"), knobs.directions,
+                       {"long_name": "latent-space direction a knob moves along", "units": "1"})},
         coords={sample: time, "latent": np.arange(n_latent), "knob_index": np.arange(len(knobs.table)),
-                "latent_role": ("latent", latent_roles["role"].to_numpy().astype(str)), "kl": ("latent", kl),
-                "role": ("knob_index", knobs.table["role"].to_numpy().astype(str))},
+                "latent_role": ("latent", latent_roles["role"].to_numpy().astype(str), {"long_name": "role of the latent"}),
+                "kl": ("latent", kl, {"long_name": "KL divergence of the posterior from the prior", "units": "nats"}),
+                "role": ("knob_index", knobs.table["role"].to_numpy().astype(str), {"long_name": "role of the knob"})},
         attrs={"roles": json.dumps(knobs.table["role"].to_dict()),
                "latent_roles": json.dumps(latent_roles["role"].to_dict()), "sciencevae_version": __version__},
     )

@@ -9,7 +9,7 @@ Per run type:
 - climate run (``latents.nc``): ``latents`` (time x latent: z, z_std),
   ``knobs`` (time x knob scores, with roles) and ``maps`` (knob x grid);
 - cells run (``cells.h5ad``): ``latents`` (cell x programme activity) and
-  ``loadings`` (gene x programme);
+  ``loadings`` (gene x programme, the genes the model read: ``raw`` for a run on it);
 - fit run (``latents.csv``): ``latents`` (sample x latent).
 """
 
@@ -60,14 +60,17 @@ def _cells(run: Path) -> tuple[xr.Dataset, dict]:
     # the matrix the model read: raw may hold genes that var lacks, and then holds their loadings
     raw = adata.raw is not None and "sciencevae_loadings" in adata.raw.varm
     modelled = adata.raw if raw and settings.get("layer") == "raw" else adata
-    coords = {"cell": adata.obs_names.to_numpy(str), "gene": modelled.var_names.to_numpy(str),
+    used = modelled.var["sciencevae_used"].to_numpy(bool)  # loadings of the genes the model read, no others
+    coords = {"cell": adata.obs_names.to_numpy(str), "gene": modelled.var_names.to_numpy(str)[used],
               "programme": programmes}
     symbols = settings.get("gene_symbols")
     if symbols and symbols in modelled.var:
-        coords["gene_symbol"] = ("gene", modelled.var[symbols].astype(str).to_numpy())
+        coords["gene_symbol"] = ("gene", modelled.var[symbols].astype(str).to_numpy()[used])
     return xr.Dataset(
-        {"activity": (("cell", "programme"), adata.obsm["X_sciencevae"]),
-         "loading": (("gene", "programme"), np.asarray(modelled.varm["sciencevae_loadings"]))},
+        {"activity": (("cell", "programme"), adata.obsm["X_sciencevae"],
+                      {"long_name": "programme activity per cell (posterior mean, rotated)", "units": "1"}),
+         "loading": (("gene", "programme"), np.asarray(modelled.varm["sciencevae_loadings"])[used],
+                     {"long_name": "change of log expression per unit of programme activity", "units": "1"})},
         coords=coords,
     ), settings
 
@@ -75,7 +78,8 @@ def _cells(run: Path) -> tuple[xr.Dataset, dict]:
 def _fit(run: Path) -> tuple[xr.Dataset, dict]:
     frame = pd.read_csv(run / "latents.csv", index_col=0)
     config = json.loads((run / "model" / "config.json").read_text(encoding="utf-8"))
-    ds = xr.Dataset({"z": (("sample", "latent"), frame.to_numpy())},
+    ds = xr.Dataset({"z": (("sample", "latent"), frame.to_numpy(),
+                           {"long_name": "posterior mean of each latent", "units": "1"})},
                     coords={"sample": frame.index.astype(str).to_numpy(), "latent": list(frame.columns)})
     return ds, {"model": config["model"], "objective": config["objective"], "training": config["training"]}
 

@@ -31,7 +31,44 @@ from sciencevae import BetaVAE, Prepared, __version__
 from sciencevae.adapters.cells import CellsAdapter, missing_labels, modelled_var, read_cells
 from sciencevae.io import atomic_path, atomic_write_text
 
-__all__ = ["run", "check_inputs", "Inputs", "gene_names", "ProgrammeResult", "read_gmt", "gene_weights", "varimax", "top_genes", "enrichment", "association"]
+__all__ = ["run", "check_inputs", "batch_hints", "DESCRIPTIONS", "Inputs", "gene_names", "ProgrammeResult", "read_gmt", "gene_weights", "varimax", "top_genes", "enrichment", "association"]
+
+
+#: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
+DESCRIPTIONS = {
+    "obsm": {"X_sciencevae": "programme activity per cell: posterior means of the latents, rotated "
+                             "(uns/sciencevae/rotation); cells x programmes, unit prior variance"},
+    "varm": {"sciencevae_loadings": "programme loadings: change of log expression per unit of activity; "
+                                    "genes x programmes, 0 for genes the model did not read"},
+    "var": {"sciencevae_used": "True for the genes the model read (highly variable genes with counts)"},
+    "uns": {"kl_per_latent": "KL divergence of each latent's posterior from the prior (nats), before rotation"},
+}
+
+
+def batch_hints(association: pd.DataFrame, batch_key: str | None, min_effect: float = 1.0) -> list[str]:
+    """Plain-words hints when a programme separates an obs column that looks technical (a batch,
+    sample, plate, donor, dataset...) and no ``batch_key`` was given.
+
+    >>> table = pd.DataFrame({"programme": [3], "obs_key": ["batch"], "group": ["p1"], "effect_size": [1.2]})
+    >>> batch_hints(table, None)
+    ["programme 3 separates obs column 'batch' (group 'p1', Cohen's d 1.2): if it is technical, pass --batch-key batch (batch_key='batch')"]
+    """
+    if batch_key is not None or association.empty:
+        return []
+    technical = association[association["obs_key"].str.contains(TECHNICAL_COLUMNS, case=False, regex=True)]
+    technical = technical.dropna(subset=["effect_size"])
+    hints = []
+    for key, rows in technical.groupby("obs_key"):
+        best = rows.loc[rows["effect_size"].abs().idxmax()]
+        if abs(best["effect_size"]) >= min_effect:
+            hints.append(f"programme {best['programme']} separates obs column {key!r} (group {best['group']!r}, "
+                         f"Cohen's d {best['effect_size']:.2g}): if it is technical, pass --batch-key {key} "
+                         f"(batch_key={key!r})")
+    return hints
+
+
+#: obs column names that usually hold a technical grouping.
+TECHNICAL_COLUMNS = r"batch|sample|plate|donor|dataset|library|lane|run|platform|source|chemistry|protocol"
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:
@@ -141,7 +178,7 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
 
 
 def association(latents: np.ndarray, obs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean activity per group and Cohen's d of the group against the rest.
+    """Mean activity per group and Cohen's d of the group against the rest (NaN for a one-cell group).
 
     Cells without a value in a column (NaN, "nan", "") belong to no group of it.
     """
@@ -155,11 +192,25 @@ def association(latents: np.ndarray, obs: pd.DataFrame, keys: list[str]) -> pd.D
                 continue
             for j in range(latents.shape[1]):
                 a, b = latents[inside, j], latents[labelled & ~inside, j]
-                pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / max(len(a) + len(b) - 2, 1))
-                d = (a.mean() - b.mean()) / pooled if pooled > 0 else 0.0
                 rows.append({"programme": j, "obs_key": key, "group": group, "n_cells": int(inside.sum()),
-                             "mean": float(a.mean()), "effect_size": float(d)})
+                             "mean": float(a.mean()), "effect_size": cohens_d(a, b)})
     return pd.DataFrame(rows, columns=["programme", "obs_key", "group", "n_cells", "mean", "effect_size"])
+
+
+def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's d of ``a`` against ``b`` with the pooled standard deviation; NaN when it is undefined
+    (a group of one cell has no spread of its own), 0 when neither group varies and the means agree.
+
+    >>> cohens_d(np.array([1.0, 2.0, 3.0]), np.array([3.0, 4.0, 5.0]))
+    -2.0
+    >>> cohens_d(np.array([1.0]), np.array([3.0, 4.0]))
+    nan
+    """
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+    difference = float(a.mean() - b.mean())
+    return difference / float(pooled) if pooled > 0 else (0.0 if difference == 0 else float("nan"))
 
 
 def _categorical_keys(obs: pd.DataFrame, max_levels: int = 50) -> list[str]:
@@ -197,7 +248,7 @@ class ProgrammeResult:
         self.model.save(out / "model")
         self.adapter.save(out / "adapter.json")
         with atomic_path(out / "cells.h5ad") as tmp:
-            self.adata.write_h5ad(tmp)
+            self.adata.write_h5ad(tmp, compression="gzip")  # the counts are copied: keep the file small
         atomic_write_text(self.programmes.to_csv(index=False), out / "programmes.csv")
         atomic_write_text(self.association.to_csv(index=False), out / "association.csv")
         if self.enrichment is not None:
@@ -212,7 +263,8 @@ class ProgrammeResult:
             tables["Enrichment (20 strongest)"] = self.enrichment.drop(columns="genes").head(20)
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
         tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
-        write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})})
+        write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
+                     notes=batch_hints(self.association, self.settings.get("batch_key")))
         return out
 
 
@@ -300,7 +352,8 @@ def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     seed=seed, n_genes=len(adapter.genes), rotation=rotation, gene_symbols=gene_symbols)
     uns = {"params": {k: ("" if v is None else v) for k, v in settings.items()}, "likelihood": likelihood,
-           "kl_per_latent": kl.astype(float), "rotation": turn, "sciencevae_version": __version__}
+           "kl_per_latent": kl.astype(float), "rotation": turn, "sciencevae_version": __version__,
+           "descriptions": DESCRIPTIONS}
     sets = inputs.gene_sets
     return ProgrammeResult(
         model=model, adapter=adapter, adata=adapter.write_back(adata, latents, weights, uns), weights=weights,

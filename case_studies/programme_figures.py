@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from sciencevae.adapters.cells import OBSM_KEY
@@ -17,29 +18,47 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "UMAP_MAX_CELLS"]
 
 
-def group_heatmap(res: "ProgrammeResult", key: str) -> Figure:
-    """Mean programme activity per group of ``obs[key]`` (z-scored per programme)."""
-    table = res.association[res.association["obs_key"] == key].pivot(index="group", columns="programme", values="mean")
-    values = table.to_numpy()
-    values = (values - values.mean(0)) / np.where(values.std(0) > 0, values.std(0), 1)
-    figure = Figure(figsize=(1.0 + 0.5 * values.shape[1], 1.0 + 0.35 * values.shape[0]))
+def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> Figure:
+    """Effect size (Cohen's d of a group against the other cells) of every programme per group of
+    ``obs[key]`` (blank where undefined: a one-cell group), each cell annotated with the group's mean
+    activity (when the grid has at most ``annotate_max`` cells), each group with its cell count.
+    Magnitudes are kept: no per-programme rescaling."""
+    table = res.association[res.association["obs_key"] == key]
+    effect = table.pivot(index="group", columns="programme", values="effect_size")
+    means = table.pivot(index="group", columns="programme", values="mean").reindex_like(effect)
+    values = effect.to_numpy()
+    finite = np.abs(values[np.isfinite(values)])
+    limit = max(0.5, float(np.percentile(finite, 98))) if finite.size else 1.0
+    figure = Figure(figsize=(1.6 + 0.55 * values.shape[1], 1.4 + 0.35 * values.shape[0]))
     ax = figure.subplots()
-    image = ax.imshow(values, cmap="RdBu_r", aspect="auto", vmin=-2, vmax=2)
-    ax.set_xticks(range(values.shape[1]), [f"P{j}" for j in table.columns])
-    ax.set_yticks(range(values.shape[0]), table.index)
-    ax.set_title(f"programme activity by {key}", fontsize=9)
-    figure.colorbar(image, ax=ax, label="z-score of the group mean")
+    image = ax.imshow(values, cmap="RdBu_r", aspect="auto", vmin=-limit, vmax=limit)
+    if values.size <= annotate_max:
+        for (i, j), mean in np.ndenumerate(means.to_numpy()):
+            ax.text(j, i, f"{mean:.2g}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(values[i, j]) > 0.6 * limit else "black")
+    ax.set_xticks(range(values.shape[1]), [f"P{j}" for j in effect.columns])
+    sizes = table.groupby("group")["n_cells"].first().reindex(effect.index)
+    ax.set_yticks(range(values.shape[0]), [f"{g} (n={n:,})" for g, n in sizes.items()])
+    ax.set_xlabel("programme"), ax.set_ylabel(key)
+    ax.set_title(f"programme activity by {key} (numbers: group mean activity)", fontsize=9)
+    figure.colorbar(image, ax=ax, label="Cohen's d, group vs other cells")
     return figure
 
 
-def top_gene_bars(res: "ProgrammeResult", n_genes: int = 10) -> Figure:
-    """The top positive genes of every programme."""
+def top_gene_bars(res: "ProgrammeResult", n_genes: int = 8) -> Figure:
+    """Both ends of every programme: its top ``n_genes`` positive and negative genes."""
     programmes = sorted(res.programmes["programme"].unique())
-    figure, axes = panel_grid(len(programmes), 3.2, 2.6)
+    figure, axes = panel_grid(len(programmes), 3.4, 0.3 * 2 * n_genes + 0.9)
     for ax, j in zip(axes, programmes):
-        top = res.programmes[(res.programmes["programme"] == j) & (res.programmes["direction"] == "+")].head(n_genes)
-        ax.barh(top["gene"][::-1], top["weight"][::-1], color="tab:blue")
-        ax.set_title(f"programme {j}", fontsize=9)
+        rows = res.programmes[(res.programmes["programme"] == j) & (res.programmes["rank"] <= n_genes)]
+        ends = [rows[rows["direction"] == d].sort_values("weight") for d in ("-", "+")]
+        shown = pd.concat(ends)
+        colours = ["tab:red" if d == "-" else "tab:blue" for d in shown["direction"]]
+        ax.barh(np.arange(len(shown)), shown["weight"], color=colours)
+        ax.set_yticks(np.arange(len(shown)), shown["gene"])
+        ax.axvline(0, color="0.3", lw=0.6)
+        ax.set_title(f"programme {j} (+ blue, − red)", fontsize=9)
+        ax.set_xlabel("loading (Δ log expression per unit activity)", fontsize=7)
         ax.tick_params(labelsize=7)
     figure.tight_layout()
     return figure
@@ -57,7 +76,6 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
     Above ``max_cells`` cells a random subsample of that size is drawn.
     """
     import anndata as ad
-    import pandas as pd
     import scanpy as sc
 
     latents = res.adata.obsm[OBSM_KEY]
@@ -75,7 +93,8 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
         points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[rows, j], s=3, cmap="viridis")
         ax.set_title(f"programme {j}", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-        figure.colorbar(points, ax=ax, shrink=0.7, label="activity")
+        ax.set_xlabel("UMAP 1", fontsize=7), ax.set_ylabel("UMAP 2", fontsize=7)
+        figure.colorbar(points, ax=ax, shrink=0.7, label="programme activity")
     if len(rows) < n_cells:
         figure.suptitle(f"UMAP of a random {len(rows):,} of {n_cells:,} cells", fontsize=10)
     figure.tight_layout()

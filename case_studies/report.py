@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from sciencevae import __version__
+from sciencevae.cli import INCOMPLETE
 from sciencevae.io import atomic_write_text
 
 __all__ = ["write_report", "REPORT_NAME"]
@@ -33,7 +35,16 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True)
+    return frame.to_html(index=False, float_format=_number, border=0, escape=True)
+
+
+def _number(value: float) -> str:
+    """4 significant digits; rounding noise (|v| < 1e-9, e.g. an R² of 8.9e-16) shows as 0.
+
+    >>> _number(8.881784197001252e-16), _number(0.123456), _number(float("nan"))
+    ('0', '0.1235', 'nan')
+    """
+    return "0" if abs(value) < 1e-9 else f"{value:.4g}"
 
 
 def _figure(path: Path) -> str:
@@ -42,13 +53,23 @@ def _figure(path: Path) -> str:
     return f'<h3>{name}</h3>\n<img alt="{name}" src="data:image/png;base64,{data}">'
 
 
+def _inputs_table(folder: Path) -> pd.DataFrame | None:
+    """The run's input files and their sha256, from ``run.json`` (None when the run has none)."""
+    path = folder / "run.json"
+    if not path.exists():
+        return None
+    run = json.loads(path.read_text(encoding="utf-8"))
+    files = list(run.get("inputs", [])) + ([run["gene_sets"]] if "gene_sets" in run else [])
+    return pd.DataFrame(files, columns=["path", "sha256"]) if files else None
+
+
 def write_report(folder: str | Path, title: str, settings: dict, tables: dict[str, pd.DataFrame],
                  notes: list[str] | None = None) -> Path:
     """Write ``folder/report.html`` from the run's settings, tables, ``figures/*.png`` and files."""
     folder = Path(folder)
     figures = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.name != REPORT_NAME and not p.name.startswith("."))
+                   if p.is_file() and p.name not in (REPORT_NAME, INCOMPLETE) and not p.name.startswith("."))
     settings_frame = pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
     parts = [
         f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -56,8 +77,11 @@ def write_report(folder: str | Path, title: str, settings: dict, tables: dict[st
         f"<h1>{html.escape(title)}</h1>",
         f"<p>sciencevae {html.escape(__version__)}</p>",
         *[f"<p>{html.escape(note)}</p>" for note in notes or []],
-        "<h2>Settings</h2>", _table(settings_frame),
     ]
+    inputs = _inputs_table(folder)
+    parts += ["<h2>Input</h2>", _table(inputs) if inputs is not None else
+              "<p>data given in memory (no input file recorded in run.json)</p>"]
+    parts += ["<h2>Settings</h2>", _table(settings_frame)]
     for name, frame in tables.items():
         parts += [f"<h2>{html.escape(name)}</h2>", _table(frame)]
     if figures:

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -128,13 +129,22 @@ def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
 
 
 @contextmanager
-def run_folder(out: Path):
-    """Create ``out`` with an INCOMPLETE marker that is removed only when the run finishes."""
+def run_folder(out: Path, on_start=None):
+    """Create ``out`` with an INCOMPLETE marker that is removed only when the run finishes;
+    ``on_start()`` is called once the folder exists (the input has been checked)."""
+    if on_start is not None:
+        on_start()
     out.mkdir(parents=True, exist_ok=True)
     marker = out / INCOMPLETE
     atomic_write_text("this run has not finished (or it failed); its outputs may be missing or partial\n", marker)
     yield out
     marker.unlink()
+
+
+def _release_warnings(args: argparse.Namespace):
+    """The callable that prints the warnings held back while the input was checked."""
+    lines = getattr(args, "warning_lines", None)
+    return None if lines is None else lines.release
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -145,14 +155,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _check_out(args.out, [args.input], args.overwrite or _resuming(args))
     vae = _model_from_args(args, X.shape[1])
     vae.validate(X)  # before anything is written
-    with run_folder(args.out):
+    with run_folder(args.out, _release_warnings(args)):
         history = vae.fit(
             X, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
             progress=not args.quiet, **_kernel_choices(args), **_checkpointing(args),
         )
         _write_fit_outputs(args, vae, X, names, history)
     kl = ", ".join(f"z{j}={v:.2f}" for j, v in enumerate(vae.kl_per_latent(X)))
-    print(f"wrote {args.out}/model, latents.csv, history.csv\nper-latent KL (nats): {kl}")
+    print(f"wrote {args.out}: model/, latents.csv, history.csv, run.json"
+          f"{', checkpoint/' if args.checkpoint_every else ''}\nper-latent KL (nats): {kl}")
     return 0
 
 
@@ -208,59 +219,95 @@ def _cmd_climate(args: argparse.Namespace) -> int:
     _check_out(args.out, args.inputs, args.overwrite or _resuming(args))
     inputs = [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0])
     climate_trend.validate(inputs, args.var)  # times, record length, grid: before anything is written
-    with run_folder(args.out):
+    with run_folder(args.out, _release_warnings(args)):
+        _write_run_json(args.out, "climate", args.inputs)  # first: the report names the input
         res = climate_trend.run(
             inputs, var=args.var, n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed,
             device=args.device, progress=not args.quiet, **_checkpointing(args),
         )
         res.save(args.out)
-    run = {"command": "climate", "sciencevae_version": __version__,
-           "inputs": [{"path": str(p.resolve()), "sha256": file_sha256(p)} for p in args.inputs if p.is_file()]}
-    atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
     print(res.roles.round(3).to_string())
     for var, slopes in climate_trend.trend_component_slopes(res).items():
-        print(f"{var}: trend component {slopes['trend_component']:+.3f} per decade "
-              f"(area-weighted mean of the input: {slopes['observed_area_mean']:+.3f})")
-    print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, figures/, model/")
+        units = res.data[var].attrs.get("units", "")
+        print(f"{var}: trend component {slopes['trend_component']:+.3f} {units} per decade "
+              f"(area-weighted mean of the input: {slopes['observed_area_mean']:+.3f} {units} per decade)")
+    print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, report.html, run.json, adapter.nc, "
+          "figures/, model/")
     return 0
+
+
+def _file_record(path: Path) -> dict:
+    """A file's absolute path and sha256 (None for a folder, e.g. a .zarr store or a 10x mtx folder)."""
+    return {"path": str(path.resolve()), "sha256": file_sha256(path) if path.is_file() else None}
+
+
+def _write_run_json(out: Path, command: str, inputs: list[Path], gene_sets: Path | None = None) -> None:
+    """``RUN_DIR/run.json``: the command, the toolkit version and every input's path and sha256."""
+    run = {"command": command, "sciencevae_version": __version__, "inputs": [_file_record(p) for p in inputs]}
+    if command == "cells":  # the single-input form `diagnose` and older runs read
+        run.update(input=run["inputs"][0]["path"], input_sha256=run["inputs"][0]["sha256"])
+    if gene_sets is not None:
+        run["gene_sets"] = _file_record(gene_sets)
+    atomic_write_text(json.dumps(run, indent=2), out / "run.json")
 
 
 def _cmd_cells(args: argparse.Namespace) -> int:
     _refuse_torchrun("cells")
-    from .adapters.cells import read_cells
+    from .adapters.cells import drop_empty_cells, read_cells
     from .case_studies import gene_programmes
 
     adata = read_cells(args.input)
+    if args.drop_empty_cells:
+        adata = drop_empty_cells(adata, args.layer)
     _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []),
                args.overwrite or _resuming(args))
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
                    gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None)
     inputs = gene_programmes.check_inputs(adata, **choices)  # everything checked before anything is written
-    with run_folder(args.out):
+    with run_folder(args.out, _release_warnings(args)):
+        _write_run_json(args.out, "cells", [args.input], gene_sets=args.gene_sets)  # first: the report names it
         res = gene_programmes.run(
             adata, n_latent=args.n_latent, decoder=args.decoder, beta=args.beta, epochs=args.epochs, seed=args.seed,
             device=args.device, progress=not args.quiet, inputs=inputs, **choices, **_checkpointing(args),
         )
         res.save(args.out)
-    run = {"command": "cells", "sciencevae_version": __version__, "input": str(args.input.resolve()),
-           "input_sha256": file_sha256(args.input) if args.input.is_file() else None}
-    atomic_write_text(json.dumps(run, indent=2), args.out / "run.json")
-    top = res.programmes[(res.programmes["direction"] == "+") & (res.programmes["rank"] <= 5)]
-    for programme, genes in top.groupby("programme")["gene"]:
-        print(f"programme {programme}: {', '.join(genes)}")
+    top = res.programmes[res.programmes["rank"] <= 5]
+    for programme, rows in top.groupby("programme"):
+        ends = {d: ", ".join(rows.loc[rows["direction"] == d, "gene"]) for d in ("+", "-")}
+        print(f"programme {programme}: + {ends['+']} | - {ends['-']}")
+    for hint in gene_programmes.batch_hints(res.association, args.batch_key):
+        print(f"hint: {hint}")
     if res.enrichment is not None and len(res.enrichment):
-        best = res.enrichment.iloc[0]
-        print(f"strongest enrichment: programme {best.programme} ({best.direction}) {best.gene_set} q={best.q:.2g}")
+        print(_enrichment_headline(res.enrichment))
     print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
-          f"{', enrichment.csv' if res.enrichment is not None else ''}, figures/, model/")
+          f"{', enrichment.csv' if res.enrichment is not None else ''}, report.html, run.json, adapter.json, "
+          "figures/, model/")
     return 0
+
+
+def _enrichment_headline(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The most significant gene set by either test (top-gene overlap q or rank test rank_q), or a
+    plain 'none' when no set passes ``alpha``.
+
+    >>> table = pd.DataFrame({"programme": [0, 1], "direction": ["+", "-"], "gene_set": ["A", "B"],
+    ...                       "q": [0.7, 0.9], "rank_q": [0.8, 0.01]})
+    >>> _enrichment_headline(table)
+    'strongest enrichment: programme 1 (-) B (rank test q=0.01)'
+    """
+    best_q = table.loc[table["q"].idxmin()]
+    best_rank = table.loc[table["rank_q"].idxmin()]
+    best, test, q = ((best_q, "top genes", best_q.q) if best_q.q <= best_rank.rank_q
+                     else (best_rank, "rank test", best_rank.rank_q))
+    if q > alpha:
+        return f"no gene set is enriched at q <= {alpha:g} (smallest q {q:.2g}: see enrichment.csv)"
+    return f"strongest enrichment: programme {best.programme} ({best.direction}) {best.gene_set} ({test} q={q:.2g})"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .case_studies.demo import run_demo
 
     _check_out(args.out, [], args.overwrite)
-    with run_folder(args.out):
+    with run_folder(args.out, _release_warnings(args)):
         result = run_demo(args.out, fast=args.fast, progress=not args.quiet)
     print("gene programmes on pbmc68k_reduced — known markers among the top genes:")
     print(result["markers"].to_string(index=False))
@@ -390,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment")
     cells.add_argument("--gene-symbols", help="var column with the gene symbols the gene sets use")
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
+    cells.add_argument("--drop-empty-cells", action="store_true",
+                       help="leave out cells without counts (with a warning) instead of refusing the file")
     _add_run_flags(cells, n_latent=10, beta=1.0, epochs=100)
     cells.set_defaults(run=_cmd_cells)
 
@@ -415,6 +464,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Warnings about libraries' own APIs: not about the user's data, so the command does not print them.
+LIBRARY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+class WarningLines:
+    """Warnings as one line each (``sciencevae: warning: ...``), each text once, none of
+    :data:`LIBRARY_WARNINGS`. While the input is checked they are held back, so that a refused input
+    prints its one error line only; :meth:`release` (when the run starts, or at the end) prints them."""
+
+    def __init__(self) -> None:
+        self.shown: set[str] = set()
+        self.held: list[str] = []
+        self.holding = True
+
+    def install(self) -> None:
+        """Route warnings here; call inside ``warnings.catch_warnings()``."""
+        warnings.simplefilter("always")  # every warning reaches `show`, which prints each text once
+        for category in LIBRARY_WARNINGS:
+            warnings.simplefilter("ignore", category)
+        warnings.showwarning = self.show
+
+    def show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in self.shown:
+            self.shown.add(text)
+            self.held.append(text)
+            if not self.holding:
+                self.release()
+
+    def release(self) -> None:
+        self.holding = False
+        for text in self.held:
+            print(f"sciencevae: warning: {text}", file=sys.stderr)
+        self.held.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sciencevae`` command; returns the exit status."""
     parser = build_parser()
@@ -422,8 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    args.warning_lines = WarningLines()
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            args.warning_lines.install()
+            status = args.run(args)
+        args.warning_lines.release()
+        return status
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         print(f"sciencevae: interrupted: {err}" if str(err) else "sciencevae: interrupted", file=sys.stderr)
         return 130

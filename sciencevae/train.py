@@ -398,7 +398,10 @@ def fit(
             stop = _early_stopping_update(state, record, objective, config, last_good)
             if checkpoint is not None and (state.epoch % checkpoint_every == 0 or stop or state.epoch == config.epochs):
                 _save_checkpoint(checkpoint, module, optimizer, state, shuffle, noise, config, workers)
-            bar.set_postfix(loss=f"{record['loss']:.4g}", val=f"{record.get('val_loss', math.nan):.4g}")
+            shown = {"loss": f"{record['loss']:.4g}"}
+            if "val_loss" in record:  # no validation split: nothing to show (never "val=nan")
+                shown["val"] = f"{record['val_loss']:.4g}"
+            bar.set_postfix(shown)
             if stop:
                 break
     except KeyboardInterrupt:
