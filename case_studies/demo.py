@@ -11,12 +11,15 @@ Each part writes a run folder with a ``report.html``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from sciencevae import __version__
 from sciencevae.datasets import monthly_field
+from sciencevae.io import atomic_write_text
 
 __all__ = ["run_demo", "pbmc_counts", "MARKERS"]
 
@@ -82,6 +85,24 @@ def marker_table(res) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pbmc_file() -> Path:
+    """The file of scanpy's bundled pbmc68k_reduced."""
+    import scanpy as sc
+
+    return Path(sc.__file__).parent / "datasets" / "10x_pbmc68k_reduced.h5ad"
+
+
+def _record_input(folder: Path, source: Path | None, description: str) -> None:
+    """``run.json`` of a demo run: the input it was made from (the report names it and its sha256)."""
+    from sciencevae.cli import file_sha256
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"path": f"{description} ({source})" if source else description,
+              "sha256": file_sha256(source) if source is not None and source.is_file() else None}
+    run = {"command": "demo", "sciencevae_version": __version__, "inputs": [record]}
+    atomic_write_text(json.dumps(run, indent=2), folder / "run.json")
+
+
 def run_demo(out: str | Path, fast: bool = False, progress: bool = True) -> dict[str, Path]:
     """Run both demos into ``out/cells`` and ``out/climate``; returns the report paths."""
     from . import climate_trend, gene_programmes
@@ -90,8 +111,11 @@ def run_demo(out: str | Path, fast: bool = False, progress: bool = True) -> dict
     cells = gene_programmes.run(pbmc_counts(), n_latent=10, n_top_genes=None, epochs=5 if fast else 100,
                                 progress=progress)
     markers = marker_table(cells)
+    _record_input(out / "cells", _pbmc_file(), "scanpy's bundled pbmc68k_reduced, counts from raw.X and n_counts")
     cells.save(out / "cells", extra_tables={"Known PBMC markers among the top genes": markers})
     truth = monthly_field(n_years=40, n_lat=18, n_lon=36, seed=0)
+    _record_input(out / "climate", None, "sciencevae.datasets.monthly_field(n_years=40, n_lat=18, n_lon=36, "
+                                         "seed=0), generated in memory")
     climate = climate_trend.run(climate_trend.synthetic_dataset(truth), var="sst", epochs=20 if fast else 400,
                                 progress=progress)
     compared = climate_truth_table(climate, truth)

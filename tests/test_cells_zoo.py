@@ -189,6 +189,8 @@ def check_complete_run(run: Path, adata: ad.AnnData, args: list[str], capsys) ->
                                  capsys)
         assert code == 0, captured.err
     exported = xr.open_zarr(run.parent / "export_zarr" / "export.zarr")
+    assert "per unit of programme activity" in exported["loading"].attrs["long_name"]
+    assert "activity per cell" in exported["activity"].attrs["long_name"]
     np.testing.assert_array_equal(exported["loading"].values, loadings[used])  # every modelled gene, no others
     assert list(exported["gene"].values) == list(modelled.var_names[used])
     table = pd.read_parquet(run.parent / "export_parquet" / "loading.parquet")
@@ -327,3 +329,11 @@ def test_integer_counts_choose_the_genes_of_their_float_copy(dtype):
     assert X.max() > 1000
     exact = CellsAdapter.from_adata(base(X.astype(np.float64)), n_top_genes=15, batch_key="batch").genes
     assert CellsAdapter.from_adata(base(X.astype(dtype)), n_top_genes=15, batch_key="batch").genes == exact
+
+
+def test_ercc_spike_ins_are_named_once():
+    adata = base()
+    adata.var_names = ["ERCC-00002", "ERCC-00003"] + list(adata.var_names[2:])
+    with pytest.warns(UserWarning, match=r"2 ERCC spike-ins \(e\.g\. ERCC-00002\) are modelled as genes") as caught:
+        CellsAdapter.from_adata(adata)
+    assert len([w for w in caught if "ERCC" in str(w.message)]) == 1

@@ -109,10 +109,17 @@ def test_written_variables_describe_what_they_hold(climate, tmp_path):
         assert attrs["units"] == "degC" and name.split("_")[0] in attrs["long_name"]
         assert not {"actual_range", "statistic", "valid_range"} & set(attrs)
     assert components["mean_state"].attrs["cell_methods"] == "time: mean"
+    # what the attributes claim of the values: anomalies have zero time mean, the parts add up to the input
+    for name in ("seasonal", "trend"):
+        assert float(np.abs(components[name].mean("time")).max()) < 1e-3
+    total = components["mean_state"] + components["seasonal"] + components["trend"] + components["residual"]
+    np.testing.assert_allclose(total.transpose(*field["sst"].dims).values, field["sst"].values, atol=1e-3)
     maps = xr.open_dataset(tmp_path / "run" / "maps.nc")
     assert "per knob standard deviation" in maps["sst"].attrs["long_name"] and maps["sst"].attrs["units"] == "degC"
     latents = xr.open_dataset(tmp_path / "run" / "latents.nc")
     assert latents["kl"].attrs["units"] == "nats" and all(latents[v].attrs["units"] == "1" for v in latents.data_vars)
+    assert "unit variance" in latents["knob"].attrs["long_name"]
+    np.testing.assert_allclose(latents["knob"].var("time").values, 1.0, rtol=1e-3)
     for ds in (components, maps, latents):
         assert ds.attrs["sciencevae_version"] and json.loads(ds.attrs["settings"])["n_latent"] == 4
 
