@@ -31,7 +31,8 @@ from sciencevae import BetaVAE, Prepared, __version__
 from sciencevae.adapters.cells import CellsAdapter, missing_labels, modelled_var, read_cells
 from sciencevae.io import atomic_path, atomic_write_text
 
-__all__ = ["run", "check_inputs", "batch_hints", "DESCRIPTIONS", "Inputs", "gene_names", "ProgrammeResult", "read_gmt", "gene_weights", "varimax", "top_genes", "enrichment", "association"]
+__all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
+           "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS"]
 
 
 #: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
@@ -43,6 +44,10 @@ DESCRIPTIONS = {
     "var": {"sciencevae_used": "True for the genes the model read (highly variable genes with counts)"},
     "uns": {"kl_per_latent": "KL divergence of each latent's posterior from the prior (nats), before rotation"},
 }
+
+
+#: obs column names that usually hold a technical grouping.
+TECHNICAL_COLUMNS = r"batch|sample|plate|donor|dataset|library|lane|run|platform|source|chemistry|protocol"
 
 
 def batch_hints(association: pd.DataFrame, batch_key: str | None, min_effect: float = 1.0) -> list[str]:
@@ -66,9 +71,6 @@ def batch_hints(association: pd.DataFrame, batch_key: str | None, min_effect: fl
                          f"(batch_key={key!r})")
     return hints
 
-
-#: obs column names that usually hold a technical grouping.
-TECHNICAL_COLUMNS = r"batch|sample|plate|donor|dataset|library|lane|run|platform|source|chemistry|protocol"
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:
