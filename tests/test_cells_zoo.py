@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse as sp
 import xarray as xr
 
-from sciencevae.adapters.cells import CellsAdapter
+from sciencevae.adapters.cells import CellsAdapter, read_cells
 from sciencevae.case_studies import gene_programmes
 from sciencevae.cli import INCOMPLETE, main
 from sciencevae.datasets import count_programmes
@@ -229,7 +229,20 @@ def test_a_file_that_cannot_run_is_refused_in_one_line(name, write, tmp_path, ca
     assert code == 2 and len(err.splitlines()) == 1, err
     assert problem in err and fix in err, err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match=re.escape(problem)):  # the API refuses it with the same message
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gene_programmes.check_inputs(read_cells(path), **api_arguments(extra))
     assert digest(path.parent) == before
+
+
+def api_arguments(flags: list[str]) -> dict:
+    """The keyword arguments of `gene_programmes.check_inputs` that CLI flags stand for."""
+    names = {"--layer": "layer", "--batch-key": "batch_key", "--gene-symbols": "gene_symbols",
+             "--n-top-genes": "n_top_genes"}
+    given = dict(zip(flags[::2], flags[1::2]))
+    kwargs = {names[k]: (int(v) or None if k == "--n-top-genes" else v) for k, v in given.items()}
+    return {"n_top_genes": 2000, **kwargs}
 
 
 def test_near_integer_counts_are_rounded_once_with_the_value_at_full_precision():
