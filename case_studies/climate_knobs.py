@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.stats import theilslopes
+
+from .trend_test import trend_test
 
 __all__ = ["decimal_years", "harmonics", "smooth_basis", "explained", "assign_roles", "Knobs", "find_knobs"]
 
@@ -72,16 +73,38 @@ def explained(design: np.ndarray, y: np.ndarray) -> float:
     return float(1 - np.var(y - design @ coef) / var) if var > 0 else 0.0
 
 
+#: Significance level of the trend test (:func:`.trend_test.trend_test`).
+TREND_ALPHA = 0.05
+STATS_COLUMNS = ["seasonal_r2", "trend_r2", "slope_per_decade", "slope_low", "slope_high", "trend_p"]
+
+
 def _series_stats(series: np.ndarray, month: np.ndarray, years: np.ndarray) -> dict:
-    slope = theilslopes(series, years)[0] * 10 if np.ptp(series) > 0 else 0.0
+    """R² of the seasonal harmonics and of a smooth curve; the Theil–Sen slope of the annual means per
+    decade with its 95% interval and the autocorrelation-corrected Mann–Kendall p-value."""
+    test = trend_test(series, years, TREND_ALPHA)
     return {"seasonal_r2": explained(harmonics(month), series), "trend_r2": explained(smooth_basis(years), series),
-            "slope_per_decade": float(slope)}
+            "slope_per_decade": test.slope_per_decade, "slope_low": test.low_per_decade,
+            "slope_high": test.high_per_decade, "trend_p": test.p_value}
 
 
 def _role(stats: dict, threshold: float) -> str:
+    """seasonal when the harmonics explain most; trend when a smooth curve does and the trend is
+    detectable; else other."""
     if stats["seasonal_r2"] >= threshold and stats["seasonal_r2"] >= stats["trend_r2"]:
         return "seasonal"
-    return "trend" if stats["trend_r2"] >= threshold else "other"
+    return "trend" if stats["trend_r2"] >= threshold and stats["trend_p"] < TREND_ALPHA else "other"
+
+
+def _rotated_role(k: int, n_seasonal: int, n_candidates: int, stats: dict, threshold: float) -> str:
+    """Role of rotated knob ``k``: the first ``n_seasonal`` are seasonal; the next (the direction a
+    smooth curve explains best) is the trend when its trend is detectable at ``TREND_ALPHA /
+    n_candidates`` (it was picked as the best of ``n_candidates`` directions); later ones need
+    ``trend_r2 >= threshold`` as well."""
+    if k < n_seasonal:
+        return "seasonal"
+    if k == n_seasonal and stats["trend_p"] < TREND_ALPHA / max(n_candidates, 1):
+        return "trend"
+    return "trend" if stats["trend_r2"] >= threshold and stats["trend_p"] < TREND_ALPHA else "other"
 
 
 def assign_roles(latents: np.ndarray, month: np.ndarray, years: np.ndarray, kl: np.ndarray,
@@ -193,9 +216,9 @@ def find_knobs(z: np.ndarray, kl: np.ndarray, month: np.ndarray, years: np.ndarr
         share = directions[k] ** 2 / max(np.sum(directions[k] ** 2), 1e-12)
         role = _role(stats, role_threshold)
         if rotate and active.sum() > 1:
-            role = "seasonal" if k < n_seasonal else ("trend" if stats["trend_r2"] >= role_threshold else "other")
+            role = _rotated_role(k, n_seasonal, int(active.sum()) - n_seasonal, stats, role_threshold)
         rows.append({"knob": k, "role": role, **stats, "main_latent": int(np.argmax(share)),
                      "main_latent_share": float(share.max())})
-    table = pd.DataFrame(rows, columns=["knob", "role", "seasonal_r2", "trend_r2", "slope_per_decade",
-                                        "main_latent", "main_latent_share"]).set_index("knob")
+    table = pd.DataFrame(rows, columns=["knob", "role", *STATS_COLUMNS, "main_latent",
+                                        "main_latent_share"]).set_index("knob")
     return Knobs(center=center, weights=weights, directions=directions, table=table)

@@ -40,13 +40,13 @@ import cftime
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.stats import theilslopes
 
 from sciencevae import BetaVAE, __version__
 from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, open_field
 from sciencevae.io import atomic_path, atomic_write_text
 
 from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs
+from .trend_test import describe, trend_test
 
 __all__ = ["run", "validate", "check_record", "ClimateResult", "synthetic_dataset", "trend_component_slopes",
            "MIN_RECORD_YEARS"]
@@ -135,16 +135,18 @@ class ClimateResult:
                   "trend_component_slope_per_decade": trend_component_slopes(self)}
         atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
         save_figures(self, out / "figures")
-        slopes = pd.DataFrame([{"variable": v, "units": f"{self.data[v].attrs.get('units', '')} per decade", **d}
-                               for v, d in report["trend_component_slope_per_decade"].items()])
+        trends = report["trend_component_slope_per_decade"]
+        slopes = pd.DataFrame([{"variable": v, "units": f"{self.data[v].attrs.get('units', '')} per decade",
+                                **{k: x for k, x in d.items() if k != "summary"}} for v, d in trends.items()])
         knob_units = {"slope_per_decade": "slope (knob s.d. per decade)"}
         tables = {"Knobs and their roles": self.roles.reset_index().rename(columns=knob_units),
                   "Latents (posterior KL in nats, roles of the raw latents)":
                       self.latent_roles.reset_index().rename(columns={"slope_per_decade": "slope (latent units per "
                                                                                            "decade)"}),
-                  "Trend: Theil–Sen slope of the area-weighted mean, trend component and input": slopes,
+                  "Trend: Theil–Sen slopes of annual area-weighted means, 95% intervals": slopes,
                   **(extra_tables or {})}
-        write_report(out, "sciencevae climate run", self.settings, tables)
+        write_report(out, "sciencevae climate run", self.settings, tables,
+                     notes=[f"Trend of {v}: {d['summary']}." for v, d in trends.items()])
         return out
 
 
@@ -165,16 +167,36 @@ def _area_mean(ds: xr.Dataset, weights: xr.Dataset) -> xr.Dataset:
 
 
 def trend_component_slopes(res: ClimateResult) -> dict:
-    """Theil–Sen slope per decade of the area-weighted mean of the trend component and of the input."""
+    """Per variable: the trend of the area-weighted mean of the trend component and of the input.
+
+    Slopes are Theil–Sen slopes of annual means per decade (:func:`.trend_test.trend_test`). The
+    input's has a 95% interval and an autocorrelation-corrected Mann–Kendall p-value; the trend
+    component's interval is the trend knob's, scaled by the component's response to the knob. With
+    no detectable trend (no trend knob) the component is 0 and ``trend_detectable`` is False.
+    ``summary`` says it in plain words.
+    """
     years = decimal_years(res.time)
     weights = res.adapter.grid_weights()
+    trend = res.knobs_of("trend")
+    knob = trend_test(res.latents["knob"].values[:, trend[0]], years) if trend else None
     out = {}
     for var in res.adapter.variables:
         comp = res.components["trend" if len(res.adapter.variables) == 1 else f"{var}_trend"]
-        trend_mean = _area_mean(xr.Dataset({var: comp}), weights)[var].values
-        observed = _area_mean(res.data[[var]], weights)[var].values
-        out[var] = {"trend_component": float(theilslopes(trend_mean, years)[0] * 10),
-                    "observed_area_mean": float(theilslopes(observed, years)[0] * 10)}
+        component = trend_test(_area_mean(xr.Dataset({var: comp}), weights)[var].values, years).slope_per_decade
+        observed = trend_test(_area_mean(res.data[[var]], weights)[var].values, years)
+        scale = component / knob.slope_per_decade if knob is not None and knob.slope_per_decade else 0.0
+        low, high = sorted(((knob.low_per_decade * scale, knob.high_per_decade * scale) if knob is not None
+                            else (component, component)))
+        units = res.data[var].attrs.get("units", "")
+        found = (f"the trend component of {var} changes by {component:+.3f} {units} per decade (95% interval "
+                 f"{low:+.3f} to {high:+.3f})" if knob is not None else
+                 f"no trend is detectable in the knobs, so the trend component of {var} is 0")
+        out[var] = {"trend_component": component, "trend_component_low": low, "trend_component_high": high,
+                    "trend_detectable": knob is not None,
+                    "observed_area_mean": observed.slope_per_decade, "observed_low": observed.low_per_decade,
+                    "observed_high": observed.high_per_decade, "observed_p": observed.p_value,
+                    "observed_detectable": observed.detectable,
+                    "summary": f"{found}; {describe(observed, 'the area-weighted mean of the input', units)}"}
     return out
 
 

@@ -229,9 +229,7 @@ def _cmd_climate(args: argparse.Namespace) -> int:
         res.save(args.out)
     print(res.roles.round(3).to_string())
     for var, slopes in climate_trend.trend_component_slopes(res).items():
-        units = res.data[var].attrs.get("units", "")
-        print(f"{var}: trend component {slopes['trend_component']:+.3f} {units} per decade "
-              f"(area-weighted mean of the input: {slopes['observed_area_mean']:+.3f} {units} per decade)")
+        print(f"{var}: {slopes['summary']}")
     print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, report.html, run.json, adapter.nc, "
           "figures/, model/")
     return 0

@@ -67,6 +67,36 @@ def test_components_match_the_truth(result, truth):
     assert result.components["seasonal"].attrs["units"] == "degC"
 
 
+@pytest.fixture(scope="module")
+def detrended(truth):
+    """The control: the same field with each grid cell's least-squares linear trend removed."""
+    field = ct.synthetic_dataset(truth)
+    years = xr.DataArray(ct.decimal_years(field.time), dims="time", coords={"time": field.time})
+    t = years - years.mean()
+    slope = ((field.sst - field.sst.mean("time")) * t).sum("time") / (t**2).sum()
+    field["sst"] = (field.sst - slope * t).assign_attrs(field.sst.attrs)
+    return ct.run(field, var="sst", n_latent=8, beta=8.0, epochs=400, seed=0, progress=False)
+
+
+def test_the_trend_found_matches_the_observed_one_within_its_interval(result):
+    slopes = ct.trend_component_slopes(result)["sst"]
+    assert slopes["trend_detectable"] and slopes["observed_detectable"]
+    observed = slopes["observed_area_mean"]
+    assert slopes["trend_component_low"] <= observed <= slopes["trend_component_high"]
+    assert abs(slopes["trend_component"] - observed) <= 0.5 * abs(observed)
+    assert slopes["observed_low"] < observed < slopes["observed_high"]
+    assert slopes["summary"].startswith("the trend component of sst changes by +")
+
+
+def test_a_detrended_control_reports_that_no_trend_is_detectable(detrended):
+    assert "trend" not in detrended.roles["role"].tolist(), detrended.roles
+    slopes = ct.trend_component_slopes(detrended)["sst"]
+    assert not slopes["trend_detectable"] and not slopes["observed_detectable"]
+    assert slopes["trend_component"] == 0.0 and abs(slopes["observed_area_mean"]) < 0.05
+    assert slopes["summary"].startswith("no trend is detectable in the knobs")
+    assert "no trend is detectable in the area-weighted mean" in slopes["summary"]
+
+
 def test_trend_slope_is_reported_next_to_the_observed_one(result):
     slopes = ct.trend_component_slopes(result)["sst"]
     assert slopes["trend_component"] == pytest.approx(slopes["observed_area_mean"], rel=0.25)
