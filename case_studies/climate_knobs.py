@@ -11,7 +11,9 @@ Two ways to get knobs from the latents ``z`` (time x latent):
   directions whose variance the annual + semi-annual harmonics explain best
   (R² ≥ ``role_threshold``: the seasonal knobs, usually a phase circle of
   two), then, orthogonal to them, the directions a smooth curve of time
-  explains best (the trend knobs), then the rest (``other``). A β-VAE fixes
+  explains best; the first is the trend knob when its trend is detectable
+  (:func:`.trend_test.trend_test`, at ``TREND_ALPHA`` over the number of
+  candidate directions), the rest ``other``. A β-VAE fixes
   its latents only up to such mixing when two modes are weak; the rotation
   reads the knobs off without retraining. Each knob has unit variance over
   time and a direction in latent space, so it still decodes through the

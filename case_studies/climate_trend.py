@@ -5,8 +5,9 @@ Every latent gets a role from its time series (``latent_roles``):
 
 - ``seasonal``: annual + semi-annual harmonics of the month explain most of it
   (R² ≥ ``role_threshold``); the cycle usually takes two latents, a phase circle;
-- ``trend``: a smooth curve of time (cubic polynomial) explains most of it;
-  its Theil–Sen slope is reported per decade;
+- ``trend``: a smooth curve of time (cubic polynomial) explains most of it
+  and its trend is detectable (:mod:`.trend_test`: Theil–Sen slope per decade
+  with an autocorrelation-corrected interval and Mann–Kendall p-value);
 - ``other``: active but neither (e.g. an ENSO-like mode);
 - ``inactive``: KL below ``kl_threshold`` nats.
 
