@@ -107,8 +107,9 @@ def _variables(ds: xr.Dataset, var) -> list[str]:
 def _check_samples(da: xr.DataArray, sample_dim: str) -> None:
     if sample_dim not in da.dims:
         raise ValueError(
-            f"variable {da.name!r} has no {sample_dim!r} dimension (dims {da.dims}); "
-            "pass sample_dim= the dimension that indexes samples"
+            f"variable {da.name!r} has no {sample_dim!r} dimension (dims {da.dims}); name the dimension that "
+            f"indexes samples {sample_dim!r} (ds.rename({{'t': {sample_dim!r}}}) on a copy, or `ncrename -d t,"
+            f"{sample_dim}` for a file), or pass sample_dim= in Python"
         )
     if da.ndim < 2:
         raise ValueError(f"variable {da.name!r} has only the {sample_dim!r} dimension; nothing to stack as features")

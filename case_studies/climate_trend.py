@@ -282,8 +282,14 @@ def _check_dates(time: xr.DataArray) -> None:
                      f"dates for its seasonal and trend roles: {fix}")
 
 
+#: The coarsest sampling that resolves an annual + semi-annual cycle: monthly (with some slack for
+#: 31-day months and gaps).
+MAX_STEP_YEARS = 35 / 365.25
+
+
 def check_record(time: xr.DataArray) -> None:
-    """Refuse a time coordinate that is not dates or spans less than ``MIN_RECORD_YEARS`` (two annual cycles).
+    """Refuse a time coordinate that is not dates, spans less than ``MIN_RECORD_YEARS`` (two annual
+    cycles) or is sampled more coarsely than monthly (``MAX_STEP_YEARS``).
 
     The span counts one step past the last date (24 monthly steps span 2 years).
 
@@ -304,6 +310,9 @@ from a trend needs at least 2 years (24 monthly steps): give a longer record
         raise ValueError(f"the record spans {round(span * 12)} months ({span:.2f} years{where}); telling the "
                          f"seasonal cycle from a trend needs at least {MIN_RECORD_YEARS:g} years "
                          f"({round(MIN_RECORD_YEARS * 12)} monthly steps): give a longer record")
+    if step > MAX_STEP_YEARS:
+        raise ValueError(f"the time steps are {step * 365.25:.0f} days apart; a seasonal cycle needs at least "
+                         "monthly samples (annual or seasonal means hold none): give monthly or daily data")
 
 
 def validate(data, var=None) -> tuple[xr.Dataset, ClimateAdapter]:

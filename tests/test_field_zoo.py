@@ -297,6 +297,12 @@ def short_record(folder):
     return dataset(tr, *days_since(tr))
 
 
+def annual_means(folder):
+    """36 annual means (1 January of 36 years): a long record without a seasonal cycle to find."""
+    tr = truth([cftime.datetime(1970 + k, 1, 1, calendar="standard") for k in range(36)], "standard")
+    return dataset(tr, *days_since(tr))
+
+
 def numeric_time(folder):
     tr = truth(monthly("standard"), "standard")
     return dataset(tr, np.arange(36.0), {})
@@ -322,6 +328,7 @@ CDO_NOT_A_DATE[1] = 20000231.0
 
 REFUSED = {
     "short record (10 months)": (short_record, "spans 10 months (0.83 years", "needs at least 2 years"),
+    "annual means": (annual_means, "time steps are 365 days apart", "give monthly or daily data"),
     "time without units": (numeric_time, "holds float64 numbers, not dates", "CF time units such as"),
     "unknown time unit": (with_time("fortnights since 2000-01-01"), "unknown time unit 'fortnights'",
                           "use seconds, minutes, hours, days, months or years"),
