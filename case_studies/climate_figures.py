@@ -10,9 +10,10 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sciencevae.diagnostics import panel_grid, save_figure
+from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
 
 from .climate_knobs import decimal_years
+from .trend_test import complete_years
 
 if TYPE_CHECKING:  # pragma: no cover
     from .climate_trend import ClimateResult
@@ -93,18 +94,6 @@ def _mesh(da: xr.DataArray) -> tuple[xr.DataArray, np.ndarray, np.ndarray, str, 
 _GEO_LABELS = {"lat": "latitude (°N)", "lon": "longitude (°E)"}
 
 
-def robust_limit(values: np.ndarray, percentile: float = 98.0) -> float:
-    """A symmetric colour limit from the ``percentile`` of |values|: one extreme cell (an inland sea)
-    does not wash out the rest of a map.
-
-    >>> robust_limit(np.r_[np.ones(99), 100.0])
-    1.0
-    """
-    finite = np.abs(values[np.isfinite(values)])
-    limit = float(np.percentile(finite, percentile)) if finite.size else 0.0
-    return limit if limit > 0 else 1.0
-
-
 def _plot_grid(ax, da: xr.DataArray, title: str, units: str) -> None:
     """A map (or a strip for a 1-D grid) with robust symmetric colour limits, labelled axes and units."""
     values = da.values
@@ -162,7 +151,7 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
     dims = list(weights.dims)
     observed = res.data[var].weighted(weights).mean(dims)
     year = res.time.dt.year
-    complete = _complete_years(year.values)
+    complete = complete_years(year.values).astype(int)
     keep = np.isin(year.values, complete)
     figure = Figure(figsize=(8, 3.5))
     ax = figure.subplots()
@@ -201,17 +190,6 @@ def representative_points(scores: list[xr.DataArray], sample_mask: xr.DataArray,
         points.append(tuple(sample_mask[d].values[i] if d in sample_mask.coords else i
                             for d, i in zip(sample_mask.dims, index)))
     return points
-
-
-def _complete_years(years: np.ndarray) -> np.ndarray:
-    """The years with at least 90% of the samples of the fullest year (a partial first or last year
-    would bias an annual mean by its season).
-
-    >>> _complete_years(np.r_[np.repeat(2019, 12), np.repeat(2020, 8)]).tolist()
-    [2019]
-    """
-    values, counts = np.unique(years, return_counts=True)
-    return values[counts >= 0.9 * counts.max()]
 
 
 def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> Figure:

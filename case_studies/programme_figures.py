@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sciencevae.adapters.cells import OBSM_KEY
-from sciencevae.diagnostics import panel_grid, save_figure
+from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
@@ -27,8 +27,7 @@ def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> 
     effect = table.pivot(index="group", columns="programme", values="effect_size")
     means = table.pivot(index="group", columns="programme", values="mean").reindex_like(effect)
     values = effect.to_numpy()
-    finite = np.abs(values[np.isfinite(values)])
-    limit = max(0.5, float(np.percentile(finite, 98))) if finite.size else 1.0
+    limit = max(0.5, robust_limit(values))  # d = 0.5 is a medium effect: smaller ones stay pale
     figure = Figure(figsize=(1.6 + 0.55 * values.shape[1], 1.4 + 0.35 * values.shape[0]))
     ax = figure.subplots()
     image = ax.imshow(values, cmap="RdBu_r", aspect="auto", vmin=-limit, vmax=limit)

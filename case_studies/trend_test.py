@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["TrendTest", "trend_test", "annual_means", "anomalies", "describe", "MAX_POINTS", "MIN_YEARS"]
+__all__ = ["TrendTest", "trend_test", "complete_years", "annual_means", "anomalies", "describe", "MAX_POINTS", "MIN_YEARS"]
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,19 @@ MAX_POINTS = 1200
 MIN_YEARS = 10
 
 
-def annual_means(series: np.ndarray, years: np.ndarray, min_share: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """Means of ``series`` per calendar year over the years holding at least ``min_share`` of the
-    samples of the fullest year; returns (year, mean) arrays.
+def complete_years(years: np.ndarray, min_share: float = 0.9) -> np.ndarray:
+    """The calendar years holding at least ``min_share`` of the samples of the fullest year (a partial
+    first or last year would bias an annual mean by its season).
+
+    >>> complete_years(np.r_[np.repeat(2019.0, 12), np.repeat(2020.0, 8)]).tolist()
+    [2019.0]
+    """
+    values, counts = np.unique(np.floor(np.asarray(years, dtype=float) + 1e-9), return_counts=True)
+    return values[counts >= min_share * counts.max()]
+
+
+def annual_means(series: np.ndarray, years: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``series`` per calendar year over the :func:`complete_years`; returns (year, mean).
 
     >>> annual_means(np.arange(30.0), 2000 + np.arange(30) / 12)
     (array([2000., 2001.]), array([ 5.5, 17.5]))
@@ -77,7 +87,7 @@ def annual_means(series: np.ndarray, years: np.ndarray, min_share: float = 0.9) 
     year = np.floor(np.asarray(years, dtype=float) + 1e-9)
     values, index, counts = np.unique(year, return_inverse=True, return_counts=True)
     sums = np.bincount(index, weights=np.asarray(series, dtype=float))
-    complete = counts >= min_share * counts.max()
+    complete = np.isin(values, complete_years(years))
     return values[complete], (sums / counts)[complete]
 
 

@@ -20,6 +20,7 @@ from .model import BetaVAE
 from .objectives import Objective
 
 __all__ = [
+    "robust_limit",
     "kl_per_latent",
     "active_units",
     "CollapseReport",
@@ -40,6 +41,18 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+def robust_limit(values: np.ndarray, percentile: float = 98.0) -> float:
+    """A symmetric colour limit from the ``percentile`` of |values|: one extreme cell (an inland sea)
+    does not wash out the rest of a map.
+
+    >>> robust_limit(np.r_[np.ones(99), 100.0])
+    1.0
+    """
+    finite = np.abs(values[np.isfinite(values)])
+    limit = float(np.percentile(finite, percentile)) if finite.size else 0.0
+    return limit if limit > 0 else 1.0
 
 
 def panel_grid(n: int, width: float, height: float, max_columns: int = 5):
