@@ -94,21 +94,26 @@ def _mesh(da: xr.DataArray) -> tuple[xr.DataArray, np.ndarray, np.ndarray, str, 
 _GEO_LABELS = {"lat": "latitude (°N)", "lon": "longitude (°E)"}
 
 
-def _plot_grid(ax, da: xr.DataArray, title: str, units: str) -> None:
-    """A map (or a strip for a 1-D grid) with robust symmetric colour limits, labelled axes and units."""
+def _plot_grid(ax, da: xr.DataArray, title: str, units: str, cmap: str = "RdBu_r",
+               limits: tuple[float, float] | None = None) -> None:
+    """A map (or a strip for a 1-D grid) with labelled axes and units; colour limits ``limits``, by
+    default robust and symmetric about 0."""
     values = da.values
-    limit = robust_limit(values)
+    if limits is None:
+        limit = robust_limit(values)
+        limits = (-limit, limit)
+    extend = "both" if limits[0] < 0 else "max"
     if da.ndim == 2:
         da, x, y, xlabel, ylabel = _mesh(da)
-        image = ax.pcolormesh(x, y, da.values, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto")
+        image = ax.pcolormesh(x, y, da.values, cmap=cmap, vmin=limits[0], vmax=limits[1], shading="auto")
         lat, lon = _geo_coord(da, "lat"), _geo_coord(da, "lon")
         ax.set_xlabel(_GEO_LABELS["lon"] if xlabel == lon else xlabel)
         ax.set_ylabel(_GEO_LABELS["lat"] if ylabel == lat else ylabel)
     else:
-        image = ax.scatter(np.arange(values.size), values.ravel(), c=values.ravel(), cmap="RdBu_r",
-                           vmin=-limit, vmax=limit, s=4)
+        image = ax.scatter(np.arange(values.size), values.ravel(), c=values.ravel(), cmap=cmap,
+                           vmin=limits[0], vmax=limits[1], s=4)
         ax.set_xlabel("grid point")
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, extend="both", label=units)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, extend="neither" if cmap == "twilight" else extend, label=units)
     ax.set_title(title, fontsize=9)
 
 
@@ -127,18 +132,25 @@ def knob_maps(res: "ClimateResult", var: str) -> Figure | None:
     return figure
 
 
-def phase_circle(res: "ClimateResult") -> Figure | None:
-    """The two strongest seasonal knobs against each other, coloured by month."""
-    seasonal = res.roles[res.roles["role"] == "seasonal"].sort_values("seasonal_r2", ascending=False).index[:2]
-    if len(seasonal) < 2:
-        return None
-    knob = res.latents["knob"].values
-    figure = Figure(figsize=(4.5, 4))
-    ax = figure.subplots()
-    points = ax.scatter(knob[:, seasonal[0]], knob[:, seasonal[1]], c=res.time.dt.month.values, cmap="twilight", s=8)
-    figure.colorbar(points, ax=ax, label="month")
-    ax.set_xlabel(f"knob {seasonal[0]} (s.d.)"), ax.set_ylabel(f"knob {seasonal[1]} (s.d.)")
-    ax.set_title("seasonal phase circle")
+def season_and_trend_maps(res: "ClimateResult", var: str) -> Figure:
+    """The seasonal cycle at the mean state (amplitude, month of maximum), how its amplitude changes per
+    standard deviation of the trend knob, and the trend per decade with its interval (when detectable)."""
+    units = res.data[var].attrs.get("units", "data units")
+    maps = res.maps
+    panels = [(f"{var}_seasonal_amplitude", "seasonal amplitude (half the peak-to-peak range)", units, "viridis",
+               (0.0, robust_limit(maps[f"{var}_seasonal_amplitude"].values))),
+              (f"{var}_seasonal_peak_month", "month of the seasonal maximum", "month", "twilight", (1.0, 13.0))]
+    if f"{var}_seasonal_amplitude_change" in maps:
+        panels.append((f"{var}_seasonal_amplitude_change", "change of the seasonal amplitude per trend knob s.d.",
+                       units, "RdBu_r", None))
+    if f"{var}_trend_per_decade" in maps:
+        ratio = maps[f"{var}_trend_per_decade"].attrs["interval_ratio"]
+        panels.append((f"{var}_trend_per_decade", f"trend per decade (95% interval x{ratio[0]:.2f} to "
+                                                  f"x{ratio[1]:.2f})", f"{units} per decade", "RdBu_r", None))
+    figure, axes = panel_grid(len(panels), 5, 3.2, max_columns=2)
+    for ax, (name, title, label, cmap, limits) in zip(axes, panels):
+        _plot_grid(ax, maps[name], title, label, cmap, limits)
+    figure.tight_layout()
     return figure
 
 
@@ -241,11 +253,9 @@ def save_figures(res: "ClimateResult", folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = [save_figure(latent_series(res), folder / "latent_series.png"),
                save_figure(knob_series(res), folder / "knob_series.png")]
-    circle = phase_circle(res)
-    if circle is not None:
-        written.append(save_figure(circle, folder / "seasonal_phase_circle.png"))
     for var in res.adapter.variables:
         suffix = "" if len(res.adapter.variables) == 1 else f"_{var}"
+        written.append(save_figure(season_and_trend_maps(res, var), folder / f"season_and_trend_maps{suffix}.png"))
         maps = knob_maps(res, var)
         if maps is not None:
             written.append(save_figure(maps, folder / f"knob_maps{suffix}.png"))

@@ -30,7 +30,7 @@ import xarray as xr
 
 from .trend_test import trend_test
 
-__all__ = ["decimal_years", "harmonics", "smooth_basis", "explained", "assign_roles", "Knobs", "find_knobs"]
+__all__ = ["decimal_years", "year_fraction", "harmonics", "smooth_basis", "explained", "assign_roles", "Knobs", "find_knobs"]
 
 
 def decimal_years(time: xr.DataArray) -> np.ndarray:
@@ -51,10 +51,31 @@ def decimal_years(time: xr.DataArray) -> np.ndarray:
     return part["year"] + (part["month"] - 1 + day / part["days_in_month"]) / 12
 
 
-def harmonics(month: np.ndarray) -> np.ndarray:
-    """Annual and semi-annual harmonics of the month (1-12): (n, 4)."""
-    angle = 2 * np.pi * (np.asarray(month) - 1) / 12
-    return np.stack([np.cos(angle), np.sin(angle), np.cos(2 * angle), np.sin(2 * angle)], axis=1)
+def year_fraction(time: xr.DataArray) -> np.ndarray:
+    """Phase of the year in [0, 1): (day of the year - 1 + time of day) / days in that year, in the
+    time coordinate's own calendar (365, 366, 360 days...). Works for monthly, daily and sub-daily data.
+
+    >>> import xarray as xr
+    >>> time = xr.DataArray(xr.date_range("2001-01-01", periods=3, freq="MS"), dims="time")
+    >>> year_fraction(time).round(4).tolist()
+    [0.0, 0.0849, 0.1616]
+    """
+    part = {name: np.asarray(getattr(time.dt, name).values, dtype=float)
+            for name in ("dayofyear", "hour", "minute", "second", "days_in_year")}
+    day = part["dayofyear"] - 1 + (part["hour"] * 3600 + part["minute"] * 60 + part["second"]) / 86400
+    return day / part["days_in_year"]
+
+
+def harmonics(phase: np.ndarray, n_harmonics: int = 2) -> np.ndarray:
+    """cos and sin of the first ``n_harmonics`` harmonics of the phase of the year (0-1,
+    :func:`year_fraction`): (n, 2 * n_harmonics), annual pair first. The default is the annual and
+    semi-annual pair.
+
+    >>> harmonics(np.array([0.0, 0.25])).round(3).tolist()
+    [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, -1.0, 0.0]]
+    """
+    angle = 2 * np.pi * np.asarray(phase, dtype=float)[:, None] * np.arange(1, n_harmonics + 1)
+    return np.stack([np.cos(angle), np.sin(angle)], axis=2).reshape(len(angle), 2 * n_harmonics)
 
 
 def smooth_basis(years: np.ndarray) -> np.ndarray:
@@ -80,11 +101,11 @@ TREND_ALPHA = 0.05
 STATS_COLUMNS = ["seasonal_r2", "trend_r2", "slope_per_decade", "slope_low", "slope_high", "trend_p"]
 
 
-def _series_stats(series: np.ndarray, month: np.ndarray, years: np.ndarray) -> dict:
+def _series_stats(series: np.ndarray, phase: np.ndarray, years: np.ndarray) -> dict:
     """R² of the seasonal harmonics and of a smooth curve; the Theil–Sen slope of the annual means per
     decade with its 95% interval and the autocorrelation-corrected Mann–Kendall p-value."""
     test = trend_test(series, years, TREND_ALPHA)
-    return {"seasonal_r2": explained(harmonics(month), series), "trend_r2": explained(smooth_basis(years), series),
+    return {"seasonal_r2": explained(harmonics(phase), series), "trend_r2": explained(smooth_basis(years), series),
             "slope_per_decade": test.slope_per_decade, "slope_low": test.low_per_decade,
             "slope_high": test.high_per_decade, "trend_p": test.p_value}
 
@@ -98,29 +119,28 @@ def _role(stats: dict, threshold: float) -> str:
 
 
 def _rotated_role(k: int, n_seasonal: int, n_candidates: int, stats: dict, threshold: float) -> str:
-    """Role of rotated knob ``k``: the first ``n_seasonal`` are seasonal; the next (the direction a
-    smooth curve explains best) is the trend when its trend is detectable at ``TREND_ALPHA /
-    n_candidates`` (it was picked as the best of ``n_candidates`` directions); later ones need
-    ``trend_r2 >= threshold`` as well."""
+    """Role of rotated knob ``k``: the first ``n_seasonal`` are seasonal; each of the ``n_candidates``
+    others is tested at ``TREND_ALPHA / n_candidates`` (Bonferroni: all of them are looked at). The
+    first of them (the direction a smooth curve explains best) is the trend when its trend is
+    detectable; later ones need ``trend_r2 >= threshold`` as well."""
     if k < n_seasonal:
         return "seasonal"
-    if k == n_seasonal and stats["trend_p"] < TREND_ALPHA / max(n_candidates, 1):
-        return "trend"
-    return "trend" if stats["trend_r2"] >= threshold and stats["trend_p"] < TREND_ALPHA else "other"
+    detectable = stats["trend_p"] < TREND_ALPHA / max(n_candidates, 1)
+    return "trend" if detectable and (k == n_seasonal or stats["trend_r2"] >= threshold) else "other"
 
 
-def assign_roles(latents: np.ndarray, month: np.ndarray, years: np.ndarray, kl: np.ndarray,
+def assign_roles(latents: np.ndarray, phase: np.ndarray, years: np.ndarray, kl: np.ndarray,
                  kl_threshold: float = 0.1, role_threshold: float = 0.5) -> pd.DataFrame:
     """One row per latent: role, kl, seasonal_r2, trend_r2, slope per decade (latent units).
 
     >>> t = np.arange(120)
     >>> z = np.c_[np.cos(2 * np.pi * t / 12), t / 120.0, np.zeros(120)]
-    >>> assign_roles(z, t % 12 + 1, 2000 + t / 12, np.array([3.0, 2.0, 0.0]))["role"].tolist()
+    >>> assign_roles(z, t % 12 / 12, 2000 + t / 12, np.array([3.0, 2.0, 0.0]))["role"].tolist()
     ['seasonal', 'trend', 'inactive']
     """
     rows = []
     for j, series in enumerate(latents.T):
-        stats = _series_stats(series, month, years)
+        stats = _series_stats(series, phase, years)
         role = "inactive" if kl[j] < kl_threshold else _role(stats, role_threshold)
         rows.append({"latent": j, "role": role, "kl": float(kl[j]), **stats})
     return pd.DataFrame(rows).set_index("latent")
@@ -161,7 +181,7 @@ def _leading(whitened: np.ndarray, basis: np.ndarray, within: np.ndarray) -> tup
     return within @ vectors[:, order], np.clip(r2[order], 0.0, 1.0)
 
 
-def _rotation(z: np.ndarray, active: np.ndarray, month, years, threshold: float):
+def _rotation(z: np.ndarray, active: np.ndarray, phase, years, threshold: float):
     codes = z[:, active]
     center = codes.mean(0)
     values, vectors = np.linalg.eigh(np.cov(codes - center, rowvar=False, bias=True).reshape(active.sum(), -1))
@@ -169,7 +189,7 @@ def _rotation(z: np.ndarray, active: np.ndarray, month, years, threshold: float)
     inv_sqrt = vectors @ np.diag(values**-0.5) @ vectors.T
     sqrt = vectors @ np.diag(values**0.5) @ vectors.T
     whitened = (codes - center) @ inv_sqrt
-    seasonal, r2_s = _leading(whitened, _orthonormal(harmonics(month)), np.eye(active.sum()))
+    seasonal, r2_s = _leading(whitened, _orthonormal(harmonics(phase)), np.eye(active.sum()))
     n_seasonal = int(np.sum(r2_s >= threshold))
     rest, _ = _leading(whitened, _orthonormal(smooth_basis(years)), seasonal[:, n_seasonal:])
     rotation = np.c_[seasonal[:, :n_seasonal], rest]
@@ -188,14 +208,14 @@ def _orient(z, center, weights, directions, years) -> None:
             directions[k] *= -1
 
 
-def find_knobs(z: np.ndarray, kl: np.ndarray, month: np.ndarray, years: np.ndarray, rotate: bool = True,
+def find_knobs(z: np.ndarray, kl: np.ndarray, phase: np.ndarray, years: np.ndarray, rotate: bool = True,
                kl_threshold: float = 0.1, role_threshold: float = 0.5) -> Knobs:
     """Knobs of the active latents with their roles (see the module docstring).
 
     >>> t = np.arange(240)
     >>> season, trend = np.cos(2 * np.pi * t / 12), t / 240.0
     >>> z = np.c_[season + trend, season - trend, np.zeros(240)]  # mixed latents
-    >>> knobs = find_knobs(z, np.array([2.0, 2.0, 0.0]), t % 12 + 1, 2000 + t / 12)
+    >>> knobs = find_knobs(z, np.array([2.0, 2.0, 0.0]), t % 12 / 12, 2000 + t / 12)
     >>> knobs.table["role"].tolist()
     ['seasonal', 'trend']
     """
@@ -205,16 +225,17 @@ def find_knobs(z: np.ndarray, kl: np.ndarray, month: np.ndarray, years: np.ndarr
     weights = np.zeros((n_latent, int(active.sum())))
     directions = np.zeros((int(active.sum()), n_latent))
     if rotate and active.sum() > 1:
-        w, d, n_seasonal = _rotation(z, active, month, years, role_threshold)
+        w, d, n_seasonal = _rotation(z, active, phase, years, role_threshold)
         weights[active], directions[:, active] = w, d
     else:
         index = np.flatnonzero(active)
-        weights[index, np.arange(len(index))] = 1.0
-        directions[np.arange(len(index)), index] = 1.0
+        scale = np.maximum(z[:, index].std(0), 1e-12)  # knobs have unit variance over time
+        weights[index, np.arange(len(index))] = 1.0 / scale
+        directions[np.arange(len(index)), index] = scale
     _orient(z, center, weights, directions, years)
     rows = []
     for k, series in enumerate(((z - center) @ weights).T):
-        stats = _series_stats(series, month, years)
+        stats = _series_stats(series, phase, years)
         share = directions[k] ** 2 / max(np.sum(directions[k] ** 2), 1e-12)
         role = _role(stats, role_threshold)
         if rotate and active.sum() > 1:

@@ -1,10 +1,19 @@
 """Climate case study: separate the seasonal cycle, the long-term trend and
-other modes of a raw monthly field with a Gaussian β-VAE.
+other modes of a raw monthly or daily field with a Gaussian β-VAE.
+
+The seasons come from the calendar. Per grid cell a harmonic climatology
+(:mod:`.climatology`) is fitted and subtracted, and the β-VAE sees the annual
+and semi-annual harmonics of the day of the year (:func:`seasonal_basis`, in
+the data's calendar) as covariates of its encoder and decoder. Its latents
+hold what the calendar cannot (the trend, ENSO-like modes); as the decoder
+sees the phase and the latents together, the seasonal cycle may change with
+them (:meth:`ClimateResult.seasonal_cycle`, the ``*_seasonal_amplitude_change``
+map).
 
 Every latent gets a role from its time series (``latent_roles``):
 
-- ``seasonal``: annual + semi-annual harmonics of the month explain most of it
-  (R² ≥ ``role_threshold``); the cycle usually takes two latents, a phase circle;
+- ``seasonal``: annual + semi-annual harmonics of the phase of the year explain
+  most of it (R² ≥ ``role_threshold``) — rare, since the phase is given;
 - ``trend``: a smooth curve of time (cubic polynomial) explains most of it
   and its trend is detectable (:mod:`.trend_test`: Theil–Sen slope per decade
   with an autocorrelation-corrected interval and Mann–Kendall p-value);
@@ -14,14 +23,17 @@ Every latent gets a role from its time series (``latent_roles``):
 The knobs a user turns (``roles``, ``knobs``) are the active latents
 themselves with ``rotate=False``, or by default their rotation into seasonal,
 trend and other directions (:mod:`.climate_knobs`), which separates weak modes
-that the β-VAE left mixed (on COBE-SST2 the trend).
+that the β-VAE left mixed.
 
-Components on the grid, in the data's units: ``seasonal`` = decode with only
-the seasonal latents varying (the rest at their mean) minus the all-mean
-decode, centred to zero time mean; ``trend`` likewise; ``mean_state`` = the
-all-mean decode plus those two time means; ``residual`` = input − mean state
-− seasonal − trend (other modes and noise). :meth:`ClimateResult.counterfactual` sets the trend latents to another
-period's level while the seasons keep moving.
+Components on the grid, in the data's units (``annual(z)``: the decoded field
+of code z averaged over ``PHASE_POINTS`` phases of the year): ``trend`` =
+annual(z with only the trend knobs moving) − annual(mean code); ``seasonal`` =
+the harmonic climatology plus the decoder's departure from its own record-mean
+cycle as those knobs move; both centred to zero time mean; ``mean_state`` =
+the rest of the time mean; ``residual`` = input − mean state − seasonal −
+trend (other modes and noise, no mean seasonal cycle: :func:`residual_seasonality`).
+:meth:`ClimateResult.counterfactual` sets the trend knobs to another period's
+level.
 
 >>> import xarray as xr
 >>> from sciencevae.datasets import monthly_field
@@ -33,6 +45,7 @@ period's level while the seasons keep moving.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +56,50 @@ import pandas as pd
 import xarray as xr
 
 from sciencevae import BetaVAE, __version__
+from sciencevae.data import Prepared
 from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, open_field
 from sciencevae.io import atomic_path, atomic_write_text
 
-from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs
+from .climatology import HarmonicClimatology, n_harmonics_for
+from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs, harmonics, year_fraction
 from .trend_test import describe, trend_test
 
 __all__ = ["run", "validate", "check_record", "ClimateResult", "synthetic_dataset", "trend_component_slopes",
-           "MIN_RECORD_YEARS"]
+           "seasonal_basis", "residual_seasonality", "encode", "MIN_RECORD_YEARS", "PHASE_POINTS"]
 
 MIN_RECORD_YEARS = 2.0  # two annual cycles: below this a season cannot be told from a trend
+#: Points per year at which the decoder's seasonal cycle is evaluated (annual means, amplitude, peak).
+PHASE_POINTS = 24
+
+
+def seasonal_basis(time: xr.DataArray) -> np.ndarray:
+    """The covariates the model sees at each time: annual and semi-annual harmonics of the day of the
+    year in the time coordinate's calendar (:func:`.climate_knobs.year_fraction`), float32 (n_time, 4).
+
+    Give them to a saved model to encode new data:
+    ``model.encode(adapter.prepare(ds), covariates=seasonal_basis(ds.time))``.
+    """
+    return harmonics(year_fraction(time)).astype(np.float32)
+
+
+def _annual_means(model: BetaVAE, codes: np.ndarray, budget: int = 20_000_000) -> np.ndarray:
+    """Per latent code (n, n_latent): the decoded field averaged over ``PHASE_POINTS`` evenly spaced
+    phases of the year, (n, n_features) — the code's annual mean, free of any seasonal cycle."""
+    basis = harmonics(np.arange(PHASE_POINTS) / PHASE_POINTS).astype(np.float32)
+    step = max(1, budget // (PHASE_POINTS * model.config.n_features))
+    out = []
+    for start in range(0, len(codes), step):
+        block = codes[start:start + step]
+        cycle = model.decode(np.repeat(block, PHASE_POINTS, axis=0), np.tile(basis, (len(block), 1)))
+        out.append(cycle.reshape(len(block), PHASE_POINTS, -1).mean(1))
+    return np.concatenate(out) if out else np.zeros((0, model.config.n_features), np.float32)
+
+
+def _cycles(model: BetaVAE, codes: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """The decoded field of each code (n, n_latent) at each phase: (n, n_phases, n_features)."""
+    basis = harmonics(phases).astype(np.float32)
+    cycle = model.decode(np.repeat(codes, len(phases), axis=0), np.tile(basis, (len(codes), 1)))
+    return cycle.reshape(len(codes), len(phases), -1)
 
 
 def synthetic_dataset(parts: dict) -> xr.Dataset:
@@ -80,6 +127,8 @@ class ClimateResult:
     components: xr.Dataset
     maps: xr.Dataset
     settings: dict
+    climatology: HarmonicClimatology
+    mean_cycle: HarmonicClimatology
 
     @property
     def time(self) -> xr.DataArray:
@@ -93,27 +142,54 @@ class ClimateResult:
     def knobs_of(self, role: str) -> list[int]:
         return self.knobs.of(role)
 
+    def _trend_level(self, trend_from) -> np.ndarray:
+        """Mean score of the trend knobs over ``trend_from`` (a time label or slice for ``.sel``)."""
+        trend = self.knobs_of("trend")
+        if not trend:
+            raise ValueError("no knob has the role 'trend' (no trend is detectable); there is no warming level "
+                             "to set")
+        knob = self.latents["knob"]
+        return knob.sel({self.adapter.sample_dim: trend_from}).mean(self.adapter.sample_dim).values[trend]
+
     def counterfactual(self, trend_from, at=None) -> xr.Dataset:
         """The field with the trend latents held at the level of ``trend_from``.
 
         ``trend_from``: a time label or slice understood by ``.sel`` on the
         time axis (e.g. ``"1955"`` or ``slice("1950", "1959")``); the trend
-        latents take their mean over it. ``at`` selects the output times
-        (default: all). Everything else — seasons, other modes, residual —
-        stays as it was: result = input − trend + trend(level of trend_from).
-        E.g. ``res.counterfactual("1955", at="2005")`` is 2005 with 1955's trend.
+        knobs take their mean over it. ``at`` selects the output times
+        (default: all). Everything else — the calendar, other modes, residual —
+        stays as it was: result = input + decode(z at that trend level) − decode(z).
+        Where the model learnt that the seasonal cycle depends on the trend, the
+        cycle changes with it. E.g. ``res.counterfactual("1955", at="2005")`` is 2005
+        with 1955's trend.
         """
         trend = self.knobs_of("trend")
-        if not trend:
-            raise ValueError("no knob has the role 'trend'; nothing to hold fixed")
-        knob = self.latents["knob"]
-        level = knob.sel({self.adapter.sample_dim: trend_from}).mean(self.adapter.sample_dim).values[trend]
+        level = self._trend_level(trend_from)
         z = self.latents["z"].values
-        shift = (level - knob.values[:, trend]) @ self.knobs.directions[trend]
-        original, changed = self.model.decode(z), self.model.decode(z + shift)
+        shift = (level - self.latents["knob"].values[:, trend]) @ self.knobs.directions[trend]
+        basis = seasonal_basis(self.time)
+        original, changed = self.model.decode(z, basis), self.model.decode(z + shift, basis)
         delta = self.adapter.to_field(changed - original, self.time, units="anomaly")
         field = self.data[self.adapter.variables] + delta
         return field if at is None else field.sel({self.adapter.sample_dim: at})
+
+    def seasonal_cycle(self, trend_from=None) -> xr.Dataset:
+        """The model's climatological seasonal cycle, (month, grid) in the data's units, at the trend level
+        of ``trend_from`` (default: the record's mean level) with every other knob at its mean.
+
+        Each month is the mid-month phase of the year. The cycle of one period at the warming level of
+        another is ``seasonal_cycle(later)``; ``seasonal_cycle(later) - seasonal_cycle(earlier)`` is
+        how the model says the seasons change as it warms. Raises ``ValueError`` when a level is asked
+        for and no trend is detectable.
+        """
+        code = self.knobs.center
+        if trend_from is not None:
+            code = self.knobs.codes(self.latents["z"].values[:1], self.knobs_of("trend"),
+                                    self._trend_level(trend_from)[None])[0]
+        phases = (np.arange(12) + 0.5) / 12
+        cycle = self.mean_cycle.cycle(phases) + _cycles(self.model, code[None], phases)[0]
+        month = xr.DataArray(np.arange(1, 13), dims="month", name="month", attrs={"long_name": "month of the year"})
+        return self.adapter.to_field(cycle, month, dim="month", units="original")
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write latents.nc, components.nc, maps.nc, report.json, figures/*.png, model/, adapter.nc
@@ -126,14 +202,17 @@ class ClimateResult:
         self.model.save(out / "model")
         self.adapter.save(out / ADAPTER_NAME)
         provenance = _provenance(out, self.settings)
-        for name, ds in (("latents", self.latents), ("components", self.components), ("maps", self.maps)):
+        climatology = _climatology_dataset(self.adapter, self.climatology)
+        for name, ds in (("latents", self.latents), ("components", self.components), ("maps", self.maps),
+                         ("climatology", climatology)):
             with atomic_path(out / f"{name}.nc") as tmp:
                 ds.assign_attrs(provenance).to_netcdf(tmp)
         report = {"sciencevae_version": __version__, "settings": self.settings,
                   "latents": self.latent_roles.reset_index().rename(columns={"latent": "index"}).to_dict("records"),
                   "knobs": [{**row, "direction": self.knobs.directions[row["knob"]].tolist()}
                             for row in self.roles.reset_index().to_dict("records")],
-                  "trend_component_slope_per_decade": trend_component_slopes(self)}
+                  "trend_component_slope_per_decade": trend_component_slopes(self),
+                  "residual_seasonality": residual_seasonality(self)}
         atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
         save_figures(self, out / "figures")
         trends = report["trend_component_slope_per_decade"]
@@ -147,8 +226,53 @@ class ClimateResult:
                   "Trend: Theil–Sen slopes of annual area-weighted means, 95% intervals": slopes,
                   **(extra_tables or {})}
         write_report(out, "sciencevae climate run", self.settings, tables,
-                     notes=[f"Trend of {v}: {d['summary']}." for v, d in trends.items()])
+                     notes=[*(f"Trend of {v}: {d['summary']}." for v, d in trends.items()),
+                            *(f"Seasonal cycle left in the residual: {d['summary']}."
+                              for d in report["residual_seasonality"].values())])
         return out
+
+
+def _model_input(prepared: Prepared, climatology: HarmonicClimatology, time: xr.DataArray) -> Prepared:
+    """What the β-VAE reads: the standardised field minus the harmonic climatology, with the phase of the
+    year as covariates (:func:`seasonal_basis`)."""
+    return dataclasses.replace(prepared, X=prepared.X - climatology.cycle(year_fraction(time)),
+                               covariates=seasonal_basis(time))
+
+
+def _climatology_dataset(adapter: ClimateAdapter, climatology: HarmonicClimatology) -> xr.Dataset:
+    """The harmonic climatology on the grid in the data's units: ``term`` = intercept (departure from the
+    time mean), cos1, sin1, ..., cosK, sinK."""
+    terms = ["intercept"] + [f"{f}{k}" for k in range(1, climatology.n_harmonics + 1) for f in ("cos", "sin")]
+    ds = adapter.to_field(climatology.coef, xr.DataArray(terms, dims="term", name="term"), dim="term",
+                          units="anomaly")
+    for var in ds.data_vars:
+        ds[var].attrs["long_name"] = (f"harmonic seasonal climatology of {var}: coefficients of cos/sin(2 pi k "
+                                      "phase), phase = fraction of the year (Wilks 2011, section 9.4)")
+    return ds
+
+
+def _climatology_from(adapter: ClimateAdapter, ds: xr.Dataset) -> HarmonicClimatology:
+    """Inverse of :func:`_climatology_dataset`: the coefficients back in standardised units."""
+    blocks = [ds[state.name].values.reshape(ds.sizes["term"], -1)[:, state.keep] / state.std
+              for state in adapter.states]
+    return HarmonicClimatology(coef=np.concatenate(blocks, axis=1).astype(np.float32))
+
+
+def encode(run_dir: str | Path, data, return_std: bool = False):
+    """Latents (n_time, n_latent) of a field under a saved run (``run_dir`` written by
+    :meth:`ClimateResult.save`): the run's model, adapter and climatology, with the phase of the year as
+    covariates. ``data`` as for :func:`run`; it must have the run's variables and grid."""
+    import sciencevae
+
+    run_dir = Path(run_dir)
+    adapter = ClimateAdapter.load(run_dir / ADAPTER_NAME)
+    with xr.open_dataset(run_dir / "climatology.nc") as ds:
+        climatology = _climatology_from(adapter, ds.load())
+    model = sciencevae.load(run_dir / "model")
+    ds = open_field(data, adapter.variables[0] if len(adapter.variables) == 1 else None)
+    _check_dates(ds[adapter.sample_dim])
+    prepared = _model_input(adapter.prepare(ds), climatology, ds[adapter.sample_dim])
+    return model.encode(prepared, return_std=return_std)
 
 
 def _provenance(out: Path, settings: dict) -> dict:
@@ -201,16 +325,68 @@ def trend_component_slopes(res: ClimateResult) -> dict:
     return out
 
 
-def _components(model: BetaVAE, adapter: ClimateAdapter, data: xr.Dataset, z: np.ndarray,
-                knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
-    base = model.decode(knobs.center[None])
-    state = base[0].copy()
-    parts = {}
-    for role in ("seasonal", "trend"):
-        response = model.decode(knobs.codes(z, knobs.of(role))) - base
-        state += response.mean(0)  # components have zero time mean; their means join the mean state
-        parts[role] = adapter.to_field(response - response.mean(0), time, units="anomaly")
-    mean_state = adapter.to_field(state[None], None, dim="_state", units="original").isel(_state=0, drop=True)
+def residual_seasonality(res: ClimateResult) -> dict:
+    """Per variable: how much seasonal cycle the residual still holds.
+
+    The rms over months and grid cells (area-weighted) of the residual's monthly climatology (its
+    mean per calendar month, minus the mean over months), next to the same for the input, and their
+    ratio ``share`` (0: the seasonal component took the whole cycle). ``summary`` says it in words.
+    """
+    weights = res.adapter.grid_weights()
+    out = {}
+    for var in res.adapter.variables:
+        name = "residual" if len(res.adapter.variables) == 1 else f"{var}_residual"
+        w = weights[var].fillna(0)
+        rms = {}
+        for key, da in (("residual", res.components[name]), ("input", res.data[var])):
+            climatology = da.groupby(f"{res.adapter.sample_dim}.month").mean()
+            anomaly = climatology - climatology.mean("month")
+            rms[key] = float(np.sqrt((anomaly**2).weighted(w).mean([*w.dims, "month"])))
+        share = rms["residual"] / rms["input"] if rms["input"] > 0 else 0.0
+        units = res.data[var].attrs.get("units", "")
+        out[var] = {"residual_rms": rms["residual"], "input_rms": rms["input"], "share": share,
+                    "summary": f"the residual of {var} keeps {100 * share:.1f}% of the seasonal cycle (rms of the "
+                               f"monthly climatology {rms['residual']:.3g} against the input's {rms['input']:.3g} "
+                               f"{units})"}
+    return out
+
+
+@dataclass(frozen=True)
+class _Decomposition:
+    """Standardised parts: ``seasonal`` and ``trend`` (n_time, n_features), the ``still`` annual mean at the
+    mean code (n_features,), and ``mean_cycle``, the cycle added to the decoder's (see :func:`_decompose`)."""
+
+    seasonal: np.ndarray
+    trend: np.ndarray
+    still: np.ndarray
+    mean_cycle: HarmonicClimatology
+
+
+def _decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, knobs: Knobs,
+               time: xr.DataArray) -> _Decomposition:
+    """trend(t) = annual(z_T(t)) - annual(c), with z_T(t) the code with only the trend knobs moving and
+    annual() the decoded field averaged over the year; seasonal(t) = the record's mean cycle (the fitted
+    harmonic ``climatology``) plus the decoder's departure from its own mean cycle,
+    decode(z_TS(t), phase(t)) - annual(z_T(t)) minus the harmonic fit of that over the record. So the
+    residual keeps no mean seasonal cycle, and the seasonal component changes with the knobs as the
+    decoder says."""
+    trend_knobs = knobs.of("trend")
+    phase = year_fraction(time)
+    still = _annual_means(model, knobs.center[None])
+    moving = _annual_means(model, knobs.codes(z, trend_knobs)) if trend_knobs else np.repeat(still, len(z), 0)
+    departure = model.decode(knobs.codes(z, trend_knobs + knobs.of("seasonal")), seasonal_basis(time)) - moving
+    own = HarmonicClimatology.fit(departure, phase, climatology.n_harmonics)
+    mean_cycle = HarmonicClimatology(coef=climatology.coef - own.coef)
+    return _Decomposition(seasonal=mean_cycle.cycle(phase) + departure, trend=moving - still, still=still[0],
+                          mean_cycle=mean_cycle)
+
+
+def _components(adapter: ClimateAdapter, data: xr.Dataset, parts: _Decomposition, time: xr.DataArray) -> xr.Dataset:
+    """mean state, seasonal and trend components on the grid, and the residual (module docstring)."""
+    raw = {"seasonal": parts.seasonal, "trend": parts.trend}
+    state = parts.still + raw["seasonal"].mean(0) + raw["trend"].mean(0)  # components have zero time mean
+    parts = {role: adapter.to_field(part - part.mean(0), time, units="anomaly") for role, part in raw.items()}
+    mean_state = _on_grid(adapter, state, units="original")
     out = {}
     single = len(adapter.variables) == 1
     for var in adapter.variables:
@@ -223,6 +399,11 @@ def _components(model: BetaVAE, adapter: ClimateAdapter, data: xr.Dataset, z: np
             da.attrs = _component_attrs(name, var, data[var].attrs)  # replaced: none of the input's ranges
             out[name if single else f"{var}_{name}"] = da
     return xr.Dataset(out, attrs={"source": "sciencevae climate_trend", "sciencevae_version": __version__})
+
+
+def _on_grid(adapter: ClimateAdapter, values: np.ndarray, units: str) -> xr.Dataset:
+    """One (n_features,) vector as a Dataset on the grid, without a sample dimension."""
+    return adapter.to_field(values[None], None, dim="_state", units=units).isel(_state=0, drop=True)
 
 
 _COMPONENT_MEANINGS = {
@@ -244,19 +425,86 @@ def _component_attrs(name: str, var: str, source: dict) -> dict:
     return attrs
 
 
-def _maps(model: BetaVAE, adapter: ClimateAdapter, knobs: Knobs) -> xr.Dataset:
-    """Decoder sensitivity per knob: (decode(c + d_k) - decode(c - d_k)) / 2 at the mean code c."""
+def _maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology, knobs: Knobs) -> xr.Dataset:
+    """Per variable ``v``: ``v`` (knob, grid), each knob's effect on the annual mean per knob standard
+    deviation, (annual(c + d_k) - annual(c - d_k)) / 2 at the mean code c; ``v_seasonal_amplitude``
+    and ``v_seasonal_peak_month`` of the cycle at c; with a trend knob, ``v_seasonal_amplitude_change``,
+    the change of that amplitude per trend knob standard deviation."""
     steps = knobs.directions
-    response = (model.decode(knobs.center + steps) - model.decode(knobs.center - steps)) / 2
+    response = (_annual_means(model, knobs.center + steps) - _annual_means(model, knobs.center - steps)) / 2
     maps = adapter.to_field(response, xr.DataArray(np.arange(len(steps)), dims="knob", name="knob"),
                             dim="knob", units="anomaly")
     maps = maps.assign_coords(role=("knob", knobs.table["role"].to_numpy().astype(str)))
-    for var in maps.data_vars:
+    for var in adapter.variables:
         name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
-        maps[var].attrs = {"long_name": f"change of {name} per knob standard deviation (decoder response at the "
-                                        "mean latent code)", **{k: v for k, v in maps[var].attrs.items() if k == "units"}}
+        maps[var].attrs = {"long_name": f"change of the annual mean of {name} per knob standard deviation "
+                                        "(decoder response at the mean latent code)",
+                           **{k: v for k, v in maps[var].attrs.items() if k == "units"}}
     maps["role"].attrs["long_name"] = "role of the knob"
-    return maps
+    return maps.merge(_season_maps(model, adapter, mean_cycle, knobs))
+
+
+def _trend_maps(components: xr.Dataset, adapter: ClimateAdapter, knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
+    """Per variable, when a trend is detectable: ``v_trend_per_decade``, the least-squares slope of each
+    cell's trend component, and ``v_trend_per_decade_low`` / ``_high``, its 95% interval — the slope times
+    the trend knob's interval over its slope (attribute ``interval_ratio``)."""
+    trend = knobs.of("trend")
+    if not trend:
+        return xr.Dataset()
+    row = knobs.table.loc[trend[0]]
+    ratio = sorted((row["slope_low"] / row["slope_per_decade"], row["slope_high"] / row["slope_per_decade"]))
+    dim = adapter.sample_dim
+    t = xr.DataArray(decimal_years(time), dims=dim, coords={dim: time})
+    t = t - t.mean()
+    out = {}
+    for var in adapter.variables:
+        comp = components["trend" if len(adapter.variables) == 1 else f"{var}_trend"]
+        slope = (10 * (comp * t).sum(dim) / (t**2).sum()).where(comp.notnull().any(dim))
+        units = {"units": f"{comp.attrs['units']} per decade"} if "units" in comp.attrs else {}
+        long_name = f"trend of {adapter.states[adapter.variables.index(var)].grid.attrs.get('long_name', var)}"
+        out[f"{var}_trend_per_decade"] = slope.assign_attrs(
+            long_name=f"{long_name}: least-squares slope of the trend component", interval_ratio=ratio, **units)
+        for bound, factor in (("low", ratio[0]), ("high", ratio[1])):
+            out[f"{var}_trend_per_decade_{bound}"] = (slope * factor).assign_attrs(
+                long_name=f"{long_name}: {'lower' if bound == 'low' else 'upper'} end of the 95% interval", **units)
+    return xr.Dataset(out)
+
+
+def _amplitude(cycles: np.ndarray) -> np.ndarray:
+    """Half the peak-to-peak range over the phases: (n, n_phases, n_features) -> (n, n_features)."""
+    return (cycles.max(1) - cycles.min(1)) / 2
+
+
+def _season_maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology,
+                 knobs: Knobs) -> xr.Dataset:
+    """Amplitude and month of maximum of the seasonal cycle at the mean code, and the amplitude's
+    change per standard deviation of the (first) trend knob."""
+    phases = np.arange(PHASE_POINTS) / PHASE_POINTS
+    base = mean_cycle.cycle(phases)[None]
+    cycle = base + _cycles(model, knobs.center[None], phases)
+    fields = {"seasonal_amplitude": (_amplitude(cycle)[0], "anomaly",
+                                     "half the peak-to-peak range of the seasonal cycle of {} at the mean code"),
+              "seasonal_peak_month": (phases[cycle[0].argmax(0)] * 12 + 1, "standardized",
+                                      "month of the maximum of the seasonal cycle of {} (1 = 1 January, "
+                                      "13 = 31 December)")}
+    trend = knobs.of("trend")
+    if trend:
+        step = knobs.directions[trend[0]]
+        change = _amplitude(base + _cycles(model, np.stack([knobs.center + step, knobs.center - step]), phases))
+        fields["seasonal_amplitude_change"] = ((change[0] - change[1]) / 2, "anomaly",
+                                               "change of the seasonal amplitude of {} per trend knob standard "
+                                               "deviation")
+    out = {}
+    for key, (values, units, meaning) in fields.items():
+        grid = _on_grid(adapter, values, units)
+        for var in adapter.variables:
+            da = grid[var].copy(deep=False)
+            long_name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
+            da.attrs = {"long_name": meaning.format(long_name),
+                        **({"units": "month"} if key == "seasonal_peak_month"
+                           else {k: v for k, v in grid[var].attrs.items() if k == "units"})}
+            out[f"{var}_{key}"] = da
+    return xr.Dataset(out)
 
 
 def _date_text(value) -> str:
@@ -345,17 +593,23 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400,
     """
     ds, adapter = validate(data, var)
     ds = ds[adapter.variables].load()
+    time = ds[adapter.sample_dim]
+    phase = year_fraction(time)
     prepared = adapter.prepare(ds)
-    model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed)
+    climatology = HarmonicClimatology.fit(prepared.X, phase, n_harmonics_for(phase))
+    prepared = _model_input(prepared, climatology, time)
+    model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed,
+                    n_covariates=prepared.covariates.shape[1])
     model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
               validation=0.0, progress=progress, checkpoint_dir=checkpoint_dir,
               checkpoint_every=checkpoint_every, resume=resume)
     z, z_std = model.encode(prepared, return_std=True)
     kl = model.kl_per_latent(prepared)
-    time = ds[adapter.sample_dim]
-    month, years = time.dt.month.values, decimal_years(time)
-    latent_roles = assign_roles(z, month, years, kl, kl_threshold, role_threshold)
-    knobs = find_knobs(z, kl, month, years, rotate, kl_threshold, role_threshold)
+    years = decimal_years(time)
+    latent_roles = assign_roles(z, phase, years, kl, kl_threshold, role_threshold)
+    knobs = find_knobs(z, kl, phase, years, rotate, kl_threshold, role_threshold)
+    parts = _decompose(model, climatology, z, knobs, time)
+    components = _components(adapter, ds, parts, time)
     sample = adapter.sample_dim
     latents = xr.Dataset(
         {"z": ((sample, "latent"), z, {"long_name": "posterior mean of each latent", "units": "1"}),
@@ -377,6 +631,6 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int = 400,
                     role_threshold=role_threshold, rotate=rotate)
     return ClimateResult(
         model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
-        components=_components(model, adapter, ds, z, knobs, time), maps=_maps(model, adapter, knobs),
-        settings=settings,
+        components=components, maps=_maps(model, adapter, parts.mean_cycle, knobs).merge(
+            _trend_maps(components, adapter, knobs, time)), settings=settings, climatology=climatology, mean_cycle=parts.mean_cycle,
     )

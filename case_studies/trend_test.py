@@ -12,8 +12,9 @@ slow noise. Instead, per series (monthly, daily, any calendar):
    at most :data:`MAX_POINTS` points;
 2. the Theil–Sen slope of the anomalies (Sen 1968), robust to outliers;
 3. the Mann–Kendall test of a monotonic trend (Kendall 1975) with its variance
-   inflated for the lag-1 autocorrelation of the detrended points, the
-   effective-sample-size correction of Yue & Wang (2004),
+   inflated for the lag-1 autocorrelation of the points' departures from a
+   quadratic in time (a monotonic trend may accelerate: its curvature is trend,
+   not persistence), the effective-sample-size correction of Yue & Wang (2004),
    ``n / n* = 1 + 2 Σ_{k=1}^{n-1} (1 - k/n) ρ₁^k``, ρ₁ bias-corrected for
    short series (Kendall 1954);
 4. a ``1 - alpha`` interval for the slope from the same inflated variance (the
@@ -21,10 +22,11 @@ slow noise. Instead, per series (monthly, daily, any calendar):
 
 A trend is *detectable* when the Mann–Kendall p-value is below ``alpha``.
 Measured on 30-year monthly series (seasonal cycle, AR(1) month-to-month noise,
-AR(1) year-to-year noise; 300 draws each): false detections 1.7% / 7.3% / 15%
-and interval coverage 98% / 93% / 85% for year-to-year persistence 0 / 0.5 /
-0.8 — strong persistence in a short
-record is still under-corrected, as for every lag-1 correction.
+AR(1) year-to-year noise; 300 draws each): false detections 3.3% / 6.7% / 15%
+and interval coverage 97% / 93% / 85% for year-to-year persistence 0 / 0.5 /
+0.8 — strong persistence in a short record is still under-corrected, as for
+every lag-1 correction. An accelerating trend (cubic in time) in weak noise is
+detected in 100 of 100 draws (76 when the persistence came from a straight-line fit).
 
 >>> years = 1970 + np.arange(360) / 12
 >>> noise = np.random.default_rng(0).normal(0, 0.3, 360)
@@ -127,6 +129,15 @@ def _inflation(residuals: np.ndarray) -> tuple[float, float]:
     return factor, n / factor
 
 
+def _departures(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The points minus a least-squares quadratic in time: what persistence is estimated from. A
+    monotonic trend may curve (an accelerating warming); the curvature is trend, not persistence, and a
+    straight line would leave it in the residuals as spurious autocorrelation."""
+    x = (t - t.mean()) / max(np.ptp(t), 1e-12)
+    departures = y - np.polyval(np.polyfit(x, y, 2 if len(t) > 5 else 1), x)
+    return departures if np.std(departures) > 1e-9 * np.std(y) else np.zeros_like(y)  # rounding, not noise
+
+
 def _points(series: np.ndarray, years: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the test runs on: annual means of complete years when there are at least
     :data:`MIN_YEARS` of them (year-to-year persistence, the noise that matters, is then what the
@@ -149,7 +160,7 @@ def trend_test(series: np.ndarray, years: np.ndarray, alpha: float = 0.05) -> Tr
     i, j = np.triu_indices(n, k=1)
     pairwise = np.sort((y[j] - y[i]) / (t[j] - t[i]))
     slope = float(np.median(pairwise))
-    factor, effective_n = _inflation(y - (np.median(y - slope * t) + slope * t))
+    factor, effective_n = _inflation(_departures(t, y))
     s = float(np.sum(np.sign(y[j] - y[i])))
     variance = n * (n - 1) * (2 * n + 5) / 18.0 * factor
     z = (s - np.sign(s)) / np.sqrt(variance)

@@ -230,6 +230,8 @@ def _cmd_climate(args: argparse.Namespace) -> int:
     print(res.roles.round(3).to_string())
     for var, slopes in climate_trend.trend_component_slopes(res).items():
         print(f"{var}: {slopes['summary']}")
+    for var, left in climate_trend.residual_seasonality(res).items():
+        print(f"{var}: {left['summary']}")
     print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, report.html, run.json, adapter.nc, "
           "figures/, model/")
     return 0

@@ -148,6 +148,7 @@ def monthly_field(
     start_year: int = 1960,
     noise: float = 0.15,
     seed: int = 0,
+    seasonal_change: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """A synthetic monthly surface-temperature-like field with known parts.
 
@@ -156,24 +157,59 @@ def monthly_field(
     that is NaN at every time step and 0.5% scattered missing values:
 
     - seasonal: an annual cycle whose amplitude grows with |latitude|, whose
-      phase shifts with longitude and flips between hemispheres;
+      phase shifts with longitude and flips between hemispheres; its amplitude
+      is multiplied by ``1 + seasonal_change * trend_index`` (e.g. -0.3: the
+      seasons weaken as it warms; 0: they do not change);
     - trend: a nonlinear (accelerating) global curve ``g(t)`` times a pattern
       that is stronger at high northern latitudes;
     - enso: a 3-7 year quasi-periodic index times a tropical east-Pacific blob.
 
     Returns a dict of numpy arrays: ``field`` (time, lat, lon), ``seasonal``,
-    ``trend``, ``enso``, ``mean_state`` (lat, lon), ``trend_index`` (time),
-    ``enso_index`` (time), ``month`` (time, 1-12), ``time`` (datetime64[ns]),
-    ``lat``, ``lon``.
+    ``trend``, ``enso``, ``mean_state`` (lat, lon), ``seasonal_amplitude``
+    (lat, lon; at ``trend_index`` 0), ``trend_index`` (time), ``enso_index``
+    (time), ``month`` (time, 1-12), ``time`` (datetime64[ns]), ``lat``, ``lon``, ``land``.
 
     >>> d = monthly_field(n_years=2, n_lat=6, n_lon=8)
     >>> d["field"].shape, d["time"][:2].astype(str).tolist()
     ((24, 6, 8), ['1960-01-01T00:00:00.000000000', '1960-02-01T00:00:00.000000000'])
     """
-    rng = np.random.default_rng(seed)
     n_time = 12 * n_years
     time = np.array([np.datetime64(f"{start_year + t // 12:04d}-{t % 12 + 1:02d}-01", "ns") for t in range(n_time)])
     month = np.arange(n_time) % 12 + 1
+    return _field(time, np.arange(n_time) / 12.0, 2 * np.pi * (month - 1) / 12, n_years, n_lat, n_lon, noise,
+                  seed, seasonal_change)
+
+
+def daily_field(
+    n_years: int = 10,
+    n_lat: int = 6,
+    n_lon: int = 8,
+    start_year: int = 1990,
+    noise: float = 0.3,
+    seed: int = 0,
+    seasonal_change: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """The field of :func:`monthly_field` sampled daily (standard calendar, leap days included): the
+    seasonal cycle follows the day of the year, the trend and ENSO-like mode the same curves of time.
+
+    >>> d = daily_field(n_years=3, n_lat=3, n_lon=4, start_year=1991)  # 1992 is a leap year
+    >>> d["field"].shape, str(d["time"][365 + 59].astype("datetime64[D]"))
+    ((1096, 3, 4), '1992-02-29')
+    """
+    day = np.arange(np.datetime64(f"{start_year:04d}-01-01"), np.datetime64(f"{start_year + n_years:04d}-01-01"))
+    year = day.astype("datetime64[Y]")
+    day_of_year = (day - year.astype("datetime64[D]")).astype(float)
+    length = ((year + 1).astype("datetime64[D]") - year.astype("datetime64[D]")).astype(float)
+    years = year.astype(float) + 1970 - start_year + day_of_year / length
+    return _field(day.astype("datetime64[ns]"), years, 2 * np.pi * day_of_year / length, n_years, n_lat, n_lon,
+                  noise, seed, seasonal_change)
+
+
+def _field(time: np.ndarray, years: np.ndarray, angle: np.ndarray, n_years: int, n_lat: int, n_lon: int,
+           noise: float, seed: int, seasonal_change: float) -> dict[str, np.ndarray]:
+    """The parts of :func:`monthly_field` at the given times (``years`` since the start, ``angle`` of the
+    annual cycle in radians)."""
+    rng = np.random.default_rng(seed)
     lat = np.linspace(85.0, -85.0, n_lat)
     lon = np.linspace(0.0, 360.0, n_lon, endpoint=False) + 180.0 / n_lon
     la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
@@ -181,15 +217,16 @@ def monthly_field(
     mean_state = 28.0 * np.cos(la) ** 1.5 - 1.0
     amplitude = 1.0 + 7.0 * np.abs(np.sin(la))
     phase = 0.5 * lo + np.where(la < 0, np.pi, 0.0)  # radians of the annual cycle
-    angle = 2 * np.pi * (month - 1) / 12
-    seasonal = amplitude[None] * np.cos(angle[:, None, None] - phase[None])
-
-    years = np.arange(n_time) / 12.0
     trend_index = 0.6 * (years / n_years) ** 2 + 0.2 * (years / n_years)
+    scale = 1.0 + seasonal_change * trend_index
+    seasonal = scale[:, None, None] * amplitude[None] * np.cos(angle[:, None, None] - phase[None])
+
     trend_pattern = 1.0 + 0.8 * (np.sin(la) > 0.5) + 0.3 * np.cos(lo)
     trend = trend_index[:, None, None] * trend_pattern[None]
 
-    slow = np.convolve(rng.normal(size=n_time + 24), np.ones(24) / 24, mode="valid")[:n_time]
+    n_months = 12 * n_years
+    slow = np.convolve(rng.normal(size=n_months + 24), np.ones(24) / 24, mode="valid")[:n_months]
+    slow = np.interp(years, np.arange(n_months) / 12.0, slow)
     enso_index = np.sin(2 * np.pi * years / 4.3) * (1 + 0.5 * slow / slow.std()) + 0.3 * slow / slow.std()
     enso_index = (enso_index - enso_index.mean()) / enso_index.std()
     blob = np.exp(-((np.rad2deg(la) / 12) ** 2) - ((np.rad2deg(lo) - 250) / 40) ** 2)
@@ -199,10 +236,11 @@ def monthly_field(
     land = (np.rad2deg(la) > 10) & (np.rad2deg(la) < 60) & (np.rad2deg(lo) > 60) & (np.rad2deg(lo) < 120)
     field[:, land] = np.nan
     field[rng.random(field.shape) < 0.005] = np.nan
+    month = (time.astype("datetime64[M]").astype(int) % 12) + 1
     return {
         "field": field.astype(np.float32), "seasonal": seasonal, "trend": trend, "enso": enso,
-        "mean_state": mean_state, "trend_index": trend_index, "enso_index": enso_index, "month": month,
-        "time": time, "lat": lat, "lon": lon, "land": land,
+        "mean_state": mean_state, "seasonal_amplitude": amplitude, "trend_index": trend_index,
+        "enso_index": enso_index, "month": month, "time": time, "lat": lat, "lon": lon, "land": land,
     }
 
 

@@ -32,7 +32,7 @@ def programmes():
 @pytest.fixture(scope="module")
 def climate():
     field = ct.synthetic_dataset(monthly_field(n_years=6, n_lat=8, n_lon=12))
-    return field, ct.run(field, var="sst", n_latent=4, beta=1.0, epochs=30, progress=False)
+    return field, ct.run(field, var="sst", n_latent=4, beta=1.0, epochs=100, progress=False)
 
 
 def test_top_genes_show_both_ends_of_every_programme(programmes):
