@@ -153,7 +153,14 @@ class ClimateResult:
             raise ValueError("no knob has the role 'trend' (no trend is detectable); there is no warming level "
                              "to set")
         knob = self.latents["knob"]
-        return knob.sel({self.adapter.sample_dim: trend_from}).mean(self.adapter.sample_dim).values[trend]
+        try:
+            chosen = knob.sel({self.adapter.sample_dim: trend_from})
+        except (KeyError, TypeError, ValueError):
+            chosen = knob.isel({self.adapter.sample_dim: slice(0, 0)})
+        if self.adapter.sample_dim not in chosen.dims or not chosen.sizes[self.adapter.sample_dim]:
+            raise ValueError(f"{trend_from!r} selects no time of the record; give a date label such as '1955' "
+                             "or '1955-06', or a slice such as slice('1950', '1959')") from None
+        return chosen.mean(self.adapter.sample_dim).values[trend]
 
     def counterfactual(self, trend_from, at=None) -> xr.Dataset:
         """The field with the trend latents held at the level of ``trend_from``.
@@ -492,8 +499,8 @@ def _season_maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicCl
     fields = {"seasonal_amplitude": (_amplitude(cycle)[0], "anomaly",
                                      "half the peak-to-peak range of the seasonal cycle of {} at the mean code"),
               "seasonal_peak_month": (phases[cycle[0].argmax(0)] * 12 + 1, "standardized",
-                                      "month of the maximum of the seasonal cycle of {} (1 = 1 January, "
-                                      "13 = 31 December)")}
+                                      "month of the maximum of the seasonal cycle of {} (1.0 = 1 January, "
+                                      "1.5 = mid-January, 12.5 = mid-December; half-month steps)")}
     trend = knobs.of("trend")
     if trend:
         step = knobs.directions[trend[0]]

@@ -210,7 +210,7 @@ def describe(test: TrendTest, what: str, units: str) -> str:
     >>> describe(TrendTest(0.0, -0.1, 0.1, 0.8, 30, 12.0, False), "the area-weighted mean", "degC")
     'no trend is detectable in the area-weighted mean (slope +0.000 degC per decade, 95% interval -0.100 to +0.100, p = 0.8)'
     """
-    numbers = (f"{test.low_per_decade:+.3f} to {test.high_per_decade:+.3f}, p = {test.p_value:.2g}")
+    numbers = (f"{test.low_per_decade:+.3f} to {test.high_per_decade:+.3f}, p = {test.p_value:.3g}")
     if not test.detectable:
         return (f"no trend is detectable in {what} (slope {test.slope_per_decade:+.3f} {units} per decade, "
                 f"95% interval {numbers})")

@@ -101,6 +101,8 @@ def test_the_seasonal_cycle_changes_with_the_trend_as_in_the_truth(weakening):
     assert ratio == pytest.approx(expected, abs=0.04), ratio
     change = res.maps["sst_seasonal_amplitude_change"].values[ocean]
     assert np.corrcoef(change, truth["seasonal_amplitude"][ocean])[0, 1] < -0.8  # weakens most where strongest
+    with pytest.raises(ValueError, match="'1960s' selects no time of the record; give a date label"):
+        res.seasonal_cycle("1960s")
     with pytest.raises(ValueError, match="no trend is detectable"):
         dataclasses.replace(res, knobs=dataclasses.replace(res.knobs, table=res.knobs.table.assign(role="other"))
                             ).seasonal_cycle("1960")
