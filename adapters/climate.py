@@ -97,7 +97,7 @@ def _variables(ds: xr.Dataset, var) -> list[str]:
     if names is None:
         names = [n for n in ds.data_vars if ds[n].ndim >= 2]
         if len(names) != 1:
-            raise ValueError(f"the dataset has variables {list(ds.data_vars)}; choose one or more with var=...")
+            raise ValueError(f"the dataset has variables {list(ds.data_vars)}; choose one or more with --var NAME (var=... in Python)")
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         raise ValueError(f"variable {missing[0]!r} is not in the data; it has {sorted(map(str, ds.data_vars))}")

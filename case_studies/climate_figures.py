@@ -178,7 +178,8 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
     twin.set_ylabel("trend knob (s.d.)")
     ax.set_xlabel(f"{res.time.name} (calendar year)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.legend(loc="upper left", fontsize=8)
+    lines = ax.get_lines() + twin.get_lines()
+    twin.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)  # inside, on top: clear of the title
     ax.set_title("trend knob against the area-weighted mean")
     return figure
 

@@ -58,7 +58,7 @@ import xarray as xr
 
 from sciencevae import BetaVAE, __version__
 from sciencevae.data import Prepared
-from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, open_field
+from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, _carried_attrs, open_field
 from sciencevae.io import atomic_path, atomic_write_text
 
 from .climatology import HarmonicClimatology, n_harmonics_for
@@ -182,6 +182,8 @@ class ClimateResult:
         original, changed = self.model.decode(z, basis), self.model.decode(z + shift, basis)
         delta = self.adapter.to_field(changed - original, self.time, units="anomaly")
         field = self.data[self.adapter.variables] + delta
+        for var in field.data_vars:  # the input's units and names, none of its ranges or statistics
+            field[var].attrs = _carried_attrs(self.data[var].attrs, "original")
         return field if at is None else field.sel({self.adapter.sample_dim: at})
 
     def seasonal_cycle(self, trend_from=None) -> xr.Dataset:
@@ -269,10 +271,11 @@ def _climatology_from(adapter: ClimateAdapter, ds: xr.Dataset) -> HarmonicClimat
     return HarmonicClimatology(coef=np.concatenate(blocks, axis=1).astype(np.float32))
 
 
-def encode(run_dir: str | Path, data, return_std: bool = False):
-    """Latents (n_time, n_latent) of a field under a saved run (``run_dir`` written by
-    :meth:`ClimateResult.save`): the run's model, adapter and climatology, with the phase of the year as
-    covariates. ``data`` as for :func:`run`; it must have the run's variables and grid."""
+def encode(run_dir: str | Path, data, return_std: bool = False) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
+    """Posterior means ``z(time, latent)`` of a field under a saved run (``run_dir`` written by
+    :meth:`ClimateResult.save`), with its time coordinate — with ``return_std`` also ``z_std``. Uses the
+    run's model, adapter and climatology, with the phase of the year as covariates. ``data`` as for
+    :func:`run`; it must have the run's variables and grid (else ``ValueError``, one line)."""
     import sciencevae
 
     run_dir = Path(run_dir)
@@ -282,8 +285,16 @@ def encode(run_dir: str | Path, data, return_std: bool = False):
     model = sciencevae.load(run_dir / "model")
     ds = open_field(data, adapter.variables[0] if len(adapter.variables) == 1 else None)
     _check_dates(ds[adapter.sample_dim])
-    prepared = _model_input(adapter.prepare(ds), climatology, ds[adapter.sample_dim])
-    return model.encode(prepared, return_std=return_std)
+    time = ds[adapter.sample_dim]
+    prepared = _model_input(adapter.prepare(ds), climatology, time)
+    mean, std = model.encode(prepared, return_std=True)
+    coords = {adapter.sample_dim: time, "latent": np.arange(mean.shape[1])}
+    z = xr.DataArray(mean, dims=(adapter.sample_dim, "latent"), coords=coords, name="z",
+                     attrs={"long_name": "posterior mean of each latent", "units": "1"})
+    if not return_std:
+        return z
+    return z, xr.DataArray(std, dims=z.dims, coords=coords, name="z_std",
+                           attrs={"long_name": "posterior standard deviation of each latent", "units": "1"})
 
 
 def _provenance(out: Path, settings: dict) -> dict:

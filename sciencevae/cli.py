@@ -219,11 +219,12 @@ def _cmd_climate(args: argparse.Namespace) -> int:
 
     _check_out(args.out, args.inputs, args.overwrite or _resuming(args))
     inputs = [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0])
-    climate_trend.validate(inputs, args.var)  # times, record length, grid: before anything is written
+    var = args.var[0] if args.var and len(args.var) == 1 else args.var
+    climate_trend.validate(inputs, var)  # times, record length, grid: before anything is written
     with run_folder(args.out, _release_warnings(args)):
         _write_run_json(args.out, "climate", args.inputs)  # first: the report names the input
         res = climate_trend.run(
-            inputs, var=args.var, n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed,
+            inputs, var=var, n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed,
             device=args.device, progress=not args.quiet, **_checkpointing(args),
         )
         res.save(args.out)
@@ -424,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     climate = commands.add_parser("climate", help="seasonal cycle, trend and other modes of a monthly field")
     climate.add_argument("inputs", type=Path, nargs="+", help="netCDF file(s) (combined by coordinates) or a .zarr")
-    climate.add_argument("--var", help="variable name (needed when the files hold several)")
+    climate.add_argument("--var", nargs="+", metavar="NAME",
+                         help="variable name(s) (needed when the files hold several; several: each its own scaling)")
     climate.add_argument("--out", type=Path, required=True, help="run folder to write (must be new or empty)")
     _add_run_flags(climate, n_latent=8, beta=8.0, epochs=None,
                    epochs_help="default: enough for 10,000 optimiser steps (435 for 60 years of monthly data)")

@@ -204,6 +204,30 @@ def test_cli_climate_writes_a_run_and_leaves_the_input_alone(tmp_path, capsys):
     assert "'tas' is not in the data" in capsys.readouterr().err
 
 
+def test_cli_climate_takes_several_variables_and_says_how(tmp_path, capsys):
+    field = ct.synthetic_dataset(monthly_field(n_years=3, n_lat=6, n_lon=8))
+    field["sst2"] = (field["sst"] * 0.5).assign_attrs(units="K", long_name="half the field")
+    path = tmp_path / "two.nc"
+    field.to_netcdf(path)
+    assert main(["climate", str(path), "--out", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "choose one or more with --var NAME" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(["climate", str(path), "--var", "sst", "sst2", "--out", str(out), "--epochs", "3", "--quiet"]) == 0
+    with xr.open_dataset(out / "components.nc") as components:
+        assert {"sst_trend", "sst2_trend"} <= set(components.data_vars)
+
+
+def test_encode_and_counterfactual_keep_the_field_s_coordinates_and_names(result, tmp_path):
+    out = result.save(tmp_path / "run")
+    z = ct.encode(out, result.data.isel(time=slice(-24, None)))
+    assert z.dims == ("time", "latent") and (z["time"].values == result.data["time"].values[-24:]).all()
+    np.testing.assert_allclose(z.values, result.latents["z"].values[-24:], atol=1e-5)
+    data = result.data.copy()
+    data["sst"].attrs["actual_range"] = [-2.0, 35.0]
+    changed = dataclasses.replace(result, data=data).counterfactual("1965", at="1999")["sst"]
+    assert changed.attrs["units"] == "degC" and "actual_range" not in changed.attrs
+
+
 COBE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "climate" / "cobe_sst2_global_4deg_monthly_1950-2009.nc"
 
 
