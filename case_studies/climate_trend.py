@@ -25,8 +25,9 @@ themselves with ``rotate=False``, or by default their rotation into seasonal,
 trend and other directions (:mod:`.climate_knobs`), which separates weak modes
 that the β-VAE left mixed.
 
-Components on the grid, in the data's units (``annual(z)``: the decoded field
-of code z averaged over ``PHASE_POINTS`` phases of the year): ``trend`` =
+Components on the grid, in the data's units (:mod:`.climate_components`;
+``annual(z)``: the decoded field of code z averaged over ``PHASE_POINTS``
+phases of the year): ``trend`` =
 annual(z with only the trend knobs moving, their scores low-passed at
 ``TREND_CUTOFF_YEARS``) − annual(mean code); ``seasonal`` =
 the harmonic climatology plus the decoder's departure from its own record-mean
@@ -46,7 +47,6 @@ level.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,53 +57,23 @@ import pandas as pd
 import xarray as xr
 
 from sciencevae import BetaVAE, __version__
-from sciencevae.data import Prepared
 from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, _carried_attrs, open_field
 from sciencevae.io import atomic_path, atomic_write_text
 
 from .climatology import HarmonicClimatology, n_harmonics_for
-from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs, harmonics, year_fraction
-from .trend_test import describe, low_pass, trend_test
+from . import climate_components as cc
+from .climate_components import PHASE_POINTS, TREND_CUTOFF_YEARS, seasonal_basis
+from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs, year_fraction
+from .trend_test import describe, trend_test
 
 __all__ = ["run", "validate", "check_record", "ClimateResult", "synthetic_dataset", "trend_component_slopes",
            "seasonal_basis", "residual_seasonality", "encode", "MIN_RECORD_YEARS", "PHASE_POINTS",
            "TREND_CUTOFF_YEARS", "default_epochs", "MIN_STEPS"]
 
 MIN_RECORD_YEARS = 2.0  # two annual cycles: below this a season cannot be told from a trend
-#: The trend component keeps the trend knob's variability slower than this (years; LFCA's 10-year
-#: low-pass, Wills et al. 2018); what is faster stays in the residual.
-TREND_CUTOFF_YEARS = 10.0
 #: Default training length: optimiser steps (:func:`default_epochs`), and at least this many epochs.
 MIN_STEPS = 10_000
 MIN_EPOCHS = 20
-#: Points per year at which the decoder's seasonal cycle is evaluated (annual means, amplitude, peak).
-PHASE_POINTS = 24
-
-
-def seasonal_basis(time: xr.DataArray) -> np.ndarray:
-    """The covariates the model sees at each time: annual and semi-annual harmonics of the day of the
-    year in the time coordinate's calendar (:func:`.climate_knobs.year_fraction`), float32 (n_time, 4).
-
-    New data under a saved run are encoded by :func:`encode` (which also subtracts the run's climatology).
-    """
-    return harmonics(year_fraction(time)).astype(np.float32)
-
-
-def _annual_means(model: BetaVAE, codes: np.ndarray, budget: int = 20_000_000) -> np.ndarray:
-    """Per latent code (n, n_latent): the decoded field averaged over ``PHASE_POINTS`` evenly spaced
-    phases of the year, (n, n_features) — the code's annual mean, free of any seasonal cycle. Decoded
-    in blocks of at most ``budget`` values."""
-    phases = np.arange(PHASE_POINTS) / PHASE_POINTS
-    step = max(1, budget // (PHASE_POINTS * model.config.n_features))
-    out = [_cycles(model, codes[start:start + step], phases).mean(1) for start in range(0, len(codes), step)]
-    return np.concatenate(out) if out else np.zeros((0, model.config.n_features), np.float32)
-
-
-def _cycles(model: BetaVAE, codes: np.ndarray, phases: np.ndarray) -> np.ndarray:
-    """The decoded field of each code (n, n_latent) at each phase: (n, n_phases, n_features)."""
-    basis = harmonics(phases).astype(np.float32)
-    cycle = model.decode(np.repeat(codes, len(phases), axis=0), np.tile(basis, (len(codes), 1)))
-    return cycle.reshape(len(codes), len(phases), -1)
 
 
 def synthetic_dataset(parts: dict) -> xr.Dataset:
@@ -178,7 +148,7 @@ class ClimateResult:
         level = self._trend_level(trend_from)
         z = self.latents["z"].values
         shift = (level - self.latents["knob"].values[:, trend]) @ self.knobs.directions[trend]
-        basis = seasonal_basis(self.time)
+        basis = cc.seasonal_basis(self.time)
         original, changed = self.model.decode(z, basis), self.model.decode(z + shift, basis)
         delta = self.adapter.to_field(changed - original, self.time, units="anomaly")
         field = self.data[self.adapter.variables] + delta
@@ -200,7 +170,7 @@ class ClimateResult:
             code = self.knobs.codes(self.latents["z"].values[:1], self.knobs_of("trend"),
                                     self._trend_level(trend_from)[None])[0]
         phases = (np.arange(12) + 0.5) / 12
-        cycle = self.mean_cycle.cycle(phases) + _cycles(self.model, code[None], phases)[0]
+        cycle = self.mean_cycle.cycle(phases) + cc.cycles(self.model, code[None], phases)[0]
         month = xr.DataArray(np.arange(1, 13), dims="month", name="month", attrs={"long_name": "month of the year"})
         return self.adapter.to_field(cycle, month, dim="month", units="original")
 
@@ -215,7 +185,7 @@ class ClimateResult:
         self.model.save(out / "model")
         self.adapter.save(out / ADAPTER_NAME)
         provenance = _provenance(out, self.settings)
-        climatology = _climatology_dataset(self.adapter, self.climatology)
+        climatology = cc.climatology_dataset(self.adapter, self.climatology)
         for name, ds in (("latents", self.latents), ("components", self.components), ("maps", self.maps),
                          ("climatology", climatology)):
             with atomic_path(out / f"{name}.nc") as tmp:
@@ -245,32 +215,6 @@ class ClimateResult:
         return out
 
 
-def _model_input(prepared: Prepared, climatology: HarmonicClimatology, time: xr.DataArray) -> Prepared:
-    """What the β-VAE reads: the standardised field minus the harmonic climatology, with the phase of the
-    year as covariates (:func:`seasonal_basis`)."""
-    return dataclasses.replace(prepared, X=prepared.X - climatology.cycle(year_fraction(time)),
-                               covariates=seasonal_basis(time))
-
-
-def _climatology_dataset(adapter: ClimateAdapter, climatology: HarmonicClimatology) -> xr.Dataset:
-    """The harmonic climatology on the grid in the data's units: ``term`` = intercept (departure from the
-    time mean), cos1, sin1, ..., cosK, sinK."""
-    terms = ["intercept"] + [f"{f}{k}" for k in range(1, climatology.n_harmonics + 1) for f in ("cos", "sin")]
-    ds = adapter.to_field(climatology.coef, xr.DataArray(terms, dims="term", name="term"), dim="term",
-                          units="anomaly")
-    for var in ds.data_vars:
-        ds[var].attrs["long_name"] = (f"harmonic seasonal climatology of {var}: coefficients of cos/sin(2 pi k "
-                                      "phase), phase = fraction of the year (Wilks 2011, section 9.4)")
-    return ds
-
-
-def _climatology_from(adapter: ClimateAdapter, ds: xr.Dataset) -> HarmonicClimatology:
-    """Inverse of :func:`_climatology_dataset`: the coefficients back in standardised units."""
-    blocks = [ds[state.name].values.reshape(ds.sizes["term"], -1)[:, state.keep] / state.std
-              for state in adapter.states]
-    return HarmonicClimatology(coef=np.concatenate(blocks, axis=1).astype(np.float32))
-
-
 def encode(run_dir: str | Path, data, return_std: bool = False) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     """Posterior means ``z(time, latent)`` of a field under a saved run (``run_dir`` written by
     :meth:`ClimateResult.save`), with its time coordinate — with ``return_std`` also ``z_std``. Uses the
@@ -281,12 +225,12 @@ def encode(run_dir: str | Path, data, return_std: bool = False) -> xr.DataArray 
     run_dir = Path(run_dir)
     adapter = ClimateAdapter.load(run_dir / ADAPTER_NAME)
     with xr.open_dataset(run_dir / "climatology.nc") as ds:
-        climatology = _climatology_from(adapter, ds.load())
+        climatology = cc.climatology_from(adapter, ds.load())
     model = sciencevae.load(run_dir / "model")
     ds = open_field(data, adapter.variables[0] if len(adapter.variables) == 1 else None)
     _check_dates(ds[adapter.sample_dim])
     time = ds[adapter.sample_dim]
-    prepared = _model_input(adapter.prepare(ds), climatology, time)
+    prepared = cc.model_input(adapter.prepare(ds), climatology, time)
     mean, std = model.encode(prepared, return_std=True)
     coords = {adapter.sample_dim: time, "latent": np.arange(mean.shape[1])}
     z = xr.DataArray(mean, dims=(adapter.sample_dim, "latent"), coords=coords, name="z",
@@ -371,165 +315,6 @@ def residual_seasonality(res: ClimateResult) -> dict:
                                f"monthly climatology {rms['residual']:.3g} against the input's {rms['input']:.3g} "
                                f"{units})"}
     return out
-
-
-@dataclass(frozen=True)
-class _Decomposition:
-    """Standardised parts: ``seasonal`` and ``trend`` (n_time, n_features) and ``mean_cycle``, the cycle
-    added to the decoder's (see :func:`_decompose`)."""
-
-    seasonal: np.ndarray
-    trend: np.ndarray
-    mean_cycle: HarmonicClimatology
-
-
-def _decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, knobs: Knobs,
-               time: xr.DataArray) -> _Decomposition:
-    """trend(t) = annual(z_T(t)) - annual(c), with z_T(t) the code with only the trend knobs moving — their
-    scores low-passed at ``TREND_CUTOFF_YEARS`` (:func:`.trend_test.low_pass`): the trend is the slow part —
-    and annual() the decoded field averaged over the year; seasonal(t) = the record's mean cycle (the fitted
-    harmonic ``climatology``) plus the decoder's departure from its own mean cycle,
-    decode(z_TS(t), phase(t)) - annual(z_T(t)) minus the harmonic fit of that over the record. So the
-    residual keeps no mean seasonal cycle, and the seasonal component changes with the knobs as the
-    decoder says."""
-    trend_knobs, seasonal_knobs = knobs.of("trend"), knobs.of("seasonal")
-    phase = year_fraction(time)
-    scores = knobs.scores(z)
-    smooth = low_pass(scores[:, trend_knobs], decimal_years(time), TREND_CUTOFF_YEARS)
-    still = _annual_means(model, knobs.center[None])
-    trend_codes = knobs.codes(z, trend_knobs, smooth)
-    moving = _annual_means(model, trend_codes) if trend_knobs else np.repeat(still, len(z), 0)
-    both = knobs.codes(z, trend_knobs + seasonal_knobs, np.c_[smooth, scores[:, seasonal_knobs]])
-    departure = model.decode(both, seasonal_basis(time)) - moving
-    own = HarmonicClimatology.fit(departure, phase, climatology.n_harmonics)
-    mean_cycle = HarmonicClimatology(coef=climatology.coef - own.coef)
-    return _Decomposition(seasonal=mean_cycle.cycle(phase) + departure, trend=moving - still,
-                          mean_cycle=mean_cycle)
-
-
-def _components(adapter: ClimateAdapter, data: xr.Dataset, parts: _Decomposition, time: xr.DataArray) -> xr.Dataset:
-    """mean state, seasonal and trend components on the grid, and the residual (module docstring)."""
-    raw = {"seasonal": parts.seasonal, "trend": parts.trend}
-    parts = {role: adapter.to_field(part - part.mean(0), time, units="anomaly") for role, part in raw.items()}
-    mean_state = data[adapter.variables].mean(adapter.sample_dim)  # so the residual has zero time mean
-    out = {}
-    single = len(adapter.variables) == 1
-    for var in adapter.variables:
-        residual = data[var] - mean_state[var] - parts["seasonal"][var] - parts["trend"][var]
-        named = {"mean_state": mean_state[var], "seasonal": parts["seasonal"][var],
-                 "trend": parts["trend"][var], "residual": residual}
-        for name, da in named.items():
-            dims = [d for d in data[var].dims if d in da.dims]
-            da = da.transpose(*dims).copy(deep=False)
-            da.attrs = _component_attrs(name, var, data[var].attrs)  # replaced: none of the input's ranges
-            out[name if single else f"{var}_{name}"] = da
-    return xr.Dataset(out, attrs={"source": "sciencevae climate_trend", "sciencevae_version": __version__})
-
-
-def _on_grid(adapter: ClimateAdapter, values: np.ndarray, units: str) -> xr.Dataset:
-    """One (n_features,) vector as a Dataset on the grid, without a sample dimension."""
-    return adapter.to_field(values[None], None, dim="_state", units=units).isel(_state=0, drop=True)
-
-
-_COMPONENT_MEANINGS = {
-    "mean_state": ("mean state of {}", "time: mean"),
-    "seasonal": ("seasonal component of {} (anomaly from the mean state)", None),
-    "trend": ("trend component of {} (anomaly from the mean state)", None),
-    "residual": ("residual of {}: input minus mean state, seasonal and trend components", None),
-}
-
-
-def _component_attrs(name: str, var: str, source: dict) -> dict:
-    """CF attributes of a component: what it holds, the input's units, cell_methods where they apply."""
-    meaning, cell_methods = _COMPONENT_MEANINGS[name]
-    attrs = {"long_name": meaning.format(source.get("long_name", var))}
-    if "units" in source:
-        attrs["units"] = source["units"]
-    if cell_methods:
-        attrs["cell_methods"] = cell_methods
-    return attrs
-
-
-def _maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology, knobs: Knobs) -> xr.Dataset:
-    """Per variable ``v``: ``v`` (knob, grid), each knob's effect on the annual mean per knob standard
-    deviation, (annual(c + d_k) - annual(c - d_k)) / 2 at the mean code c; ``v_seasonal_amplitude``
-    and ``v_seasonal_peak_month`` of the cycle at c; with a trend knob, ``v_seasonal_amplitude_change``,
-    the change of that amplitude per trend knob standard deviation."""
-    steps = knobs.directions
-    response = (_annual_means(model, knobs.center + steps) - _annual_means(model, knobs.center - steps)) / 2
-    maps = adapter.to_field(response, xr.DataArray(np.arange(len(steps)), dims="knob", name="knob"),
-                            dim="knob", units="anomaly")
-    maps = maps.assign_coords(role=("knob", knobs.table["role"].to_numpy().astype(str)))
-    for var in adapter.variables:
-        name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
-        maps[var].attrs = {"long_name": f"change of the annual mean of {name} per knob standard deviation "
-                                        "(decoder response at the mean latent code)",
-                           **{k: v for k, v in maps[var].attrs.items() if k == "units"}}
-    maps["role"].attrs["long_name"] = "role of the knob"
-    return maps.merge(_season_maps(model, adapter, mean_cycle, knobs))
-
-
-def _trend_maps(components: xr.Dataset, adapter: ClimateAdapter, knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
-    """Per variable, when a trend is detectable: ``v_trend_per_decade``, the least-squares slope of each
-    cell's trend component, and ``v_trend_per_decade_low`` / ``_high``, its 95% interval — the slope times
-    the trend knob's interval over its slope (attribute ``interval_ratio``)."""
-    trend = knobs.of("trend")
-    if not trend:
-        return xr.Dataset()
-    row = knobs.table.loc[trend[0]]
-    ratio = sorted((row["slope_low"] / row["slope_per_decade"], row["slope_high"] / row["slope_per_decade"]))
-    dim = adapter.sample_dim
-    t = xr.DataArray(decimal_years(time), dims=dim, coords={dim: time})
-    t = t - t.mean()
-    out = {}
-    for var in adapter.variables:
-        comp = components["trend" if len(adapter.variables) == 1 else f"{var}_trend"]
-        slope = (10 * (comp * t).sum(dim) / (t**2).sum()).where(comp.notnull().any(dim))
-        units = {"units": f"{comp.attrs['units']} per decade"} if "units" in comp.attrs else {}
-        long_name = f"trend of {adapter.states[adapter.variables.index(var)].grid.attrs.get('long_name', var)}"
-        out[f"{var}_trend_per_decade"] = slope.assign_attrs(
-            long_name=f"{long_name}: least-squares slope of the trend component", interval_ratio=ratio, **units)
-        for bound, factor in (("low", ratio[0]), ("high", ratio[1])):
-            out[f"{var}_trend_per_decade_{bound}"] = (slope * factor).assign_attrs(
-                long_name=f"{long_name}: {'lower' if bound == 'low' else 'upper'} end of the 95% interval", **units)
-    return xr.Dataset(out)
-
-
-def _amplitude(cycles: np.ndarray) -> np.ndarray:
-    """Half the peak-to-peak range over the phases: (n, n_phases, n_features) -> (n, n_features)."""
-    return (cycles.max(1) - cycles.min(1)) / 2
-
-
-def _season_maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology,
-                 knobs: Knobs) -> xr.Dataset:
-    """Amplitude and month of maximum of the seasonal cycle at the mean code, and the amplitude's
-    change per standard deviation of the (first) trend knob."""
-    phases = np.arange(PHASE_POINTS) / PHASE_POINTS
-    base = mean_cycle.cycle(phases)[None]
-    cycle = base + _cycles(model, knobs.center[None], phases)
-    fields = {"seasonal_amplitude": (_amplitude(cycle)[0], "anomaly",
-                                     "half the peak-to-peak range of the seasonal cycle of {} at the mean code"),
-              "seasonal_peak_month": (phases[cycle[0].argmax(0)] * 12 + 1, "standardized",
-                                      "month of the maximum of the seasonal cycle of {} (1.0 = 1 January, "
-                                      "1.5 = mid-January, 12.5 = mid-December; half-month steps)")}
-    trend = knobs.of("trend")
-    if trend:
-        step = knobs.directions[trend[0]]
-        change = _amplitude(base + _cycles(model, np.stack([knobs.center + step, knobs.center - step]), phases))
-        fields["seasonal_amplitude_change"] = ((change[0] - change[1]) / 2, "anomaly",
-                                               "change of the seasonal amplitude of {} per trend knob standard "
-                                               "deviation")
-    out = {}
-    for key, (values, units, meaning) in fields.items():
-        grid = _on_grid(adapter, values, units)
-        for var in adapter.variables:
-            da = grid[var].copy(deep=False)
-            long_name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
-            da.attrs = {"long_name": meaning.format(long_name),
-                        **({"units": "month"} if key == "seasonal_peak_month"
-                           else {k: v for k, v in grid[var].attrs.items() if k == "units"})}
-            out[f"{var}_{key}"] = da
-    return xr.Dataset(out)
 
 
 def _date_text(value) -> str:
@@ -635,7 +420,7 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     phase = year_fraction(time)
     prepared = adapter.prepare(ds)
     climatology = HarmonicClimatology.fit(prepared.X, phase, n_harmonics_for(phase))
-    prepared = _model_input(prepared, climatology, time)
+    prepared = cc.model_input(prepared, climatology, time)
     model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed,
                     n_covariates=prepared.covariates.shape[1])
     epochs = default_epochs(len(time), batch_size) if epochs is None else epochs
@@ -647,8 +432,8 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     years = decimal_years(time)
     latent_roles = assign_roles(z, phase, years, kl, kl_threshold, role_threshold)
     knobs = find_knobs(z, kl, phase, years, rotate, kl_threshold, role_threshold)
-    parts = _decompose(model, climatology, z, knobs, time)
-    components = _components(adapter, ds, parts, time)
+    parts = cc.decompose(model, climatology, z, knobs, time)
+    components = cc.components(adapter, ds, parts, time)
     sample = adapter.sample_dim
     latents = xr.Dataset(
         {"z": ((sample, "latent"), z, {"long_name": "posterior mean of each latent", "units": "1"}),
@@ -669,9 +454,10 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
                     batch_size=batch_size, lr=lr, hidden=list(hidden), kl_threshold=kl_threshold,
                     role_threshold=role_threshold, rotate=rotate, climatology_harmonics=climatology.n_harmonics,
                     seasonal_covariates="annual and semi-annual harmonics of the day of the year",
-                    trend_cutoff_years=TREND_CUTOFF_YEARS)
+                    trend_cutoff_years=cc.TREND_CUTOFF_YEARS)
     return ClimateResult(
         model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
-        components=components, maps=_maps(model, adapter, parts.mean_cycle, knobs).merge(
-            _trend_maps(components, adapter, knobs, time)), settings=settings, climatology=climatology, mean_cycle=parts.mean_cycle,
+        components=components,
+        maps=cc.maps(model, adapter, parts.mean_cycle, knobs).merge(cc.trend_maps(components, adapter, knobs, time)),
+        settings=settings, climatology=climatology, mean_cycle=parts.mean_cycle,
     )

@@ -1,0 +1,240 @@
+"""Components and maps of the climate case study, from a fitted β-VAE whose decoder sees the phase of
+the year (:func:`seasonal_basis`): annual means and seasonal cycles of latent codes, the seasonal /
+trend decomposition, knob, season and trend maps, and the harmonic climatology on the grid.
+
+Arrays are standardised (n_time or n_codes, n_features) until :meth:`ClimateAdapter.to_field` puts them
+on the grid in the data's units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from sciencevae import BetaVAE, __version__
+from sciencevae.adapters.climate import ClimateAdapter
+from sciencevae.data import Prepared
+
+from .climate_knobs import Knobs, decimal_years, harmonics, year_fraction
+from .climatology import HarmonicClimatology
+from .trend_test import low_pass
+
+#: The trend component keeps the trend knob's variability slower than this (years; LFCA's 10-year
+#: low-pass, Wills et al. 2018); what is faster stays in the residual.
+TREND_CUTOFF_YEARS = 10.0
+#: Points per year at which the decoder's seasonal cycle is evaluated (annual means, amplitude, peak).
+PHASE_POINTS = 24
+
+
+def seasonal_basis(time: xr.DataArray) -> np.ndarray:
+    """The covariates the model sees at each time: annual and semi-annual harmonics of the day of the
+    year in the time coordinate's calendar (:func:`.climate_knobs.year_fraction`), float32 (n_time, 4).
+
+    New data under a saved run are encoded by :func:`encode` (which also subtracts the run's climatology).
+    """
+    return harmonics(year_fraction(time)).astype(np.float32)
+
+
+def annual_means(model: BetaVAE, codes: np.ndarray, budget: int = 20_000_000) -> np.ndarray:
+    """Per latent code (n, n_latent): the decoded field averaged over ``PHASE_POINTS`` evenly spaced
+    phases of the year, (n, n_features) — the code's annual mean, free of any seasonal cycle. Decoded
+    in blocks of at most ``budget`` values."""
+    phases = np.arange(PHASE_POINTS) / PHASE_POINTS
+    step = max(1, budget // (PHASE_POINTS * model.config.n_features))
+    out = [cycles(model, codes[start:start + step], phases).mean(1) for start in range(0, len(codes), step)]
+    return np.concatenate(out) if out else np.zeros((0, model.config.n_features), np.float32)
+
+
+def cycles(model: BetaVAE, codes: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """The decoded field of each code (n, n_latent) at each phase: (n, n_phases, n_features)."""
+    basis = harmonics(phases).astype(np.float32)
+    cycle = model.decode(np.repeat(codes, len(phases), axis=0), np.tile(basis, (len(codes), 1)))
+    return cycle.reshape(len(codes), len(phases), -1)
+
+
+def model_input(prepared: Prepared, climatology: HarmonicClimatology, time: xr.DataArray) -> Prepared:
+    """What the β-VAE reads: the standardised field minus the harmonic climatology, with the phase of the
+    year as covariates (:func:`seasonal_basis`)."""
+    return dataclasses.replace(prepared, X=prepared.X - climatology.cycle(year_fraction(time)),
+                               covariates=seasonal_basis(time))
+
+
+def climatology_dataset(adapter: ClimateAdapter, climatology: HarmonicClimatology) -> xr.Dataset:
+    """The harmonic climatology on the grid in the data's units: ``term`` = intercept (departure from the
+    time mean), cos1, sin1, ..., cosK, sinK."""
+    terms = ["intercept"] + [f"{f}{k}" for k in range(1, climatology.n_harmonics + 1) for f in ("cos", "sin")]
+    ds = adapter.to_field(climatology.coef, xr.DataArray(terms, dims="term", name="term"), dim="term",
+                          units="anomaly")
+    for var in ds.data_vars:
+        ds[var].attrs["long_name"] = (f"harmonic seasonal climatology of {var}: coefficients of cos/sin(2 pi k "
+                                      "phase), phase = fraction of the year (Wilks 2011, section 9.4)")
+    return ds
+
+
+def climatology_from(adapter: ClimateAdapter, ds: xr.Dataset) -> HarmonicClimatology:
+    """Inverse of :func:`climatology_dataset`: the coefficients back in standardised units."""
+    blocks = [ds[state.name].values.reshape(ds.sizes["term"], -1)[:, state.keep] / state.std
+              for state in adapter.states]
+    return HarmonicClimatology(coef=np.concatenate(blocks, axis=1).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """Standardised parts: ``seasonal`` and ``trend`` (n_time, n_features) and ``mean_cycle``, the cycle
+    added to the decoder's (see :func:`decompose`)."""
+
+    seasonal: np.ndarray
+    trend: np.ndarray
+    mean_cycle: HarmonicClimatology
+
+
+def decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, knobs: Knobs,
+               time: xr.DataArray) -> Decomposition:
+    """trend(t) = annual(z_T(t)) - annual(c), with z_T(t) the code with only the trend knobs moving — their
+    scores low-passed at ``TREND_CUTOFF_YEARS`` (:func:`.trend_test.low_pass`): the trend is the slow part —
+    and annual() the decoded field averaged over the year; seasonal(t) = the record's mean cycle (the fitted
+    harmonic ``climatology``) plus the decoder's departure from its own mean cycle,
+    decode(z_TS(t), phase(t)) - annual(z_T(t)) minus the harmonic fit of that over the record. So the
+    residual keeps no mean seasonal cycle, and the seasonal component changes with the knobs as the
+    decoder says."""
+    trend_knobs, seasonal_knobs = knobs.of("trend"), knobs.of("seasonal")
+    phase = year_fraction(time)
+    scores = knobs.scores(z)
+    smooth = low_pass(scores[:, trend_knobs], decimal_years(time), TREND_CUTOFF_YEARS)
+    still = annual_means(model, knobs.center[None])
+    trend_codes = knobs.codes(z, trend_knobs, smooth)
+    moving = annual_means(model, trend_codes) if trend_knobs else np.repeat(still, len(z), 0)
+    both = knobs.codes(z, trend_knobs + seasonal_knobs, np.c_[smooth, scores[:, seasonal_knobs]])
+    departure = model.decode(both, seasonal_basis(time)) - moving
+    own = HarmonicClimatology.fit(departure, phase, climatology.n_harmonics)
+    mean_cycle = HarmonicClimatology(coef=climatology.coef - own.coef)
+    return Decomposition(seasonal=mean_cycle.cycle(phase) + departure, trend=moving - still,
+                          mean_cycle=mean_cycle)
+
+
+def components(adapter: ClimateAdapter, data: xr.Dataset, parts: Decomposition, time: xr.DataArray) -> xr.Dataset:
+    """mean state, seasonal and trend components on the grid, and the residual (module docstring)."""
+    raw = {"seasonal": parts.seasonal, "trend": parts.trend}
+    parts = {role: adapter.to_field(part - part.mean(0), time, units="anomaly") for role, part in raw.items()}
+    mean_state = data[adapter.variables].mean(adapter.sample_dim)  # so the residual has zero time mean
+    out = {}
+    single = len(adapter.variables) == 1
+    for var in adapter.variables:
+        residual = data[var] - mean_state[var] - parts["seasonal"][var] - parts["trend"][var]
+        named = {"mean_state": mean_state[var], "seasonal": parts["seasonal"][var],
+                 "trend": parts["trend"][var], "residual": residual}
+        for name, da in named.items():
+            dims = [d for d in data[var].dims if d in da.dims]
+            da = da.transpose(*dims).copy(deep=False)
+            da.attrs = component_attrs(name, var, data[var].attrs)  # replaced: none of the input's ranges
+            out[name if single else f"{var}_{name}"] = da
+    return xr.Dataset(out, attrs={"source": "sciencevae climate_trend", "sciencevae_version": __version__})
+
+
+def on_grid(adapter: ClimateAdapter, values: np.ndarray, units: str) -> xr.Dataset:
+    """One (n_features,) vector as a Dataset on the grid, without a sample dimension."""
+    return adapter.to_field(values[None], None, dim="_state", units=units).isel(_state=0, drop=True)
+
+
+COMPONENT_MEANINGS = {
+    "mean_state": ("mean state of {}", "time: mean"),
+    "seasonal": ("seasonal component of {} (anomaly from the mean state)", None),
+    "trend": ("trend component of {} (anomaly from the mean state)", None),
+    "residual": ("residual of {}: input minus mean state, seasonal and trend components", None),
+}
+
+
+def component_attrs(name: str, var: str, source: dict) -> dict:
+    """CF attributes of a component: what it holds, the input's units, cell_methods where they apply."""
+    meaning, cell_methods = COMPONENT_MEANINGS[name]
+    attrs = {"long_name": meaning.format(source.get("long_name", var))}
+    if "units" in source:
+        attrs["units"] = source["units"]
+    if cell_methods:
+        attrs["cell_methods"] = cell_methods
+    return attrs
+
+
+def maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology, knobs: Knobs) -> xr.Dataset:
+    """Per variable ``v``: ``v`` (knob, grid), each knob's effect on the annual mean per knob standard
+    deviation, (annual(c + d_k) - annual(c - d_k)) / 2 at the mean code c; ``v_seasonal_amplitude``
+    and ``v_seasonal_peak_month`` of the cycle at c; with a trend knob, ``v_seasonal_amplitude_change``,
+    the change of that amplitude per trend knob standard deviation."""
+    steps = knobs.directions
+    response = (annual_means(model, knobs.center + steps) - annual_means(model, knobs.center - steps)) / 2
+    maps = adapter.to_field(response, xr.DataArray(np.arange(len(steps)), dims="knob", name="knob"),
+                            dim="knob", units="anomaly")
+    maps = maps.assign_coords(role=("knob", knobs.table["role"].to_numpy().astype(str)))
+    for var in adapter.variables:
+        name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
+        maps[var].attrs = {"long_name": f"change of the annual mean of {name} per knob standard deviation "
+                                        "(decoder response at the mean latent code)",
+                           **{k: v for k, v in maps[var].attrs.items() if k == "units"}}
+    maps["role"].attrs["long_name"] = "role of the knob"
+    return maps.merge(season_maps(model, adapter, mean_cycle, knobs))
+
+
+def trend_maps(components: xr.Dataset, adapter: ClimateAdapter, knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
+    """Per variable, when a trend is detectable: ``v_trend_per_decade``, the least-squares slope of each
+    cell's trend component, and ``v_trend_per_decade_low`` / ``_high``, its 95% interval — the slope times
+    the trend knob's interval over its slope (attribute ``interval_ratio``)."""
+    trend = knobs.of("trend")
+    if not trend:
+        return xr.Dataset()
+    row = knobs.table.loc[trend[0]]
+    ratio = sorted((row["slope_low"] / row["slope_per_decade"], row["slope_high"] / row["slope_per_decade"]))
+    dim = adapter.sample_dim
+    t = xr.DataArray(decimal_years(time), dims=dim, coords={dim: time})
+    t = t - t.mean()
+    out = {}
+    for var in adapter.variables:
+        comp = components["trend" if len(adapter.variables) == 1 else f"{var}_trend"]
+        slope = (10 * (comp * t).sum(dim) / (t**2).sum()).where(comp.notnull().any(dim))
+        units = {"units": f"{comp.attrs['units']} per decade"} if "units" in comp.attrs else {}
+        long_name = f"trend of {adapter.states[adapter.variables.index(var)].grid.attrs.get('long_name', var)}"
+        out[f"{var}_trend_per_decade"] = slope.assign_attrs(
+            long_name=f"{long_name}: least-squares slope of the trend component", interval_ratio=ratio, **units)
+        for bound, factor in (("low", ratio[0]), ("high", ratio[1])):
+            out[f"{var}_trend_per_decade_{bound}"] = (slope * factor).assign_attrs(
+                long_name=f"{long_name}: {'lower' if bound == 'low' else 'upper'} end of the 95% interval", **units)
+    return xr.Dataset(out)
+
+
+def amplitude(cycles: np.ndarray) -> np.ndarray:
+    """Half the peak-to-peak range over the phases: (n, n_phases, n_features) -> (n, n_features)."""
+    return (cycles.max(1) - cycles.min(1)) / 2
+
+
+def season_maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology,
+                 knobs: Knobs) -> xr.Dataset:
+    """Amplitude and month of maximum of the seasonal cycle at the mean code, and the amplitude's
+    change per standard deviation of the (first) trend knob."""
+    phases = np.arange(PHASE_POINTS) / PHASE_POINTS
+    base = mean_cycle.cycle(phases)[None]
+    cycle = base + cycles(model, knobs.center[None], phases)
+    fields = {"seasonal_amplitude": (amplitude(cycle)[0], "anomaly",
+                                     "half the peak-to-peak range of the seasonal cycle of {} at the mean code"),
+              "seasonal_peak_month": (phases[cycle[0].argmax(0)] * 12 + 1, "standardized",
+                                      "month of the maximum of the seasonal cycle of {} (1.0 = 1 January, "
+                                      "1.5 = mid-January, 12.5 = mid-December; half-month steps)")}
+    trend = knobs.of("trend")
+    if trend:
+        step = knobs.directions[trend[0]]
+        change = amplitude(base + cycles(model, np.stack([knobs.center + step, knobs.center - step]), phases))
+        fields["seasonal_amplitude_change"] = ((change[0] - change[1]) / 2, "anomaly",
+                                               "change of the seasonal amplitude of {} per trend knob standard "
+                                               "deviation")
+    out = {}
+    for key, (values, units, meaning) in fields.items():
+        grid = on_grid(adapter, values, units)
+        for var in adapter.variables:
+            da = grid[var].copy(deep=False)
+            long_name = adapter.states[adapter.variables.index(var)].grid.attrs.get("long_name", var)
+            da.attrs = {"long_name": meaning.format(long_name),
+                        **({"units": "month"} if key == "seasonal_peak_month"
+                           else {k: v for k, v in grid[var].attrs.items() if k == "units"})}
+            out[f"{var}_{key}"] = da
+    return xr.Dataset(out)
