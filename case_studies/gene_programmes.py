@@ -28,11 +28,15 @@ import torch
 from scipy.stats import false_discovery_control, hypergeom, mannwhitneyu
 
 from sciencevae import BetaVAE, Prepared, __version__
-from sciencevae.adapters.cells import CellsAdapter, missing_labels, modelled_var, read_cells
+from sciencevae.adapters.cells import OBSM_KEY, CellsAdapter, missing_labels, modelled_var, read_cells
+from sciencevae.consensus import Consensus, consensus
+
+from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 from sciencevae.io import atomic_path, atomic_write_text
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
-           "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS"]
+           "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS", "Fit", "fit_one",
+           "stability_table", "stability_notes", "STABLE", "default_epochs", "train_fits", "describe"]
 
 
 #: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
@@ -42,8 +46,15 @@ DESCRIPTIONS = {
     "varm": {"sciencevae_loadings": "programme loadings: change of log expression per unit of activity; "
                                     "genes x programmes, 0 for genes the model did not read"},
     "var": {"sciencevae_used": "True for the genes the model read (highly variable genes with counts)"},
-    "uns": {"kl_per_latent": "KL divergence of each latent's posterior from the prior (nats), before rotation"},
+    "uns": {"kl_per_latent": "KL divergence of each latent's posterior from the prior (nats), before rotation",
+            "consensus": "with several fits: their seeds, per fit and programme the member component (-1: none), "
+                         "its sign, each fit's best correlation with the consensus loadings, the share of fits "
+                         "that found the programme and its stability (mean correlation); rotations per fit"},
 }
+
+#: obsm description when the programmes are a consensus of several fits.
+CONSENSUS_ACTIVITY = ("programme activity per cell: mean over the fits that found the programme of their rotated "
+                      "posterior means, sign-aligned (uns/sciencevae/consensus); cells x programmes")
 
 
 #: obs column names that usually hold a technical grouping.
@@ -238,6 +249,8 @@ class ProgrammeResult:
     enrichment: pd.DataFrame | None
     association: pd.DataFrame
     settings: dict
+    stability: pd.DataFrame | None = None
+    selection: pd.DataFrame | None = None
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
@@ -251,23 +264,37 @@ class ProgrammeResult:
         self.adapter.save(out / "adapter.json")
         with atomic_path(out / "cells.h5ad") as tmp:
             self.adata.write_h5ad(tmp, compression="gzip")  # the counts are copied: keep the file small
-        atomic_write_text(self.programmes.to_csv(index=False), out / "programmes.csv")
+        atomic_write_text(self.programme_table().to_csv(index=False), out / "programmes.csv")
         atomic_write_text(self.association.to_csv(index=False), out / "association.csv")
         if self.enrichment is not None:
             atomic_write_text(self.enrichment.to_csv(index=False), out / "enrichment.csv")
+        if self.selection is not None:
+            atomic_write_text(self.selection.to_csv(index=False), out / "selection.csv")
         save_figures(self, out / "figures")
         top = self.programmes[self.programmes["rank"] <= 8]
         genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
         kl = pd.DataFrame({"latent": range(len(self.adata.uns["sciencevae"]["kl_per_latent"])),
                            "kl_nats": self.adata.uns["sciencevae"]["kl_per_latent"]})
-        tables = {"Programmes: top genes": genes, "Per-latent KL (before rotation)": kl}
+        tables = {"Programmes: top genes": genes}
+        if self.stability is not None:
+            tables[f"Programme stability across {self.settings['n_fits']} seeds"] = self.stability
+        if self.selection is not None:
+            tables[f"Choosing {self.settings['selected']}: stability against reconstruction"] = self.selection
+        tables["Per-latent KL (before rotation, first fit)"] = kl
         if self.enrichment is not None:
             tables["Enrichment (20 strongest)"] = self.enrichment.drop(columns="genes").head(20)
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
         tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
-                     notes=batch_hints(self.association, self.settings.get("batch_key")))
+                     notes=batch_hints(self.association, self.settings.get("batch_key")) +
+                     stability_notes(self.stability))
         return out
+
+    def programme_table(self) -> pd.DataFrame:
+        """``programmes`` with, for a consensus of several fits, each programme's found / stability / stable."""
+        if self.stability is None:
+            return self.programmes
+        return self.programmes.merge(self.stability[["programme", "found", "stability", "stable"]], on="programme")
 
 
 def gene_names(adata: ad.AnnData, genes: list[str], layer: str | None, gene_symbols: str | None) -> list[str]:
@@ -317,19 +344,90 @@ def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = 
                   names=gene_names(adata, adapter.genes, layer, gene_symbols), gene_sets=sets)
 
 
-def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "nb", decoder: str = "linear",
-        beta: float = 1.0, batch_key: str | None = None, gene_sets=None, gene_symbols: str | None = None,
-        n_top_genes: int | None = 2000, epochs: int = 100, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
-        device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50, rotation: str | None = "varimax",
-        progress: bool = True, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,
-        resume: bool = False, inputs: Inputs | None = None) -> ProgrammeResult:
+def default_epochs(n_cells: int) -> int:
+    """Training epochs for ``n_cells`` cells: scvi-tools' rule, ``min(round(20000 / n_cells * 400), 400)``
+    (at least 1). Small data get many epochs (a 3,000-cell fit at 100 epochs, 2,400 steps, missed a
+    weak identity programme that 200 epochs found), large data few.
+
+    >>> default_epochs(1_000), default_epochs(100_000), default_epochs(1_000_000)
+    (400, 80, 8)
+    """
+    return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
+
+
+#: A programme is stable when it is found again this closely on average over the fits (``Consensus.stability``).
+STABLE = 0.8
+
+
+@dataclass
+class Fit:
+    """One fitted model with its varimax-rotated loadings (genes x latents) and activities (cells x latents)."""
+
+    model: BetaVAE
+    weights: np.ndarray
+    latents: np.ndarray
+    rotation: np.ndarray
+
+
+def fit_one(prepared: Prepared, n_latent: int, seed: int, rotation: str | None, model_options: dict,
+            fit_options: dict) -> Fit:
+    """Train one β-VAE (``BetaVAE(**model_options)``, ``fit(**fit_options)``) and rotate its programmes."""
+    model = BetaVAE(n_latent=n_latent, seed=seed, **model_options)
+    model.fit(prepared, seed=seed, **fit_options)
+    raw_weights = gene_weights(model, prepared)
+    turn = varimax(raw_weights) if rotation == "varimax" else np.eye(n_latent)
+    return Fit(model=model, weights=raw_weights @ turn, latents=model.encode(prepared) @ turn, rotation=turn)
+
+
+def stability_table(found: Consensus, seeds: list[int]) -> pd.DataFrame:
+    """Per programme: share of fits that found it, its stability, whether it is stable and each fit's best
+    correlation with the consensus loadings."""
+    table = pd.DataFrame({"programme": range(found.loadings.shape[1]), "found": found.found,
+                          "stability": found.stability, "stable": found.stability >= STABLE})
+    for i, seed in enumerate(seeds):
+        table[f"correlation_seed_{seed}"] = found.correlation[i]
+    return table
+
+
+def stability_notes(table: pd.DataFrame | None) -> list[str]:
+    """Plain-words notes on the programmes that are not stable."""
+    if table is None or table["stable"].all():
+        return []
+    weak = table[~table["stable"]]
+    listed = ", ".join(f"{p} ({s:.2f})" for p, s in zip(weak["programme"], weak["stability"]))
+    return [f"programmes {listed} are not stable across seeds (stability below {STABLE}): treat them as "
+            "tentative; the others are found again closely across seeds"]
+
+
+def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, likelihood: str = "nb",
+        decoder: str = "linear", beta: float | str | list[float] = 1.0, batch_key: str | None = None, gene_sets=None, gene_symbols: str | None = None,
+        n_top_genes: int | None = 2000, epochs: int | None = None, batch_size: int = 128, lr: float = 3e-3,
+        seed: int = 0, device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50,
+        rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 1, resume: bool = False, inputs: Inputs | None = None,
+        n_fits: int = 1) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
     programme loads on few genes; programme activities are then ``z @ R``
     (``res.rotation``, also in ``uns["sciencevae"]["rotation"]``). ``None``
     keeps the raw latents. ``checkpoint_dir``, ``checkpoint_every`` and
-    ``resume`` are passed to ``BetaVAE.fit``.
+    ``resume`` are passed to ``BetaVAE.fit``. ``epochs=None``: scvi-tools'
+    rule for the number of cells (:func:`default_epochs`).
+
+    ``n_fits`` > 1: consensus programmes (:func:`sciencevae.consensus.consensus`)
+    of that many fits with seeds ``seed, seed + 1, ...``: loadings are the
+    median over the fits that found a programme, activities the mean of their
+    latents, and ``res.stability`` says per programme how often and how closely
+    the fits found it (``stable`` when at least :data:`STABLE`). The programmes
+    are then ordered by stability and may number more or fewer than
+    ``n_latent``; ``res.model`` is the first fit.
+
+    ``n_latent="auto"`` / ``beta="auto"`` (or a list of values; needs
+    ``n_fits`` >= 2): a sweep over :data:`N_LATENT_GRID` / :data:`BETA_GRID`
+    (:func:`~sciencevae.case_studies.programme_selection.sweep`), each point
+    with ``n_fits`` fits; the point with the most stable programmes is kept
+    (its fits, no retraining) and ``res.selection`` holds the whole sweep.
 
     ``gene_sets``: a .gmt path or a dict name -> genes, matched against
     ``var[gene_symbols]`` when given (e.g. ``"gene_symbol"`` for Ensembl ids;
@@ -341,25 +439,88 @@ def run(adata, layer: str | None = None, n_latent: int = 10, likelihood: str = "
         inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols)
     if rotation not in (None, "varimax"):
         raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
-    adapter, prepared = inputs.adapter, inputs.prepared
-    model = BetaVAE(len(adapter.genes), n_latent=n_latent, likelihood=likelihood, beta=beta, decoder=decoder,
-                    hidden=hidden, n_covariates=adapter.n_covariates, seed=seed)
-    model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress,
-              checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
-    raw_weights = gene_weights(model, prepared)
-    turn = varimax(raw_weights) if rotation == "varimax" else np.eye(n_latent)
-    latents, weights = model.encode(prepared) @ turn, raw_weights @ turn
-    kl = model.kl_per_latent(prepared)
+    if n_fits < 1:
+        raise ValueError(f"n_fits must be at least 1, got {n_fits}")
+    epochs = default_epochs(inputs.prepared.X.shape[0]) if epochs is None else epochs
+    seeds = [seed + i for i in range(n_fits)]
+    latent_grid, beta_grid = _grid(n_latent, N_LATENT_GRID, "n_latent"), _grid(beta, BETA_GRID, "beta")
+
+    def train(k: int, b: float, folder: str | Path | None = checkpoint_dir) -> list[Fit]:
+        return train_fits(inputs, k, b, seeds, likelihood=likelihood, decoder=decoder, hidden=hidden,
+                          rotation=rotation, checkpoint_dir=folder, epochs=epochs, batch_size=batch_size, lr=lr,
+                          device=device, progress=progress, checkpoint_every=checkpoint_every, resume=resume)
+
+    selection = None
+    if latent_grid is None and beta_grid is None:
+        fits = train(n_latent, beta)
+    else:
+        if n_fits < 2:
+            raise ValueError("choosing n_latent or beta needs at least 2 fits per setting (n_fits / --fits >= 2)")
+        selection = sweep(lambda k, b: train(k, b, None if checkpoint_dir is None else
+                                             Path(checkpoint_dir) / f"n_latent_{k}_beta_{b:g}"),
+                          inputs.prepared, latent_grid or [n_latent], beta_grid or [beta], STABLE)
+        (n_latent, beta), fits = selection.chosen, selection.fits
     settings = dict(layer=layer, n_latent=n_latent, likelihood=likelihood, decoder=decoder, beta=beta,
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
-                    seed=seed, n_genes=len(adapter.genes), rotation=rotation, gene_symbols=gene_symbols)
-    uns = {"params": {k: ("" if v is None else v) for k, v in settings.items()}, "likelihood": likelihood,
-           "kl_per_latent": kl.astype(float), "rotation": turn, "sciencevae_version": __version__,
-           "descriptions": DESCRIPTIONS}
+                    seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
+                    n_fits=n_fits)
+    if selection is not None:
+        settings["selected"] = ", ".join(name for name, grid in (("n_latent", latent_grid), ("beta", beta_grid)) if grid)
+    res = describe(adata, inputs, fits, seeds, settings, n_top)
+    res.selection = None if selection is None else selection.table
+    return res
+
+
+def _grid(value, default: tuple, name: str) -> list | None:
+    """None for a fixed setting; the grid for ``"auto"`` (``default``) or a list of values."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name} must be a number, a list of numbers or 'auto', got {value!r}")
+        return list(default)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    return None
+
+
+def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], likelihood: str = "nb",
+               decoder: str = "linear", hidden: tuple[int, ...] = (128,), rotation: str | None = "varimax",
+               checkpoint_dir: str | Path | None = None, **fit_options) -> list[Fit]:
+    """One :class:`Fit` per seed (``fit_options`` go to ``BetaVAE.fit``); with several seeds each
+    checkpoints into ``checkpoint_dir/seed_<seed>``."""
+    model_options = dict(n_features=len(inputs.adapter.genes), likelihood=likelihood, beta=beta, decoder=decoder,
+                         hidden=hidden, n_covariates=inputs.adapter.n_covariates)
+    fits = []
+    for fit_seed in seeds:
+        folder = checkpoint_dir if checkpoint_dir is None or len(seeds) == 1 else Path(checkpoint_dir) / f"seed_{fit_seed}"
+        fits.append(fit_one(inputs.prepared, n_latent, fit_seed, rotation, model_options,
+                            dict(fit_options, checkpoint_dir=folder)))
+    return fits
+
+
+def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int], settings: dict,
+             n_top: int = 50) -> ProgrammeResult:
+    """The programmes of one fit, or the consensus of several (:func:`sciencevae.consensus.consensus`),
+    with their genes, enrichment, association and (several fits) stability."""
+    model = fits[0].model
+    uns = {"params": {k: ("" if v is None else v) for k, v in settings.items()}, "likelihood": settings["likelihood"],
+           "kl_per_latent": model.kl_per_latent(inputs.prepared).astype(float), "rotation": fits[0].rotation,
+           "sciencevae_version": __version__, "descriptions": DESCRIPTIONS}
+    stability = None
+    if len(fits) == 1:
+        weights, latents = fits[0].weights, fits[0].latents
+    else:
+        found = consensus([f.weights for f in fits])
+        weights, latents = found.loadings, found.activities([f.latents for f in fits])
+        stability = stability_table(found, seeds)
+        uns["consensus"] = {"seeds": np.array(seeds), "members": found.members, "signs": found.signs,
+                            "found": found.found, "stability": found.stability, "correlation": found.correlation,
+                            "rotations": np.stack([f.rotation for f in fits])}
+        uns["descriptions"] = {**DESCRIPTIONS, "obsm": {OBSM_KEY: CONSENSUS_ACTIVITY}}
     sets = inputs.gene_sets
     return ProgrammeResult(
-        model=model, adapter=adapter, adata=adapter.write_back(adata, latents, weights, uns), weights=weights,
-        rotation=turn, programmes=top_genes(weights, inputs.names),
+        model=model, adapter=inputs.adapter, adata=inputs.adapter.write_back(adata, latents, weights, uns),
+        weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
         enrichment=None if sets is None else enrichment(weights, inputs.names, sets, n_top),
         association=association(latents, adata.obs, _categorical_keys(adata.obs)), settings=settings,
+        stability=stability,
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
 from sciencevae.adapters.cells import OBSM_KEY
@@ -15,7 +16,15 @@ from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
 if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
 
-__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "UMAP_MAX_CELLS"]
+__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "selection_plot", "UMAP_MAX_CELLS"]
+
+
+def programme_label(res: "ProgrammeResult", j: int) -> str:
+    """"programme j", with its stability (and "unstable") for a consensus of several fits."""
+    if res.stability is None:
+        return f"programme {j}"
+    row = res.stability.iloc[j]
+    return f"programme {j} (stability {row['stability']:.2f}{'' if row['stable'] else ', unstable'})"
 
 
 def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> Figure:
@@ -35,10 +44,11 @@ def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> 
         for (i, j), mean in np.ndenumerate(means.to_numpy()):
             ax.text(j, i, f"{mean:.2g}", ha="center", va="center", fontsize=6,
                     color="white" if abs(values[i, j]) > 0.6 * limit else "black")
-    ax.set_xticks(range(values.shape[1]), [f"P{j}" for j in effect.columns])
+    unstable = set() if res.stability is None else set(res.stability["programme"][~res.stability["stable"]])
+    ax.set_xticks(range(values.shape[1]), [f"P{j}{'*' if j in unstable else ''}" for j in effect.columns])
     sizes = table.groupby("group")["n_cells"].first().reindex(effect.index)
     ax.set_yticks(range(values.shape[0]), [f"{g} (n={n:,})" for g, n in sizes.items()])
-    ax.set_xlabel("programme"), ax.set_ylabel(key)
+    ax.set_xlabel("programme" + (" (* not stable across seeds)" if unstable else "")), ax.set_ylabel(key)
     ax.set_title(f"programme activity by {key} (numbers: group mean activity)", fontsize=9)
     figure.colorbar(image, ax=ax, label="Cohen's d, group vs other cells")
     return figure
@@ -56,7 +66,7 @@ def top_gene_bars(res: "ProgrammeResult", n_genes: int = 8) -> Figure:
         ax.barh(np.arange(len(shown)), shown["weight"], color=colours)
         ax.set_yticks(np.arange(len(shown)), shown["gene"])
         ax.axvline(0, color="0.3", lw=0.6)
-        ax.set_title(f"programme {j} (+ blue, − red)", fontsize=9)
+        ax.set_title(f"{programme_label(res, j)}\n+ blue, − red", fontsize=9)
         ax.set_xlabel("loading (Δ log expression per unit activity)", fontsize=7)
         ax.tick_params(labelsize=7)
     figure.tight_layout()
@@ -83,19 +93,47 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
     if n_cells > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
     tmp = ad.AnnData(obs=pd.DataFrame(index=rows.astype(str)), obsm={OBSM_KEY: latents[rows]})
-    sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, len(rows) - 1)), random_state=seed,
-                    transformer="sklearn")
-    sc.tl.umap(tmp, random_state=seed)
+    threads = torch.get_num_threads()
+    try:
+        sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, len(rows) - 1)), random_state=seed,
+                        transformer="sklearn")
+        sc.tl.umap(tmp, random_state=seed)
+    finally:  # numba's OpenMP pool resets the process's threads (torch's too) to the CPU count: a later fit
+        torch.set_num_threads(threads)  # in this process then spun on a busy machine, 9x slower (measured)
     xy = tmp.obsm["X_umap"]
     figure, axes = panel_grid(latents.shape[1], 3, 2.8)
     for j, ax in enumerate(axes):
         points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[rows, j], s=3, cmap="viridis")
-        ax.set_title(f"programme {j}", fontsize=9)
+        ax.set_title(programme_label(res, j), fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_xlabel("UMAP 1", fontsize=7), ax.set_ylabel("UMAP 2", fontsize=7)
         figure.colorbar(points, ax=ax, shrink=0.7, label="programme activity")
     if len(rows) < n_cells:
         figure.suptitle(f"UMAP of a random {len(rows):,} of {n_cells:,} cells", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def selection_plot(table: pd.DataFrame) -> Figure:
+    """cNMF's k-selection plot with β: stable programmes and their mean stability (left) and the
+    reconstruction error per cell (right) against the number of latents, one line per β; the chosen
+    setting ringed."""
+    figure = Figure(figsize=(8.5, 3.4))
+    left, right = figure.subplots(1, 2)
+    for beta, rows in table.groupby("beta"):
+        rows = rows.sort_values("n_latent")
+        line = left.plot(rows["n_latent"], rows["n_stable"], "o-", label=f"β = {beta:g}: stable")[0]
+        left.plot(rows["n_latent"], rows["n_programmes"], "o:", color=line.get_color(), alpha=0.6,
+                  label=f"β = {beta:g}: found in 2+ fits")
+        right.plot(rows["n_latent"], rows["reconstruction"], "o-", color=line.get_color(), label=f"β = {beta:g}")
+    chosen = table[table["chosen"]]
+    left.plot(chosen["n_latent"], chosen["n_stable"], "o", ms=14, mfc="none", mec="k", label="chosen")
+    right.plot(chosen["n_latent"], chosen["reconstruction"], "o", ms=14, mfc="none", mec="k")
+    left.set_xlabel("latents (n_latent)"), left.set_ylabel("programmes")
+    left.set_title("programmes found again across seeds", fontsize=9)
+    right.set_xlabel("latents (n_latent)"), right.set_ylabel("reconstruction error (NLL per cell, nats)")
+    right.set_title("reconstruction error", fontsize=9)
+    left.legend(fontsize=7), right.legend(fontsize=7)
     figure.tight_layout()
     return figure
 
@@ -106,6 +144,8 @@ def save_figures(res: "ProgrammeResult", folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = [save_figure(top_gene_bars(res), folder / "top_genes.png"),
                save_figure(umap_activity(res, res.settings.get("seed", 0)), folder / "umap_programmes.png")]
+    if res.selection is not None:
+        written.append(save_figure(selection_plot(res.selection), folder / "selection.png"))
     for key in res.association["obs_key"].unique():
         written.append(save_figure(group_heatmap(res, key), folder / f"programmes_by_{key}.png"))
     return written

@@ -34,8 +34,18 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 """
 
 
+#: Columns holding p- or q-values: shown to 3 significant digits however small (never as 0).
+P_VALUE_COLUMNS = ("p", "q", "rank_p", "rank_q", "p_value", "q_value")
+
+
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=_number, border=0, escape=True)
+    """HTML of ``frame``: numbers by :func:`_number`, p- and q-values to 3 significant digits (1e-22 stays 1e-22).
+
+    >>> "1e-22" in _table(pd.DataFrame({"q": [1e-22], "r2": [1e-16]}))
+    True
+    """
+    formatters = {c: (lambda v: f"{v:.3g}") for c in frame.columns if c in P_VALUE_COLUMNS}
+    return frame.to_html(index=False, float_format=_number, formatters=formatters, border=0, escape=True)
 
 
 def _number(value: float) -> str:

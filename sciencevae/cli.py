@@ -265,26 +265,52 @@ def _cmd_cells(args: argparse.Namespace) -> int:
                args.overwrite or _resuming(args))
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
                    gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None)
+    if args.fits < 1:
+        raise ValueError(f"--fits must be at least 1, got {args.fits}")
+    n_latent, beta = _setting(args.n_latent, int, "--n-latent"), _setting(args.beta, float, "--beta")
+    if not all(isinstance(v, (int, float)) for v in (n_latent, beta)) and args.fits < 2:
+        raise ValueError("--n-latent / --beta auto or a list compare stability across seeds: add --fits 3 (or more)")
     inputs = gene_programmes.check_inputs(adata, **choices)  # everything checked before anything is written
     with run_folder(args.out, _release_warnings(args)):
         _write_run_json(args.out, "cells", [args.input], gene_sets=args.gene_sets)  # first: the report names it
         res = gene_programmes.run(
-            adata, n_latent=args.n_latent, decoder=args.decoder, beta=args.beta, epochs=args.epochs, seed=args.seed,
-            device=args.device, progress=not args.quiet, inputs=inputs, **choices, **_checkpointing(args),
+            adata, n_latent=n_latent, decoder=args.decoder, beta=beta, epochs=args.epochs, seed=args.seed,
+            device=args.device, progress=not args.quiet, inputs=inputs, n_fits=args.fits, **choices,
+            **_checkpointing(args),
         )
         res.save(args.out)
     top = res.programmes[res.programmes["rank"] <= 5]
     for programme, rows in top.groupby("programme"):
         ends = {d: ", ".join(rows.loc[rows["direction"] == d, "gene"]) for d in ("+", "-")}
-        print(f"programme {programme}: + {ends['+']} | - {ends['-']}")
+        stable = "" if res.stability is None else f" (stability {res.stability['stability'][programme]:.2f})"
+        print(f"programme {programme}{stable}: + {ends['+']} | - {ends['-']}")
+    if res.selection is not None:
+        best = res.selection[res.selection["chosen"]].iloc[0]
+        print(f"chose n_latent={best['n_latent']}, beta={best['beta']:g}: {best['n_stable']} stable programmes, the "
+              "most in the sweep (selection.csv, figures/selection.png)")
+    for note in gene_programmes.stability_notes(res.stability):
+        print(f"note: {note}")
     for hint in gene_programmes.batch_hints(res.association, args.batch_key):
         print(f"hint: {hint}")
     if res.enrichment is not None and len(res.enrichment):
         print(_enrichment_headline(res.enrichment))
     print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
-          f"{', enrichment.csv' if res.enrichment is not None else ''}, report.html, run.json, adapter.json, "
+          f"{', enrichment.csv' if res.enrichment is not None else ''}"
+          f"{', selection.csv' if res.selection is not None else ''}, report.html, run.json, adapter.json, "
           "figures/, model/")
     return 0
+
+
+def _setting(value: str, kind: type, flag: str = "") -> int | float | str | list:
+    """``"auto"``, the number ``value`` holds, or the list of a comma-separated grid ("4,6,8"); a
+    one-line error naming ``flag`` otherwise."""
+    if value == "auto":
+        return value
+    try:
+        values = [kind(v) for v in value.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes a number, a comma-separated list or 'auto', got {value!r}") from None
+    return values if len(values) > 1 else values[0]
 
 
 def _enrichment_headline(table: pd.DataFrame, alpha: float = 0.05) -> str:
@@ -352,10 +378,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, n_latent: int, beta: float, epochs: int | None,
-                   epochs_help: str | None = None) -> None:
-    """Model size, training and run-folder flags shared by the case-study commands."""
-    parser.add_argument("--n-latent", type=int, default=n_latent)
-    parser.add_argument("--beta", type=float, default=beta, help="KL weight; 1 = the ELBO")
+                   epochs_help: str | None = None, auto: bool = False) -> None:
+    """Model size, training and run-folder flags shared by the case-study commands (``auto``: --n-latent
+    and --beta also take 'auto')."""
+    if auto:
+        choose = ", a comma-separated list or 'auto' (a stability sweep; needs --fits 2 or more)"
+        parser.add_argument("--n-latent", default=str(n_latent), help=f"latents{choose}")
+        parser.add_argument("--beta", default=str(beta), help=f"KL weight, 1 = the ELBO,{choose}")
+    else:
+        parser.add_argument("--n-latent", type=int, default=n_latent)
+        parser.add_argument("--beta", type=float, default=beta, help="KL weight; 1 = the ELBO")
     parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -444,7 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
     cells.add_argument("--drop-empty-cells", action="store_true",
                        help="leave out cells without counts (with a warning) instead of refusing the file")
-    _add_run_flags(cells, n_latent=10, beta=1.0, epochs=100)
+    cells.add_argument("--fits", type=int, default=1, metavar="K",
+                       help="consensus of K fits with seeds SEED..SEED+K-1: programmes found again across seeds, "
+                            "each with a stability score (default 1: a single fit)")
+    _add_run_flags(cells, n_latent=10, beta=1.0, epochs=None,
+                   epochs_help="training epochs (default: scvi-tools' rule, min(20000 / cells x 400, 400))",
+                   auto=True)
     cells.set_defaults(run=_cmd_cells)
 
     demo = commands.add_parser("demo", help="both case studies on embedded data, offline (about a minute)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["linear_factors", "count_programmes", "cell_programmes", "Sprites", "monthly_field"]
+__all__ = ["linear_factors", "count_programmes", "cell_programmes", "hard_programmes", "Sprites", "monthly_field",
+           "daily_field"]
 
 
 def linear_factors(
@@ -296,3 +297,79 @@ def cell_programmes(
     counts = cells.poisson(cells.gamma(dispersion, mu / dispersion))
     return {"counts": sp.csr_matrix(counts.astype(np.float32)), "identity": identity, "usage": usage,
             "batch": batch, "membership": membership, "library": library}
+
+
+#: The activity programmes of :func:`hard_programmes`: name, share of cells where it is active, log fold change.
+HARD_ACTIVITIES = (("cycling", 0.35, 1.4), ("interferon", 0.5, 0.9), ("stress", 0.1, 0.9))
+
+
+def hard_programmes(
+    n_cells: int = 3000,
+    n_genes: int = 1000,
+    n_identities: int = 6,
+    genes_per_programme: int = 40,
+    overlap: float = 0.25,
+    dispersion: float = 4.0,
+    n_batches: int = 2,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Counts where programmes are hard to tell apart: the benchmark simulation for gene programmes.
+
+    Harder than :func:`cell_programmes` in every way that separates methods:
+
+    - more identity (``n_identities``, log fold change 0.5-1.5, so some are weak)
+      than activity programmes (:data:`HARD_ACTIVITIES`: cycling, strong, in 35%
+      of cells; interferon, moderate, in half; stress, weak (0.9), in 10%);
+    - gene membership overlaps: a share ``overlap`` of each programme's genes is
+      drawn from the other programmes' genes;
+    - activity usage is 0 outside the cells where the programme is active and
+      uniform in (0.2, 1] inside them, independently per programme;
+    - identities differ in library size (x0.6-1.6) and their shares differ by batch;
+    - batches scale every gene (log-normal, s.d. 0.25) and a further 10% of
+      genes, programme genes among them, by x2 or x0.5 in one batch;
+    - NB counts with inverse dispersion ``dispersion`` (4: noisy) around
+      log-normal library sizes (median 1,500).
+
+    Returns ``counts`` (cells x genes CSR, float32), ``identity`` (cells,),
+    ``usage`` (cells x 3), ``batch`` (cells,), ``membership`` (genes x
+    programmes bool, identities first), ``lfc`` (genes x programmes),
+    ``library`` (cells,) and ``names`` (programme names).
+
+    >>> sim = hard_programmes(200, n_genes=400)
+    >>> sim["counts"].shape, sim["membership"].shape, sim["names"][-1]
+    ((200, 400), (400, 9), 'stress')
+    """
+    rng = np.random.default_rng(seed)
+    n_programmes = n_identities + len(HARD_ACTIVITIES)
+    n_own = genes_per_programme - int(round(overlap * genes_per_programme))
+    if n_programmes * n_own > n_genes:
+        raise ValueError(f"n_genes={n_genes} is too small for {n_programmes} programmes of {genes_per_programme} genes")
+    order = rng.permutation(n_genes)
+    membership = np.zeros((n_genes, n_programmes), bool)
+    for p in range(n_programmes):
+        membership[order[p * n_own:(p + 1) * n_own], p] = True
+    taken = order[:n_programmes * n_own]
+    for p in range(n_programmes):
+        others = taken[~membership[taken, p]]
+        membership[rng.choice(others, genes_per_programme - n_own, replace=False), p] = True
+    strength = np.r_[rng.uniform(0.5, 1.5, n_identities), [a[2] for a in HARD_ACTIVITIES]]
+    lfc = membership * strength * rng.uniform(0.7, 1.3, size=membership.shape)
+    base = rng.lognormal(0.0, 1.0, n_genes)
+    batch = rng.integers(0, n_batches, n_cells)
+    shares = rng.dirichlet(np.full(n_identities, 3.0), size=n_batches)
+    identity = np.array([rng.choice(n_identities, p=shares[b]) for b in batch])
+    active = rng.random((n_cells, len(HARD_ACTIVITIES))) < [a[1] for a in HARD_ACTIVITIES]
+    usage = active * rng.uniform(0.2, 1.0, size=active.shape)
+    batch_effect = rng.lognormal(0.0, 0.25, size=(n_batches, n_genes))
+    hit = rng.choice(n_genes, n_genes // 10, replace=False)
+    batch_effect[rng.integers(0, n_batches, len(hit)), hit] *= rng.choice([0.5, 2.0], len(hit))
+    log_rate = np.log(base)[None] + lfc[:, identity].T + usage @ lfc[:, n_identities:].T
+    proportions = np.exp(log_rate) * batch_effect[batch]
+    proportions /= proportions.sum(1, keepdims=True)
+    size = rng.uniform(0.6, 1.6, n_identities)[identity]
+    library = rng.lognormal(np.log(1500), 0.4, n_cells) * size
+    mu = proportions * library[:, None]
+    counts = rng.poisson(rng.gamma(dispersion, mu / dispersion))
+    names = [f"identity_{i}" for i in range(n_identities)] + [a[0] for a in HARD_ACTIVITIES]
+    return {"counts": sp.csr_matrix(counts.astype(np.float32)), "identity": identity, "usage": usage,
+            "batch": batch, "membership": membership, "lfc": lfc, "library": library, "names": names}

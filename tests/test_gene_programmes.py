@@ -17,7 +17,7 @@ import sciencevae
 from sciencevae import BetaVAE
 from sciencevae.case_studies import gene_programmes as gp
 from sciencevae.cli import main
-from sciencevae.datasets import cell_programmes
+from sciencevae.datasets import cell_programmes, hard_programmes
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 CELLBENCH = DATA / "scrna" / "cellbench_celseq2_5cl_3plates_counts.h5ad"
@@ -111,6 +111,7 @@ def test_save_writes_the_documented_outputs(fitted, tmp_path):
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == ["programmes_by_batch.png", "programmes_by_cell_type.png", "top_genes.png", "umap_programmes.png"]
     assert sciencevae.load(out / "model").config.n_latent == 6
+    assert torch.get_num_threads() == 1  # the UMAP's numba pool leaves torch's threads as they were
 
 
 def test_cli_cells(tmp_path, capsys):
@@ -131,6 +132,77 @@ def test_cli_cells(tmp_path, capsys):
     adata.write_h5ad(tmp_path / "half.h5ad")
     assert main(["cells", str(tmp_path / "half.h5ad"), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "non-integer" in capsys.readouterr().err
+
+
+def programme_recovery(weights: np.ndarray, activity: np.ndarray, sim: dict) -> tuple[float, float]:
+    """Mean AUROC of each true programme's genes from its own gene list (one-to-one; each component's
+    "+" and "-" directions are two lists) and mean Spearman of the activity programmes' usage."""
+    from scipy.optimize import linear_sum_assignment
+
+    member = sim["membership"]
+    auroc = np.array([[roc_auc_score(member[:, p], w) for w in weights.T] for p in range(member.shape[1])])
+    auroc, activity = np.c_[auroc, 1 - auroc], np.c_[activity, -activity]
+    rows, columns = linear_sum_assignment(-auroc)
+    n_identities = member.shape[1] - sim["usage"].shape[1]
+    rhos = [spearmanr(sim["usage"][:, p - n_identities], activity[:, c])[0]
+            for p, c in zip(rows, columns) if p >= n_identities]
+    return float(auroc[rows, columns].mean()), float(np.mean(rhos))
+
+
+@pytest.fixture(scope="module")
+def consensus_runs():
+    """Two consensus runs (3 fits each, seeds 0-2 and 10-12) on the hard simulation."""
+    sim = hard_programmes(1000, n_genes=400, seed=3)
+    obs = pd.DataFrame({"batch": sim["batch"].astype(str)}, index=[f"c{i}" for i in range(1000)])
+    adata = ad.AnnData(sim["counts"], obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(400)]))
+    runs = [gp.run(adata, n_latent=10, batch_key="batch", n_top_genes=None, n_fits=3, seed=seed, progress=False)
+            for seed in (0, 10)]
+    return runs, sim
+
+
+def test_consensus_programmes_are_found_again_with_other_seeds(consensus_runs):
+    from scipy.optimize import linear_sum_assignment
+
+    (first, second), sim = consensus_runs
+    correlation = np.abs(np.corrcoef(first.weights.T, second.weights.T)[:first.weights.shape[1], first.weights.shape[1]:])
+    rows, columns = linear_sum_assignment(-correlation)
+    stable = first.stability["stable"].to_numpy()[rows] & second.stability["stable"].to_numpy()[columns]
+    assert stable.sum() >= 7  # 6 identities (one is the others' baseline) + 3 activities
+    assert np.all(correlation[rows, columns][stable] >= 0.9)
+    assert np.all(~stable[correlation[rows, columns] < 0.9])  # what is not found again is flagged by a run
+    for run in (first, second):
+        auroc, rho = programme_recovery(run.weights, run.adata.obsm["X_sciencevae"], sim)
+        assert auroc >= 0.95 and rho >= 0.55, (auroc, rho)
+
+
+def test_consensus_stability_is_written_to_every_output(consensus_runs, tmp_path):
+    res = consensus_runs[0][0]
+    out = res.save(tmp_path / "run")
+    programmes = pd.read_csv(out / "programmes.csv")
+    assert {"found", "stability", "stable"} <= set(programmes.columns)
+    per_programme = programmes.groupby("programme")["stability"].first()
+    np.testing.assert_allclose(per_programme.to_numpy(), res.stability["stability"].to_numpy())
+    uns = ad.read_h5ad(out / "cells.h5ad").uns["sciencevae"]
+    assert list(uns["consensus"]["seeds"]) == [0, 1, 2] and uns["params"]["n_fits"] == 3
+    np.testing.assert_allclose(uns["consensus"]["stability"], res.stability["stability"].to_numpy())
+    assert uns["consensus"]["members"].shape == (3, res.weights.shape[1])
+    report = (out / "report.html").read_text()
+    assert "Programme stability across 3 seeds" in report
+    assert res.adata.obsm["X_sciencevae"].shape[1] == res.weights.shape[1] == len(res.stability)
+
+
+def test_cli_cells_consensus(tmp_path, capsys):
+    adata, _ = simulated(300, 200, seed=2)
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    args = ["cells", str(path), "--n-latent", "4", "--n-top-genes", "0", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "bad"), "--fits", "0"]) == 2
+    assert "--fits must be at least 1" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(args + ["--out", str(tmp_path / "noise"), "--fits", "2", "--epochs", "1"]) == 2  # untrained: noise
+    assert "no component was found again in 2 of the 2 fits" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "run"), "--fits", "2", "--epochs", "60"]) == 0
+    assert "(stability " in capsys.readouterr().out
+    assert "stable" in pd.read_csv(tmp_path / "run" / "programmes.csv").columns
 
 
 @pytest.mark.skipif(not CELLBENCH.exists(), reason="needs ../shared/data (CellBench counts)")
