@@ -30,9 +30,9 @@ from scipy.stats import false_discovery_control, hypergeom, mannwhitneyu
 from sciencevae import BetaVAE, Prepared, __version__
 from sciencevae.adapters.cells import OBSM_KEY, CellsAdapter, missing_labels, modelled_var, read_cells
 from sciencevae.consensus import Consensus, consensus
+from sciencevae.io import atomic_path, atomic_write_text
 
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
-from sciencevae.io import atomic_path, atomic_write_text
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
            "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS", "Fit", "fit_one",
@@ -49,7 +49,8 @@ DESCRIPTIONS = {
     "uns": {"kl_per_latent": "KL divergence of each latent's posterior from the prior (nats), before rotation",
             "consensus": "with several fits: their seeds, per fit and programme the member component (-1: none), "
                          "its sign, each fit's best correlation with the consensus loadings, the share of fits "
-                         "that found the programme and its stability (mean correlation); rotations per fit"},
+                         "that found the programme and its stability (mean correlation of its members over pairs of "
+                         "fits); the varimax rotation of each fit"},
 }
 
 #: obsm description when the programmes are a consensus of several fits.

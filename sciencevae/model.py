@@ -49,6 +49,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (256, 128)
     decoder: str = "mlp"
     n_covariates: int = 0
+    encode_covariates: bool = True
     encoder: str = "mlp"
     image_shape: tuple[int, ...] | None = None
     conv_channels: int = 32
@@ -107,10 +108,11 @@ class VAEModule(nn.Module):
         c = config
         self.likelihood = make_likelihood(c.likelihood, c.n_features, **c.likelihood_options)
         n_out = c.n_features * self.likelihood.n_heads
+        seen = c.n_covariates if c.encode_covariates else 0  # scvi-tools' encode_covariates: decoder-only when False
         if c.encoder == "conv":
-            self.encoder = ConvEncoder(c.image_shape, c.n_latent, c.hidden, c.conv_channels, c.n_covariates)
+            self.encoder = ConvEncoder(c.image_shape, c.n_latent, c.hidden, c.conv_channels, seen)
         else:
-            self.encoder = GaussianEncoder(c.n_features, c.n_latent, c.hidden, c.n_covariates)
+            self.encoder = GaussianEncoder(c.n_features, c.n_latent, c.hidden, seen)
         reversed_hidden = tuple(reversed(c.hidden))
         if c.decoder == "linear":
             self.decoder = LinearDecoder(c.n_latent, n_out, c.n_covariates)
@@ -126,7 +128,8 @@ class VAEModule(nn.Module):
 
     def inference(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z|x)."""
-        return self.encoder(self.likelihood.encoder_input(batch.x), batch.covariates)
+        covariates = batch.covariates if self.config.encode_covariates else None
+        return self.encoder(self.likelihood.encoder_input(batch.x), covariates)
 
     def generative(
         self, z: torch.Tensor, covariates: torch.Tensor | None, size_factor: torch.Tensor | None
@@ -265,6 +268,7 @@ class BetaVAE:
         hidden: tuple[int, ...] = (256, 128),
         decoder: str = "mlp",
         n_covariates: int = 0,
+        encode_covariates: bool = True,
         objective: str | Objective = "beta",
         likelihood_options: dict | None = None,
         seed: int = 0,
@@ -280,6 +284,7 @@ class BetaVAE:
             hidden=tuple(hidden),
             decoder=decoder,
             n_covariates=n_covariates,
+            encode_covariates=encode_covariates,
             encoder=encoder,
             image_shape=None if image_shape is None else tuple(image_shape),
             conv_channels=conv_channels,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .distributed import Workers, all_reduce_sum, gather_objects
 from .io import atomic_torch_save
 from .graphed import GraphedSteps
 from .streaming import peak_host_memory_mb
+from .threads import training_threads
 from .objectives import Objective
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "fit", "resolve_device", "CHECKPOINT_NAME",
@@ -371,7 +373,10 @@ def fit(
 
         graphed = GraphedSteps(step_row, batch_size, optimizer, device, generators=[noise],
                                from_step=objective.schedule_steps)
-    bar = tqdm(range(state.epoch, config.epochs), disable=not (progress and workers.is_main), desc="training",
+    threads_set = ExitStack()  # torch's CPU threads for this fit (fewer on a busy machine), restored after
+    threads = threads_set.enter_context(training_threads()).threads if device.type == "cpu" else None
+    label = "training" if threads is None else f"training ({threads} thread{'s' if threads > 1 else ''})"
+    bar = tqdm(range(state.epoch, config.epochs), disable=not (progress and workers.is_main), desc=label,
                unit="epoch")
     try:
         for epoch in bar:
@@ -392,6 +397,8 @@ def fit(
                                         workers, n_val))
             record["seconds"] = time.perf_counter() - started
             record["peak_host_mb"] = peak_host_memory_mb()
+            if threads is not None:
+                record["threads"] = threads
             state.history.append(record)
             state.epoch = epoch + 1
             last_good = _snapshot(module)
@@ -409,6 +416,8 @@ def fit(
         saved = _saved_epoch(checkpoint)
         where = f"the checkpoint {checkpoint} holds epoch {saved}; resume to continue" if saved else "no checkpoint was saved"
         raise TrainingInterrupted(f"training interrupted in epoch {state.epoch + 1}; {where}") from None
+    finally:
+        threads_set.close()
     if config.early_stopping is not None and state.best_weights is not None:
         module.load_state_dict(state.best_weights)
     module.eval()

@@ -5,6 +5,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import sciencevae
+
 from sciencevae import BetaVAE, Objective
 from sciencevae.data import Batch
 
@@ -49,6 +51,19 @@ def test_covariates_reach_encoder_and_decoder(rng):
     assert not np.allclose(vae.decode(z, covariates=a), vae.decode(z, covariates=b))
     with pytest.raises(ValueError, match="covariate"):
         vae.encode(X)
+
+
+def test_decoder_only_covariates_leave_the_encoder_blind_to_them(rng, tmp_path):
+    X = rng.normal(size=(8, 5)).astype(np.float32)
+    vae = BetaVAE(5, n_latent=2, n_covariates=2, encode_covariates=False, **SMALL)
+    a, b = np.tile([1.0, 0.0], (8, 1)), np.tile([0.0, 1.0], (8, 1))
+    np.testing.assert_array_equal(vae.encode(X, covariates=a), vae.encode(X, covariates=b))
+    z = np.zeros((8, 2))
+    assert not np.allclose(vae.decode(z, covariates=a), vae.decode(z, covariates=b))
+    vae.fit(X, covariates=a, epochs=1, progress=False)
+    loaded = sciencevae.load(vae.save(tmp_path / "m"))
+    assert loaded.config.encode_covariates is False
+    np.testing.assert_array_equal(loaded.encode(X, covariates=a), vae.encode(X, covariates=a))
 
 
 def test_masked_features_drop_out_of_the_reconstruction(rng):
