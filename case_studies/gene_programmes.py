@@ -18,6 +18,7 @@ with categorical obs columns (mean per group and Cohen's d against the rest).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,10 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
     universe = set(genes)
     members = {name: np.isin(genes, list(set(s) & universe)) for name, s in gene_sets.items()}
     members = {name: m for name, m in members.items() if m.sum() >= min_size}
+    if not members:
+        warnings.warn(f"no gene set has {min_size} or more of its genes among the {len(genes)} modelled genes, so "
+                      "enrichment is empty; if the sets use gene symbols and var_names do not, pass --gene-symbols "
+                      "COLUMN (gene_symbols=)", UserWarning, stacklevel=2)
     rows = []
     for j in range(weights.shape[1]):
         for direction, signed in (("+", weights[:, j]), ("-", -weights[:, j])):
@@ -185,9 +190,8 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
                              "genes": ",".join(genes[top & member])})
     table = pd.DataFrame(rows, columns=["programme", "direction", "gene_set", "overlap", "set_size", "p", "rank_p",
                                         "genes"])
-    if len(table):
-        table["q"] = false_discovery_control(table["p"].to_numpy())
-        table["rank_q"] = false_discovery_control(table["rank_p"].to_numpy())
+    table["q"] = false_discovery_control(table["p"].to_numpy()) if len(table) else []
+    table["rank_q"] = false_discovery_control(table["rank_p"].to_numpy()) if len(table) else []
     return table.sort_values("p").reset_index(drop=True)
 
 
@@ -280,7 +284,7 @@ class ProgrammeResult:
         if self.stability is not None:
             tables[f"Programme stability across {self.settings['n_fits']} seeds"] = self.stability
         if self.selection is not None:
-            tables[f"Choosing {self.settings['selected']}: stability against reconstruction"] = self.selection
+            tables[f"Choosing {self.settings['chosen_by_sweep']}: stability against reconstruction"] = self.selection
         tables["Per-latent KL (before rotation, first fit)"] = kl
         if self.enrichment is not None:
             tables["Enrichment (20 strongest)"] = self.enrichment.drop(columns="genes").head(20)
@@ -381,12 +385,12 @@ def fit_one(prepared: Prepared, n_latent: int, seed: int, rotation: str | None, 
 
 
 def stability_table(found: Consensus, seeds: list[int]) -> pd.DataFrame:
-    """Per programme: share of fits that found it, its stability, whether it is stable and each fit's best
-    correlation with the consensus loadings."""
+    """Per programme: share of fits that found it, its stability, whether it is stable and, for each fit that
+    found it, the correlation of its best-matching component with the consensus loadings (NaN for the others)."""
     table = pd.DataFrame({"programme": range(found.loadings.shape[1]), "found": found.found,
                           "stability": found.stability, "stable": found.stability >= STABLE})
-    for i, seed in enumerate(seeds):
-        table[f"correlation_seed_{seed}"] = found.correlation[i]
+    for i, seed in enumerate(seeds):  # blank where that fit did not find the programme
+        table[f"correlation_seed_{seed}"] = np.where(found.members[i] >= 0, found.correlation[i], np.nan)
     return table
 
 
@@ -466,7 +470,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                     seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
                     n_fits=n_fits)
     if selection is not None:
-        settings["selected"] = ", ".join(name for name, grid in (("n_latent", latent_grid), ("beta", beta_grid)) if grid)
+        settings["chosen_by_sweep"] = ", ".join(name for name, grid in (("n_latent", latent_grid), ("beta", beta_grid)) if grid)
     res = describe(adata, inputs, fits, seeds, settings, n_top)
     res.selection = None if selection is None else selection.table
     return res

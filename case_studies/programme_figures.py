@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sciencevae.adapters.cells import OBSM_KEY
 from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
@@ -134,6 +135,9 @@ def selection_plot(table: pd.DataFrame) -> Figure:
     right.set_xlabel("latents (n_latent)"), right.set_ylabel("reconstruction error (NLL per cell, nats)")
     right.set_title("reconstruction error", fontsize=9)
     left.legend(fontsize=7), right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     return figure
 

@@ -213,10 +213,24 @@ def _refuse_torchrun(command: str) -> None:
                          "trains data-parallel (run it without torchrun)")
 
 
+def _check_run_flags(n_latent, beta, epochs: int | None) -> None:
+    """Refuse impossible --n-latent / --beta / --epochs (single values or lists) in one line, before anything
+    is read or written."""
+    for value in (n_latent if isinstance(n_latent, list) else [n_latent]):
+        if value != "auto" and value < 1:
+            raise ValueError(f"--n-latent must be at least 1, got {value}")
+    for value in (beta if isinstance(beta, list) else [beta]):
+        if value != "auto" and not value >= 0:
+            raise ValueError(f"--beta must be 0 or more, got {value}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+
+
 def _cmd_climate(args: argparse.Namespace) -> int:
     _refuse_torchrun("climate")
     from .case_studies import climate_trend
 
+    _check_run_flags(args.n_latent, args.beta, args.epochs)
     _check_out(args.out, args.inputs, args.overwrite or _resuming(args))
     inputs = [str(p) for p in args.inputs] if len(args.inputs) > 1 else str(args.inputs[0])
     var = args.var[0] if args.var and len(args.var) == 1 else args.var
@@ -268,8 +282,10 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     if args.fits < 1:
         raise ValueError(f"--fits must be at least 1, got {args.fits}")
     n_latent, beta = _setting(args.n_latent, int, "--n-latent"), _setting(args.beta, float, "--beta")
+    _check_run_flags(n_latent, beta, args.epochs)
     if not all(isinstance(v, (int, float)) for v in (n_latent, beta)) and args.fits < 2:
-        raise ValueError("--n-latent / --beta auto or a list compare stability across seeds: add --fits 3 (or more)")
+        raise ValueError("--n-latent / --beta auto or a list compare stability across seeds: add --fits 2 or more "
+                         "(3 or more gives steadier stabilities)")
     inputs = gene_programmes.check_inputs(adata, **choices)  # everything checked before anything is written
     with run_folder(args.out, _release_warnings(args)):
         _write_run_json(args.out, "cells", [args.input], gene_sets=args.gene_sets)  # first: the report names it
@@ -310,6 +326,8 @@ def _setting(value: str, kind: type, flag: str = "") -> int | float | str | list
         values = [kind(v) for v in value.split(",")]
     except ValueError:
         raise ValueError(f"{flag} takes a number, a comma-separated list or 'auto', got {value!r}") from None
+    if len(set(values)) < len(values):
+        raise ValueError(f"{flag} lists a value twice: {value!r}")
     return values if len(values) > 1 else values[0]
 
 

@@ -76,6 +76,9 @@ def test_enrichment_and_association_known_answers():
     lead = table[(table.gene_set == "lead") & (table.direction == "+")].iloc[0]
     assert lead.overlap == 10 and lead.p == pytest.approx(hypergeom.sf(9, 100, 10, 10))
     assert table[(table.gene_set == "tail") & (table.direction == "+")].iloc[0].overlap == 0
+    with pytest.warns(UserWarning, match="no gene set has 5 or more of its genes among the 100 modelled genes"):
+        empty = gp.enrichment(weights, genes, {"elsewhere": ["TP53", "MYC", "g1"]})
+    assert empty.empty and {"q", "rank_q"} <= set(empty.columns)  # same columns as a full table
     latents = np.r_[np.ones(20), np.zeros(30)][:, None] + np.r_[np.zeros(20), np.linspace(-1, 1, 30)][:, None]
     obs = pd.DataFrame({"group": ["a"] * 20 + ["b"] * 30})
     assoc = gp.association(latents, obs, ["group"])
@@ -132,6 +135,19 @@ def test_cli_cells(tmp_path, capsys):
     adata.write_h5ad(tmp_path / "half.h5ad")
     assert main(["cells", str(tmp_path / "half.h5ad"), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "non-integer" in capsys.readouterr().err
+
+
+def test_the_hard_simulation_is_as_hard_as_documented():
+    sim = hard_programmes(3000, n_genes=1000, seed=0)
+    member, usage = sim["membership"], sim["usage"]
+    assert member.shape == (1000, 9) and np.all(member.sum(0) == 40)
+    assert (member.sum(1) > 1).sum() >= 60  # shared genes (a quarter of each programme's are another's)
+    np.testing.assert_allclose((usage > 0).mean(0), [0.35, 0.5, 0.1], atol=0.03)
+    strengths = sim["lfc"].sum(0) / member.sum(0)
+    assert strengths[:6].min() < 0.8 and strengths[:6].max() > 1.1  # unequal identities
+    assert len(np.unique(sim["batch"])) == 2 and sim["names"][-1] == "stress"
+    shares = pd.crosstab(sim["batch"], sim["identity"], normalize="index").to_numpy()
+    assert np.abs(shares[0] - shares[1]).max() > 0.05  # identity shares differ by batch
 
 
 def programme_recovery(weights: np.ndarray, activity: np.ndarray, sim: dict) -> tuple[float, float]:

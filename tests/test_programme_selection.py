@@ -30,7 +30,7 @@ def test_the_sweep_finds_the_simulated_programmes_and_not_fewer(swept):
     assert table.loc[2, "reconstruction"] > table.loc[6, "reconstruction"]
     chosen = table[table["chosen"]]
     assert len(chosen) == 1 and chosen.index[0] in (6, 10)
-    assert swept.settings["n_latent"] == chosen.index[0] and swept.settings["selected"] == "n_latent"
+    assert swept.settings["n_latent"] == chosen.index[0] and swept.settings["chosen_by_sweep"] == "n_latent"
     assert len(swept.stability) == swept.weights.shape[1]  # the chosen point's own consensus, no refit
 
 
@@ -52,7 +52,11 @@ def test_cli_refuses_a_sweep_without_seeds_and_a_bad_setting(tmp_path, capsys):
     simulated(100, 200).write_h5ad(path)
     base = ["cells", str(path), "--n-top-genes", "0", "--quiet"]
     assert main(base + ["--out", str(tmp_path / "a"), "--n-latent", "auto"]) == 2
-    assert "add --fits 3" in capsys.readouterr().err
+    assert "add --fits 2 or more" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "b"), "--beta", "high"]) == 2
     assert "--beta takes a number, a comma-separated list or 'auto', got 'high'" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for flag, value, message in (("--n-latent", "6,6", "lists a value twice"), ("--n-latent", "0", "at least 1"),
+                                 ("--beta", "-1", "0 or more"), ("--epochs", "0", "at least 1")):
+        assert main(base + ["--out", str(tmp_path / "c"), flag, value, "--fits", "2"]) == 2
+        assert message in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")
