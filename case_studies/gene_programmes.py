@@ -495,10 +495,12 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
     model_options = dict(n_features=len(inputs.adapter.genes), likelihood=likelihood, beta=beta, decoder=decoder,
                          hidden=hidden, n_covariates=inputs.adapter.n_covariates)
     fits = []
-    for fit_seed in seeds:
+    for i, fit_seed in enumerate(seeds):
         folder = checkpoint_dir if checkpoint_dir is None or len(seeds) == 1 else Path(checkpoint_dir) / f"seed_{fit_seed}"
-        fits.append(fit_one(inputs.prepared, n_latent, fit_seed, rotation, model_options,
-                            dict(fit_options, checkpoint_dir=folder)))
+        options = dict(fit_options, checkpoint_dir=folder)
+        if len(seeds) > 1 and options.get("progress", True):
+            options["progress"] = f"fit {i + 1}/{len(seeds)}, {n_latent} latents, beta {beta:g}"
+        fits.append(fit_one(inputs.prepared, n_latent, fit_seed, rotation, model_options, options))
     return fits
 
 

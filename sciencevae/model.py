@@ -326,7 +326,7 @@ class BetaVAE:
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
         precision: str = "32",
-        progress: bool = True,
+        progress: bool | str = True,
         checkpoint_every: int = 1,
         covariates=None,
         size_factors=None,
@@ -347,7 +347,7 @@ class BetaVAE:
         seconds and peak_host_mb (the process's peak resident memory so far,
         MiB). ``early_stopping`` is a patience in epochs on the validation
         loss (the training loss without validation); the best weights are
-        kept. ``checkpoint_dir`` gets ``checkpoint.pt`` every
+        kept. ``progress``: a bar per epoch (a string labels it). ``checkpoint_dir`` gets ``checkpoint.pt`` every
         ``checkpoint_every`` epochs and ``resume=True`` continues from it;
         Ctrl-C raises :class:`~sciencevae.train.TrainingInterrupted`. A NaN/inf loss raises
         :class:`~sciencevae.train.TrainingDiverged` naming the epoch and

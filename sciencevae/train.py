@@ -309,7 +309,7 @@ def fit(
     config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     checkpoint_every: int = 1,
     workers: Workers = Workers(),
     split: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -375,7 +375,8 @@ def fit(
                                from_step=objective.schedule_steps)
     threads_set = ExitStack()  # torch's CPU threads for this fit (fewer on a busy machine), restored after
     threads = threads_set.enter_context(training_threads()).threads if device.type == "cpu" else None
-    label = "training" if threads is None else f"training ({threads} thread{'s' if threads > 1 else ''})"
+    label = progress if isinstance(progress, str) else "training"  # a string names the bar (e.g. "fit 2/5")
+    label += "" if threads is None else f" ({threads} thread{'s' if threads > 1 else ''})"
     bar = tqdm(range(state.epoch, config.epochs), disable=not (progress and workers.is_main), desc=label,
                unit="epoch")
     try:
