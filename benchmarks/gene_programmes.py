@@ -60,7 +60,8 @@ def scores(weights: np.ndarray, activity: np.ndarray, sim: dict, signed: bool) -
 def cells(sim: dict) -> ad.AnnData:
     """The simulation as an AnnData with the batch in obs."""
     obs = pd.DataFrame({"batch": sim["batch"].astype(str)}, index=[f"c{i}" for i in range(sim["counts"].shape[0])])
-    return ad.AnnData(sim["counts"].copy(), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(sim["counts"].shape[1])]))
+    genes = pd.DataFrame(index=[f"g{j}" for j in range(sim["counts"].shape[1])])
+    return ad.AnnData(sim["counts"].copy(), obs=obs, var=genes)
 
 
 def normalised(counts) -> np.ndarray:
@@ -145,7 +146,8 @@ def print_table(rows: list[dict]) -> None:
     print("| method | " + " | ".join(c.replace("auroc_", "").replace("rho_", "ρ ") for c in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for method, row in table[columns].iterrows():
-        print(f"| {method} | " + " | ".join(f"{v:.1f}" if c == "seconds" else f"{v:.3f}" for c, v in row.items()) + " |")
+        cells_ = (f"{v:.1f}" if c == "seconds" else f"{v:.3f}" for c, v in row.items())
+        print(f"| {method} | " + " | ".join(cells_) + " |")
 
 
 def main() -> None:

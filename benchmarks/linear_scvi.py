@@ -62,7 +62,9 @@ def main() -> None:
 
     for seed in args.seeds:
         sim = hard_programmes(args.cells, n_genes=args.genes, seed=seed)
-        for name, linear in ((f"LinearSCVI {scvi.__version__} + varimax", True), (f"SCVI {scvi.__version__} (correlations, varimax)", False)):
+        methods = ((f"LinearSCVI {scvi.__version__} + varimax", True),
+                   (f"SCVI {scvi.__version__} (correlations, varimax)", False))
+        for name, linear in methods:
             started = time.perf_counter()
             weights, activity, signed = programmes(sim, args.components, args.epochs, seed, linear)
             row = {"method": name, "seed": seed, "seconds": time.perf_counter() - started,

@@ -405,7 +405,8 @@ def stability_notes(table: pd.DataFrame | None) -> list[str]:
 
 
 def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, likelihood: str = "nb",
-        decoder: str = "linear", beta: float | str | list[float] = 1.0, batch_key: str | None = None, gene_sets=None, gene_symbols: str | None = None,
+        decoder: str = "linear", beta: float | str | list[float] = 1.0, batch_key: str | None = None,
+        gene_sets=None, gene_symbols: str | None = None,
         n_top_genes: int | None = 2000, epochs: int | None = None, batch_size: int = 128, lr: float = 3e-3,
         seed: int = 0, device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50,
         rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
@@ -470,7 +471,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                     seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
                     n_fits=n_fits)
     if selection is not None:
-        settings["chosen_by_sweep"] = ", ".join(name for name, grid in (("n_latent", latent_grid), ("beta", beta_grid)) if grid)
+        swept = (("n_latent", latent_grid), ("beta", beta_grid))
+        settings["chosen_by_sweep"] = ", ".join(name for name, grid in swept if grid)
     res = describe(adata, inputs, fits, seeds, settings, n_top)
     res.selection = None if selection is None else selection.table
     return res
@@ -496,7 +498,8 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
                          hidden=hidden, n_covariates=inputs.adapter.n_covariates)
     fits = []
     for i, fit_seed in enumerate(seeds):
-        folder = checkpoint_dir if checkpoint_dir is None or len(seeds) == 1 else Path(checkpoint_dir) / f"seed_{fit_seed}"
+        several = checkpoint_dir is not None and len(seeds) > 1
+        folder = Path(checkpoint_dir) / f"seed_{fit_seed}" if several else checkpoint_dir
         options = dict(fit_options, checkpoint_dir=folder)
         if len(seeds) > 1 and options.get("progress", True):
             options["progress"] = f"fit {i + 1}/{len(seeds)}, {n_latent} latents, beta {beta:g}"

@@ -180,7 +180,8 @@ def test_consensus_programmes_are_found_again_with_other_seeds(consensus_runs):
     from scipy.optimize import linear_sum_assignment
 
     (first, second), sim = consensus_runs
-    correlation = np.abs(np.corrcoef(first.weights.T, second.weights.T)[:first.weights.shape[1], first.weights.shape[1]:])
+    k = first.weights.shape[1]
+    correlation = np.abs(np.corrcoef(first.weights.T, second.weights.T)[:k, k:])
     rows, columns = linear_sum_assignment(-correlation)
     stable = first.stability["stable"].to_numpy()[rows] & second.stability["stable"].to_numpy()[columns]
     assert stable.sum() >= 7  # 6 identities (one is the others' baseline) + 3 activities
