@@ -18,6 +18,7 @@ from sciencevae import BetaVAE, __version__
 from sciencevae.adapters.climate import ClimateAdapter
 from sciencevae.data import Prepared
 
+from . import cell_regression as cr
 from .climate_knobs import Knobs, decimal_years, harmonics, year_fraction
 from .climatology import HarmonicClimatology
 from .trend_test import low_pass
@@ -27,6 +28,8 @@ from .trend_test import low_pass
 TREND_CUTOFF_YEARS = 10.0
 #: Points per year at which the decoder's seasonal cycle is evaluated (annual means, amplitude, peak).
 PHASE_POINTS = 24
+#: At most this many principal series of the seasonal cycle's change are offered to the data.
+MAX_CHANGE_SERIES = 8
 
 
 def seasonal_basis(time: xr.DataArray) -> np.ndarray:
@@ -83,36 +86,64 @@ def climatology_from(adapter: ClimateAdapter, ds: xr.Dataset) -> HarmonicClimato
 
 @dataclass(frozen=True)
 class Decomposition:
-    """Standardised parts: ``seasonal`` and ``trend`` (n_time, n_features) and ``mean_cycle``, the cycle
-    added to the decoder's (see :func:`decompose`)."""
+    """Standardised parts: ``seasonal`` and ``trend`` (n_time, n_features), ``mean_cycle``, the cycle
+    added to the decoder's, and ``seasonal_changes``, how many series of the decoder's change of the
+    seasonal cycle the data supported (0: the seasonal component is the climatology; see :func:`decompose`)."""
 
     seasonal: np.ndarray
     trend: np.ndarray
     mean_cycle: HarmonicClimatology
+    seasonal_changes: int
 
 
 def decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, knobs: Knobs,
-               time: xr.DataArray) -> Decomposition:
-    """trend(t) = annual(z_T(t)) - annual(c), with z_T(t) the code with only the trend knobs moving — their
-    scores low-passed at ``TREND_CUTOFF_YEARS`` (:func:`.trend_test.low_pass`): the trend is the slow part —
-    and annual() the decoded field averaged over the year; seasonal(t) = the record's mean cycle (the fitted
-    harmonic ``climatology``) plus the decoder's departure from its own mean cycle,
-    decode(z_TS(t), phase(t)) - annual(z_T(t)) minus the harmonic fit of that over the record. So the
-    residual keeps no mean seasonal cycle, and the seasonal component changes with the knobs as the
-    decoder says."""
+              time: xr.DataArray, anomalies: np.ndarray, scale: np.ndarray) -> Decomposition:
+    """Seasonal and trend components (standardised, (n_time, n_features)) of the model input ``anomalies``
+    (the standardised field minus the harmonic ``climatology``, NaN where unobserved); ``scale``
+    (n_features,): :func:`trend_weights`.
+
+    The decoder gives time courses; their amplitude in each cell is fitted to the data
+    (:mod:`.cell_regression`). Trend: the decoder's annual mean with only the trend knobs moving — their
+    scores low-passed at ``TREND_CUTOFF_YEARS`` (:func:`.trend_test.low_pass`), so the trend is the slow
+    part — minus that at the mean code; its leading principal series (one per trend knob) are regressors.
+    Seasonal: the record's mean cycle (the fitted harmonic ``climatology``) plus the change of the cycle as
+    the knobs move — decode(z_TS(t), phase(t)) minus the trend's annual mean and minus its own mean cycle;
+    its leading principal series are regressors as far as they predict years they were not fitted on
+    (even years from odd and back, :func:`.cell_regression.supported_series`), else the seasonal component
+    is the climatology. So the residual keeps no mean seasonal cycle, and in a short noisy record the
+    decoder's noise does not enter the seasons. ``mean_cycle`` is the climatology minus the decoder's own
+    mean cycle (what :meth:`ClimateResult.seasonal_cycle` adds to the decoder's).
+    """
     trend_knobs, seasonal_knobs = knobs.of("trend"), knobs.of("seasonal")
     phase = year_fraction(time)
+    years = decimal_years(time)
     scores = knobs.scores(z)
-    smooth = low_pass(scores[:, trend_knobs], decimal_years(time), TREND_CUTOFF_YEARS)
+    smooth = low_pass(scores[:, trend_knobs], years, TREND_CUTOFF_YEARS)
     still = annual_means(model, knobs.center[None])
     trend_codes = knobs.codes(z, trend_knobs, smooth)
     moving = annual_means(model, trend_codes) if trend_knobs else np.repeat(still, len(z), 0)
     both = knobs.codes(z, trend_knobs + seasonal_knobs, np.c_[smooth, scores[:, seasonal_knobs]])
     departure = model.decode(both, seasonal_basis(time)) - moving
     own = HarmonicClimatology.fit(departure, phase, climatology.n_harmonics)
-    mean_cycle = HarmonicClimatology(coef=climatology.coef - own.coef)
-    return Decomposition(seasonal=mean_cycle.cycle(phase) + departure, trend=moving - still,
-                          mean_cycle=mean_cycle)
+    trend_series = cr.principal_series(moving - still, scale, len(trend_knobs))
+    n_changes = min(MAX_CHANGE_SERIES, 2 * climatology.n_harmonics * len(trend_knobs + seasonal_knobs))
+    change_series = cr.principal_series(departure - own.cycle(phase), scale, n_changes)
+    folds = np.floor(years).astype(int) % 2
+    change_series = change_series[:, :cr.supported_series(trend_series, change_series, anomalies, folds)]
+    coef = cr.fit_cells(np.c_[trend_series, change_series], anomalies)
+    n_trend = trend_series.shape[1]
+    seasonal = climatology.cycle(phase) + change_series @ coef[:, n_trend:].T
+    return Decomposition(seasonal=seasonal.astype(np.float32), trend=(trend_series @ coef[:, :n_trend].T).astype(np.float32),
+                         mean_cycle=HarmonicClimatology(coef=climatology.coef - own.coef),
+                         seasonal_changes=change_series.shape[1])
+
+
+def trend_weights(adapter: ClimateAdapter) -> np.ndarray:
+    """Per feature (n_features,): its standard deviation relative to its variable's rms standard deviation,
+    times the square root of its area weight — so that the principal time series of a standardised field
+    weigh cells by their amplitude in the data's units and by their area, and each variable alike."""
+    blocks = [state.std / np.sqrt(np.mean(state.std**2)) * np.sqrt(state.weight) for state in adapter.states]
+    return np.concatenate(blocks)
 
 
 def components(adapter: ClimateAdapter, data: xr.Dataset, parts: Decomposition, time: xr.DataArray) -> xr.Dataset:

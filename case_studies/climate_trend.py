@@ -27,14 +27,16 @@ that the β-VAE left mixed.
 
 Components on the grid, in the data's units (:mod:`.climate_components`;
 ``annual(z)``: the decoded field of code z averaged over ``PHASE_POINTS``
-phases of the year): ``trend`` =
-annual(z with only the trend knobs moving, their scores low-passed at
-``TREND_CUTOFF_YEARS``) − annual(mean code); ``seasonal`` =
-the harmonic climatology plus the decoder's departure from its own record-mean
-cycle as those knobs move; both centred to zero time mean; ``mean_state`` =
+phases of the year): ``trend`` = the time course of annual(z with only the
+trend knobs moving, their scores low-passed at ``TREND_CUTOFF_YEARS``) −
+annual(mean code), with each cell's amplitude regressed on the deseasonalised
+data (:mod:`.cell_regression`); ``seasonal`` = the harmonic climatology plus
+the decoder's change of the cycle as those knobs move, as far as it predicts
+held-out years (``settings["seasonal_change_series"]``); both centred to zero
+time mean; ``mean_state`` =
 the input's time mean; ``residual`` = input − mean state − seasonal −
 trend (other modes and noise, no mean seasonal cycle: :func:`residual_seasonality`).
-:meth:`ClimateResult.counterfactual` sets the trend knobs to another period's
+:meth:`ClimateResult.counterfactual` holds the trend at another period's
 level.
 
 >>> import xarray as xr
@@ -67,8 +69,8 @@ from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs, year_
 from .trend_test import describe, trend_test
 
 __all__ = ["run", "validate", "check_record", "ClimateResult", "synthetic_dataset", "trend_component_slopes",
-           "seasonal_basis", "residual_seasonality", "encode", "MIN_RECORD_YEARS", "PHASE_POINTS",
-           "TREND_CUTOFF_YEARS", "default_epochs", "MIN_STEPS"]
+           "seasonal_basis", "residual_seasonality", "seasonal_change", "encode", "MIN_RECORD_YEARS",
+           "PHASE_POINTS", "TREND_CUTOFF_YEARS", "default_epochs", "MIN_STEPS"]
 
 MIN_RECORD_YEARS = 2.0  # two annual cycles: below this a season cannot be told from a trend
 #: Default training length: optimiser steps (:func:`default_epochs`), and at least this many epochs.
@@ -133,28 +135,39 @@ class ClimateResult:
         return chosen.mean(self.adapter.sample_dim).values[trend]
 
     def counterfactual(self, trend_from, at=None) -> xr.Dataset:
-        """The field with the trend latents held at the level of ``trend_from``.
+        """The field with the trend held at the level of ``trend_from``.
 
         ``trend_from``: a time label or slice understood by ``.sel`` on the
-        time axis (e.g. ``"1955"`` or ``slice("1950", "1959")``); the trend
-        knobs take their mean over it. ``at`` selects the output times
-        (default: all). Everything else — the calendar, other modes, residual —
-        stays as it was: result = input + decode(z at that trend level) − decode(z).
-        Where the model learnt that the seasonal cycle depends on the trend, the
-        cycle changes with it. E.g. ``res.counterfactual("1955", at="2005")`` is 2005
-        with 1955's trend.
+        time axis (e.g. ``"1955"`` or ``slice("1950", "1959")``). ``at`` selects
+        the output times (default: all). Everything else — the calendar, other
+        modes, residual — stays as it was: result = input − trend component +
+        its mean over ``trend_from``, plus how the decoder's seasonal cycle
+        (about its annual mean) changes when the trend knobs move to their mean
+        over ``trend_from`` (only where the data supported a change of the
+        seasons: ``settings["seasonal_change_series"]`` > 0). So the
+        annual-mean change is the trend component's (the figures and slopes
+        agree with it) and, where the model learnt that the seasons depend on
+        the trend, the cycle changes with it. E.g.
+        ``res.counterfactual("1955", at="2005")`` is 2005 with 1955's trend.
         """
         trend = self.knobs_of("trend")
         level = self._trend_level(trend_from)
+        dim = self.adapter.sample_dim
         z = self.latents["z"].values
         shift = (level - self.latents["knob"].values[:, trend]) @ self.knobs.directions[trend]
         basis = cc.seasonal_basis(self.time)
-        original, changed = self.model.decode(z, basis), self.model.decode(z + shift, basis)
-        delta = self.adapter.to_field(changed - original, self.time, units="anomaly")
-        field = self.data[self.adapter.variables] + delta
-        for var in field.data_vars:  # the input's units and names, none of its ranges or statistics
-            field[var].attrs = _carried_attrs(self.data[var].attrs, "original")
-        return field if at is None else field.sel({self.adapter.sample_dim: at})
+        cycle_change = np.zeros((len(z), self.model.config.n_features), np.float32)
+        if self.settings.get("seasonal_change_series", 1):  # the decoder's, where the data supported it
+            cycle_change = ((self.model.decode(z + shift, basis) - cc.annual_means(self.model, z + shift))
+                            - (self.model.decode(z, basis) - cc.annual_means(self.model, z)))
+        delta = self.adapter.to_field(cycle_change, self.time, units="anomaly")
+        field = self.data[self.adapter.variables].copy()
+        for var in self.adapter.variables:
+            trend_part = self.components["trend" if len(self.adapter.variables) == 1 else f"{var}_trend"]
+            held = trend_part.sel({dim: trend_from}).mean(dim)
+            field[var] = self.data[var] + (held - trend_part + delta[var]).transpose(*self.data[var].dims)
+            field[var].attrs = _carried_attrs(self.data[var].attrs, "original")  # none of its ranges
+        return field if at is None else field.sel({dim: at})
 
     def seasonal_cycle(self, trend_from=None) -> xr.Dataset:
         """The model's climatological seasonal cycle, (month, grid) in the data's units, at the trend level
@@ -195,7 +208,7 @@ class ClimateResult:
                   "knobs": [{**row, "direction": self.knobs.directions[row["knob"]].tolist()}
                             for row in self.roles.reset_index().to_dict("records")],
                   "trend_component_slope_per_decade": trend_component_slopes(self),
-                  "residual_seasonality": residual_seasonality(self)}
+                  "residual_seasonality": residual_seasonality(self), "seasonal_change": seasonal_change(self)}
         atomic_write_text(json.dumps(report, indent=2, default=float), out / "report.json")
         save_figures(self, out / "figures")
         trends = report["trend_component_slope_per_decade"]
@@ -211,7 +224,8 @@ class ClimateResult:
         write_report(out, "sciencevae climate run", self.settings, tables,
                      notes=[*(f"Trend of {v}: {d['summary']}." for v, d in trends.items()),
                             *(f"Seasonal cycle left in the residual: {d['summary']}."
-                              for d in report["residual_seasonality"].values())])
+                              for d in report["residual_seasonality"].values()),
+                            f"Seasons and knobs: {report['seasonal_change']['summary']}."])
         return out
 
 
@@ -315,6 +329,19 @@ def residual_seasonality(res: ClimateResult) -> dict:
                                f"monthly climatology {rms['residual']:.3g} against the input's {rms['input']:.3g} "
                                f"{units})"}
     return out
+
+
+def seasonal_change(res: ClimateResult) -> dict:
+    """Whether the seasonal component holds the decoder's change of the seasonal cycle as the knobs move:
+    ``series``, how many principal series of that change predicted held-out years
+    (:func:`.climate_components.decompose`), and ``summary`` in words."""
+    n = int(res.settings.get("seasonal_change_series", 0))
+    summary = (f"the seasonal cycle changes as the knobs move ({n} series of the decoder's change predict held-out "
+               "years), and the seasonal component holds that change" if n else
+               "the decoder's change of the seasonal cycle does not predict held-out years, so the seasonal "
+               "component is the record's harmonic climatology (seasonal_cycle() and the amplitude-change maps "
+               "still show the decoder's)")
+    return {"series": n, "summary": summary}
 
 
 def _date_text(value) -> str:
@@ -432,7 +459,7 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     years = decimal_years(time)
     latent_roles = assign_roles(z, phase, years, kl, kl_threshold, role_threshold)
     knobs = find_knobs(z, kl, phase, years, rotate, kl_threshold, role_threshold)
-    parts = cc.decompose(model, climatology, z, knobs, time)
+    parts = cc.decompose(model, climatology, z, knobs, time, prepared.X, cc.trend_weights(adapter))
     components = cc.components(adapter, ds, parts, time)
     sample = adapter.sample_dim
     latents = xr.Dataset(
@@ -454,7 +481,7 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
                     batch_size=batch_size, lr=lr, hidden=list(hidden), kl_threshold=kl_threshold,
                     role_threshold=role_threshold, rotate=rotate, climatology_harmonics=climatology.n_harmonics,
                     seasonal_covariates="annual and semi-annual harmonics of the day of the year",
-                    trend_cutoff_years=cc.TREND_CUTOFF_YEARS)
+                    trend_cutoff_years=cc.TREND_CUTOFF_YEARS, seasonal_change_series=parts.seasonal_changes)
     return ClimateResult(
         model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
         components=components,

@@ -247,6 +247,7 @@ def _cmd_climate(args: argparse.Namespace) -> int:
         print(f"{var}: {slopes['summary']}")
     for var, left in climate_trend.residual_seasonality(res).items():
         print(f"{var}: {left['summary']}")
+    print(climate_trend.seasonal_change(res)["summary"])
     print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, report.html, run.json, adapter.nc, "
           "figures/, model/")
     return 0
