@@ -21,7 +21,7 @@ from sciencevae.data import Prepared
 from . import cell_regression as cr
 from .climate_knobs import Knobs, decimal_years, harmonics, year_fraction
 from .climatology import HarmonicClimatology
-from .trend_test import low_pass
+from .trend_test import low_pass, slopes_per_column
 
 #: The trend component keeps the trend knob's variability slower than this (years; LFCA's 10-year
 #: low-pass, Wills et al. 2018); what is faster stays in the residual.
@@ -72,8 +72,9 @@ def climatology_dataset(adapter: ClimateAdapter, climatology: HarmonicClimatolog
     ds = adapter.to_field(climatology.coef, xr.DataArray(terms, dims="term", name="term"), dim="term",
                           units="anomaly")
     for var in ds.data_vars:
-        ds[var].attrs["long_name"] = (f"harmonic seasonal climatology of {var}: coefficients of cos/sin(2 pi k "
-                                      "phase), phase = fraction of the year (Wilks 2011, section 9.4)")
+        ds[var].attrs["long_name"] = (f"harmonic seasonal climatology of {var} as departures from its time mean "
+                                      "(mean_state in components.nc): coefficients of 1 and cos/sin(2 pi k phase), "
+                                      "phase = fraction of the year (Wilks 2011, section 9.4)")
     return ds
 
 
@@ -189,7 +190,22 @@ def component_attrs(name: str, var: str, source: dict) -> dict:
     return attrs
 
 
-def maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology, knobs: Knobs) -> xr.Dataset:
+def stamp_offset(time: xr.DataArray) -> float:
+    """How far the record's time stamps sit from the middle of their months, as a fraction of the year:
+    about -1/24 for monthly means stamped on the 1st, 0 for mid-month stamps or daily data. The model
+    learnt the cycle at the stamps' phases, so a month's value is the cycle at its middle plus this."""
+    month = np.asarray(time.dt.month.values, dtype=float)
+    return float(np.mean(year_fraction(time) - (month - 0.5) / 12))
+
+
+def month_phases(time: xr.DataArray) -> np.ndarray:
+    """The phase of the year (12,) at which the model's cycle gives each calendar month's value, in the
+    record's own time-stamp convention (:func:`stamp_offset`)."""
+    return ((np.arange(12) + 0.5) / 12 + stamp_offset(time)) % 1.0
+
+
+def maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology, knobs: Knobs,
+         time: xr.DataArray) -> xr.Dataset:
     """Per variable ``v``: ``v`` (knob, grid), each knob's effect on the annual mean per knob standard
     deviation, (annual(c + d_k) - annual(c - d_k)) / 2 at the mean code c; ``v_seasonal_amplitude``
     and ``v_seasonal_peak_month`` of the cycle at c; with a trend knob, ``v_seasonal_amplitude_change``,
@@ -205,31 +221,34 @@ def maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatolog
                                         "(decoder response at the mean latent code)",
                            **{k: v for k, v in maps[var].attrs.items() if k == "units"}}
     maps["role"].attrs["long_name"] = "role of the knob"
-    return maps.merge(season_maps(model, adapter, mean_cycle, knobs))
+    return maps.merge(season_maps(model, adapter, mean_cycle, knobs, time))
 
 
 def trend_maps(components: xr.Dataset, adapter: ClimateAdapter, knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
-    """Per variable, when a trend is detectable: ``v_trend_per_decade``, the least-squares slope of each
-    cell's trend component, and ``v_trend_per_decade_low`` / ``_high``, its 95% interval — the slope times
-    the trend knob's interval over its slope (attribute ``interval_ratio``)."""
+    """Per variable, when a trend is detectable: ``v_trend_per_decade``, the Theil–Sen slope of each cell's
+    trend component on the points the printed area-mean slope uses (:func:`.trend_test.slopes_per_column`),
+    and ``v_trend_per_decade_low`` / ``_high``, its 95% interval — the slope times the trend knob's interval
+    over its slope (attribute ``interval_ratio``), low below high in cooling cells too."""
     trend = knobs.of("trend")
     if not trend:
         return xr.Dataset()
     row = knobs.table.loc[trend[0]]
     ratio = sorted((row["slope_low"] / row["slope_per_decade"], row["slope_high"] / row["slope_per_decade"]))
     dim = adapter.sample_dim
-    t = xr.DataArray(decimal_years(time), dims=dim, coords={dim: time})
-    t = t - t.mean()
+    years = decimal_years(time)
     out = {}
     for var in adapter.variables:
         comp = components["trend" if len(adapter.variables) == 1 else f"{var}_trend"]
-        slope = (10 * (comp * t).sum(dim) / (t**2).sum()).where(comp.notnull().any(dim))
+        grid = comp.isel({dim: 0}, drop=True)
+        values = slopes_per_column(comp.transpose(dim, *grid.dims).values, years).reshape(grid.shape)
+        slope = grid.copy(data=values)
         units = {"units": f"{comp.attrs['units']} per decade"} if "units" in comp.attrs else {}
         long_name = f"trend of {adapter.states[adapter.variables.index(var)].grid.attrs.get('long_name', var)}"
         out[f"{var}_trend_per_decade"] = slope.assign_attrs(
-            long_name=f"{long_name}: least-squares slope of the trend component", interval_ratio=ratio, **units)
-        for bound, factor in (("low", ratio[0]), ("high", ratio[1])):
-            out[f"{var}_trend_per_decade_{bound}"] = (slope * factor).assign_attrs(
+            long_name=f"{long_name}: Theil-Sen slope of the trend component", interval_ratio=ratio, **units)
+        ends = (slope * ratio[0], slope * ratio[1])
+        for bound, value in (("low", np.fmin(*ends)), ("high", np.fmax(*ends))):
+            out[f"{var}_trend_per_decade_{bound}"] = value.assign_attrs(
                 long_name=f"{long_name}: {'lower' if bound == 'low' else 'upper'} end of the 95% interval", **units)
     return xr.Dataset(out)
 
@@ -240,15 +259,18 @@ def amplitude(cycles: np.ndarray) -> np.ndarray:
 
 
 def season_maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicClimatology,
-                 knobs: Knobs) -> xr.Dataset:
+                knobs: Knobs, time: xr.DataArray) -> xr.Dataset:
     """Amplitude and month of maximum of the seasonal cycle at the mean code, and the amplitude's
-    change per standard deviation of the (first) trend knob."""
+    change per standard deviation of the (first) trend knob. The month is in the calendar of the record's
+    values: a peak of monthly means stamped on the 1st of August reads 8.5, the middle of August
+    (:func:`stamp_offset`)."""
     phases = np.arange(PHASE_POINTS) / PHASE_POINTS
     base = mean_cycle.cycle(phases)[None]
     cycle = base + cycles(model, knobs.center[None], phases)
+    peak = (phases[cycle[0].argmax(0)] - stamp_offset(time)) % 1.0 * 12 + 1
     fields = {"seasonal_amplitude": (amplitude(cycle)[0], "anomaly",
                                      "half the peak-to-peak range of the seasonal cycle of {} at the mean code"),
-              "seasonal_peak_month": (phases[cycle[0].argmax(0)] * 12 + 1, "standardized",
+              "seasonal_peak_month": (peak, "standardized",
                                       "month of the maximum of the seasonal cycle of {} (1.0 = 1 January, "
                                       "1.5 = mid-January, 12.5 = mid-December; half-month steps)")}
     trend = knobs.of("trend")

@@ -185,13 +185,16 @@ def trend_vs_mean(res: "ClimateResult", var: str) -> Figure | None:
 
 
 def representative_points(scores: list[xr.DataArray], sample_mask: xr.DataArray, percentile: float = 95.0) -> list:
-    """One grid point per score: the point of the largest connected observed region (the open ocean, not
-    an inland sea) whose score is nearest the ``percentile`` of the scores there (typical of a strong
-    signal, not its most extreme cell). Returns the points as tuples of the grid dims' coordinates."""
+    """One grid point per score: the point of the largest connected observed region, one cell away from
+    any unobserved cell (the open ocean: a coast, an inland sea or a lake joined by a single cell drops
+    out), whose score is nearest the ``percentile`` of the scores there (typical of a strong signal, not
+    its most extreme cell). Returns the points as tuples of the grid dims' coordinates."""
     from scipy import ndimage
 
     valid = np.isfinite(sample_mask.values)
     if valid.ndim == 2 and valid.any():
+        inner = ndimage.binary_erosion(valid, structure=np.ones((3, 3)))
+        valid = inner if inner.any() else valid
         labels, count = ndimage.label(valid, structure=np.ones((3, 3)))
         sizes = ndimage.sum(valid, labels, index=np.arange(1, count + 1))
         valid = labels == 1 + int(np.argmax(sizes))
@@ -240,11 +243,13 @@ def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> F
 
 
 def _place(dim: str, value) -> str:
-    """A grid coordinate for a title: 46°N, 50°E for latitude and longitude, else dim=value."""
+    """A grid coordinate for a title: 46°N, 50°E or 158°W (from 202 or -158) for latitude and longitude,
+    else dim=value."""
     if dim in ("lat", "latitude") and isinstance(value, (float, np.floating, int, np.integer)):
         return f"{abs(value):g}°{'N' if value >= 0 else 'S'}"
     if dim in ("lon", "longitude") and isinstance(value, (float, np.floating, int, np.integer)):
-        return f"{value:g}°E"
+        east = (float(value) + 180) % 360 - 180
+        return f"{abs(east):g}°{'W' if east < 0 else 'E'}"
     return f"{dim}={value:g}" if isinstance(value, (float, np.floating)) else f"{dim}={value}"
 
 

@@ -118,21 +118,29 @@ class ClimateResult:
     def knobs_of(self, role: str) -> list[int]:
         return self.knobs.of(role)
 
+    def _positions(self, label) -> np.ndarray:
+        """Positions on the time axis that ``label`` (a time label or slice for ``.sel``) selects; a label
+        that selects none is refused in one line naming the record's span."""
+        dim = self.adapter.sample_dim
+        index = xr.DataArray(np.arange(len(self.time)), dims=dim, coords={dim: self.time})
+        try:
+            chosen = np.atleast_1d(index.sel({dim: label}).values)
+        except (KeyError, TypeError, ValueError):
+            chosen = np.zeros(0, dtype=int)
+        if not chosen.size:
+            first, last = (_date_text(self.time.values[i]) for i in (0, -1))
+            raise ValueError(f"{label!r} selects no time of the record ({first} to {last}); give a date label within "
+                             f"it such as '{first[:4]}' or '{first[:7]}', or a slice such as slice('{first[:4]}', "
+                             f"'{last[:4]}')") from None
+        return chosen
+
     def _trend_level(self, trend_from) -> np.ndarray:
         """Mean score of the trend knobs over ``trend_from`` (a time label or slice for ``.sel``)."""
         trend = self.knobs_of("trend")
         if not trend:
             raise ValueError("no knob has the role 'trend' (no trend is detectable); there is no warming level "
                              "to set")
-        knob = self.latents["knob"]
-        try:
-            chosen = knob.sel({self.adapter.sample_dim: trend_from})
-        except (KeyError, TypeError, ValueError):
-            chosen = knob.isel({self.adapter.sample_dim: slice(0, 0)})
-        if self.adapter.sample_dim not in chosen.dims or not chosen.sizes[self.adapter.sample_dim]:
-            raise ValueError(f"{trend_from!r} selects no time of the record; give a date label such as '1955' "
-                             "or '1955-06', or a slice such as slice('1950', '1959')") from None
-        return chosen.mean(self.adapter.sample_dim).values[trend]
+        return self.latents["knob"].values[self._positions(trend_from)].mean(0)[trend]
 
     def counterfactual(self, trend_from, at=None) -> xr.Dataset:
         """The field with the trend held at the level of ``trend_from``.
@@ -152,6 +160,9 @@ class ClimateResult:
         """
         trend = self.knobs_of("trend")
         level = self._trend_level(trend_from)
+        held_at = self._positions(trend_from)
+        if at is not None:
+            self._positions(at)  # refused in one line when it selects no time
         dim = self.adapter.sample_dim
         z = self.latents["z"].values
         shift = (level - self.latents["knob"].values[:, trend]) @ self.knobs.directions[trend]
@@ -164,7 +175,7 @@ class ClimateResult:
         field = self.data[self.adapter.variables].copy()
         for var in self.adapter.variables:
             trend_part = self.components["trend" if len(self.adapter.variables) == 1 else f"{var}_trend"]
-            held = trend_part.sel({dim: trend_from}).mean(dim)
+            held = trend_part.isel({dim: held_at}).mean(dim)
             field[var] = self.data[var] + (held - trend_part + delta[var]).transpose(*self.data[var].dims)
             field[var].attrs = _carried_attrs(self.data[var].attrs, "original")  # none of its ranges
         return field if at is None else field.sel({dim: at})
@@ -173,16 +184,18 @@ class ClimateResult:
         """The model's climatological seasonal cycle, (month, grid) in the data's units, at the trend level
         of ``trend_from`` (default: the record's mean level) with every other knob at its mean.
 
-        Each month is the mid-month phase of the year. The cycle of one period at the warming level of
-        another is ``seasonal_cycle(later)``; ``seasonal_cycle(later) - seasonal_cycle(earlier)`` is
-        how the model says the seasons change as it warms. Raises ``ValueError`` when a level is asked
+        Each month is the cycle at the phase the record's own values of that month have
+        (:func:`.climate_components.month_phases`: the 1st for monthly means stamped on the 1st).
+        The cycle of one period at the warming level of another is ``seasonal_cycle(later)``;
+        ``seasonal_cycle(later) - seasonal_cycle(earlier)`` is how the model says the seasons change as it
+        warms. Raises ``ValueError`` when a level is asked
         for and no trend is detectable.
         """
         code = self.knobs.center
         if trend_from is not None:
             code = self.knobs.codes(self.latents["z"].values[:1], self.knobs_of("trend"),
                                     self._trend_level(trend_from)[None])[0]
-        phases = (np.arange(12) + 0.5) / 12
+        phases = cc.month_phases(self.time)
         cycle = self.mean_cycle.cycle(phases) + cc.cycles(self.model, code[None], phases)[0]
         month = xr.DataArray(np.arange(1, 13), dims="month", name="month", attrs={"long_name": "month of the year"})
         return self.adapter.to_field(cycle, month, dim="month", units="original")
@@ -485,6 +498,6 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     return ClimateResult(
         model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
         components=components,
-        maps=cc.maps(model, adapter, parts.mean_cycle, knobs).merge(cc.trend_maps(components, adapter, knobs, time)),
+        maps=cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(cc.trend_maps(components, adapter, knobs, time)),
         settings=settings, climatology=climatology, mean_cycle=parts.mean_cycle,
     )

@@ -45,7 +45,8 @@ import numpy as np
 from scipy.signal import butter, sosfiltfilt
 from scipy.stats import norm
 
-__all__ = ["TrendTest", "trend_test", "complete_years", "annual_means", "anomalies", "describe", "low_pass", "MAX_POINTS", "MIN_YEARS"]
+__all__ = ["TrendTest", "trend_test", "complete_years", "annual_means", "anomalies", "describe", "low_pass", "slopes_per_column",
+           "MAX_POINTS", "MIN_YEARS"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,40 @@ def _points(series: np.ndarray, years: np.ndarray) -> tuple[np.ndarray, np.ndarr
     lag-1 correction sees), else the deseasonalised series (:func:`anomalies`)."""
     t, y = annual_means(series, years)
     return (t, y) if len(t) >= MIN_YEARS else anomalies(series, years)
+
+
+def slopes_per_column(values: np.ndarray, years: np.ndarray, max_points: int = 120, block: int = 512) -> np.ndarray:
+    """Theil–Sen slope per decade of each column of ``values`` (n_time, n_columns), e.g. each grid cell of a
+    trend component: the slope :func:`trend_test` reports for a series, on the same points — annual means
+    of complete years when there are at least :data:`MIN_YEARS`, else consecutive block means (at most
+    ``max_points``; meant for series without a seasonal cycle). Returns (n_columns,); NaN where a column
+    has a NaN or fewer than 3 points exist. Columns are processed ``block`` at a time.
+
+    >>> years = 2000 + np.arange(240) / 12
+    >>> np.round(slopes_per_column(np.c_[0.02 * years, -0.01 * years], years), 3).tolist()
+    [0.2, -0.1]
+    """
+    values = np.asarray(values, dtype=float).reshape(len(years), -1)
+    years = np.asarray(years, dtype=float)
+    t, _ = annual_means(np.zeros(len(years)), years)
+    if len(t) >= MIN_YEARS:
+        year = np.floor(years + 1e-9)
+        member = year[:, None] == t[None, :]
+        y = (member.T.astype(float) @ np.nan_to_num(values)) / member.sum(0)[:, None]
+        y[(member.T.astype(float) @ np.isnan(values)) > 0] = np.nan
+    else:
+        size = int(np.ceil(len(years) / max_points))
+        cut = len(years) // size * size
+        t, y = years[:cut].reshape(-1, size).mean(1), values[:cut].reshape(-1, size, values.shape[1]).mean(1)
+    out = np.full(values.shape[1], np.nan)
+    if len(t) < 3:
+        return out
+    i, j = np.triu_indices(len(t), k=1)
+    step = (t[j] - t[i])[:, None]
+    for start in range(0, values.shape[1], block):
+        part = y[:, start:start + block]
+        out[start:start + block] = np.median((part[j] - part[i]) / step, axis=0)
+    return 10 * out
 
 
 def trend_test(series: np.ndarray, years: np.ndarray, alpha: float = 0.05) -> TrendTest:

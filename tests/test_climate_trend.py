@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 from scipy.stats import spearmanr
 
+from sciencevae.case_studies import climate_components as cc
 from sciencevae.case_studies import climate_trend as ct
 from sciencevae.cli import main
 from sciencevae.datasets import daily_field, monthly_field
@@ -106,7 +107,7 @@ def test_the_seasonal_cycle_changes_with_the_trend_as_in_the_truth(weakening):
     truth_seasonal = (truth["seasonal"] - truth["seasonal"].mean(0))[:, ocean]
     climatology_r2 = 0.994  # a fixed cycle cannot weaken (benchmarks/README.md, field (b)); measured 0.9999
     assert 1 - np.nanvar(seasonal - truth_seasonal) / np.var(truth_seasonal) > climatology_r2 + 0.005
-    with pytest.raises(ValueError, match="'1960s' selects no time of the record; give a date label"):
+    with pytest.raises(ValueError, match=r"'1960s' selects no time of the record \(1960-01-01 to 1999-12-01\); give"):
         res.seasonal_cycle("1960s")
     with pytest.raises(ValueError, match="no trend is detectable"):
         dataclasses.replace(res, knobs=dataclasses.replace(res.knobs, table=res.knobs.table.assign(role="other"))
@@ -168,6 +169,40 @@ def test_maps_have_the_grid_and_nan_on_land(result, truth):
     trend = maps.sel(knob=result.knobs_of("trend")[0]).values[~truth["land"]]
     expected = (truth["trend"][-1] - truth["trend"][0])[~truth["land"]]
     assert np.corrcoef(trend, expected)[0, 1] > 0.9  # the trend knob's map is the trend pattern
+
+
+def test_the_trend_map_agrees_with_the_printed_area_mean_trend(result):
+    """The map's cells use the slope the printed area-mean trend uses (Theil-Sen of annual means), and its
+    interval has low below high in cooling cells too."""
+    maps = result.maps
+    weights = result.adapter.grid_weights()["sst"].fillna(0)
+    mapped = float(maps["sst_trend_per_decade"].weighted(weights).mean())
+    printed = ct.trend_component_slopes(result)["sst"]["trend_component"]
+    assert mapped == pytest.approx(printed, rel=0.1), (mapped, printed)
+    low, high = maps["sst_trend_per_decade_low"], maps["sst_trend_per_decade_high"]
+    assert bool((low <= high).where(low.notnull(), True).all())
+    cooled = result.components["trend"] * -1  # a cooling trend: the same interval, mirrored
+    flipped = cc.trend_maps(result.components.assign(trend=cooled), result.adapter, result.knobs, result.time)
+    assert bool((flipped["sst_trend_per_decade_low"] <= flipped["sst_trend_per_decade_high"]).where(low.notnull(),
+                                                                                                    True).all())
+
+
+def test_periods_outside_the_record_are_refused_in_one_line_naming_it(result):
+    for call in (lambda: result.counterfactual("1930"), lambda: result.counterfactual("1965", at="2005"),
+                 lambda: result.seasonal_cycle(slice("1900", "1910"))):
+        with pytest.raises(ValueError, match=r"selects no time of the record \(1960-01-01 to 1999-12-01\)"):
+            call()
+
+
+def test_the_seasonal_cycle_s_months_are_the_record_s_months(result):
+    """Monthly means stamped on the 1st: the model's cycle of each month is its value at the 1st, so the
+    cycle at the mean level matches the record's monthly climatology."""
+    assert cc.stamp_offset(result.time) == pytest.approx(-1 / 24, abs=0.003)
+    cycle = result.seasonal_cycle()["sst"]
+    observed = result.data["sst"].groupby("time.month").mean()
+    rms = float(np.sqrt(((cycle - observed.values) ** 2).mean()))
+    shifted = float(np.sqrt(((cycle - np.roll(observed.values, -1, axis=0)) ** 2).mean()))
+    assert rms < 0.5 * shifted, (rms, shifted)
 
 
 def truth_land(result):

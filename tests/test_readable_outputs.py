@@ -96,7 +96,13 @@ def test_decomposition_points_avoid_an_inland_sea_and_label_units(climate):
     assert all(ax.get_ylabel() == "sst (degC)" for ax in figure.axes)
     assert "decimal years" in figure.axes[-1].get_xlabel()
     titles = [ax.get_title(loc="left") for ax in figure.axes]
-    assert all(("°N" in t or "°S" in t) and "°E" in t for t in titles), titles
+    assert all(("°N" in t or "°S" in t) and ("°E" in t or "°W" in t) for t in titles), titles
+    assert [cf._place("lon", v) for v in (-37.0, 202.0, 18.0)] == ["37°W", "158°W", "18°E"]
+    coast = xr.DataArray(np.ones((7, 7)), dims=("lat", "lon"), coords={"lat": np.arange(7.0), "lon": np.arange(7.0)})
+    coast[:, 0] = np.nan  # land on the west: the strongest cell next to it is a coast, not the open ocean
+    signal = xr.ones_like(coast)
+    signal[3, 1] = 9.0
+    assert cf.representative_points([signal], coast, percentile=100)[0] != (3.0, 1.0)
 
 
 def test_written_variables_describe_what_they_hold(climate, tmp_path):
