@@ -18,8 +18,9 @@ with categorical obs columns (mean per group and Cohen's d against the rest).
 
 from __future__ import annotations
 
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
@@ -256,6 +257,7 @@ class ProgrammeResult:
     settings: dict
     stability: pd.DataFrame | None = None
     selection: pd.DataFrame | None = None
+    seconds: dict = field(default_factory=dict)
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
@@ -457,6 +459,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                           device=device, progress=progress, checkpoint_every=checkpoint_every, resume=resume)
 
     selection = None
+    started = time.perf_counter()
     if latent_grid is None and beta_grid is None:
         fits = train(n_latent, beta)
     else:
@@ -473,8 +476,10 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     if selection is not None:
         swept = (("n_latent", latent_grid), ("beta", beta_grid))
         settings["chosen_by_sweep"] = ", ".join(name for name, grid in swept if grid)
+    trained = time.perf_counter()
     res = describe(adata, inputs, fits, seeds, settings, n_top)
     res.selection = None if selection is None else selection.table
+    res.seconds = {"train": trained - started, "describe": time.perf_counter() - trained}
     return res
 
 

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -248,8 +249,8 @@ def _cmd_climate(args: argparse.Namespace) -> int:
     for var, left in climate_trend.residual_seasonality(res).items():
         print(f"{var}: {left['summary']}")
     print(climate_trend.seasonal_change(res)["summary"])
-    print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, report.json, report.html, run.json, adapter.nc, "
-          "figures/, model/")
+    print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, climatology.nc, report.json, report.html, "
+          f"run.json, adapter.nc, figures/, model/{', checkpoint/' if args.checkpoint_every else ''}")
     return 0
 
 
@@ -268,14 +269,23 @@ def _write_run_json(out: Path, command: str, inputs: list[Path], gene_sets: Path
     atomic_write_text(json.dumps(run, indent=2), out / "run.json")
 
 
+def _record_seconds(out: Path, seconds: dict) -> None:
+    """Add the wall seconds of each phase of the run to ``RUN_DIR/run.json`` (``seconds``)."""
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    run["seconds"] = {phase: round(value, 3) for phase, value in seconds.items()}
+    atomic_write_text(json.dumps(run, indent=2), out / "run.json")
+
+
 def _cmd_cells(args: argparse.Namespace) -> int:
     _refuse_torchrun("cells")
     from .adapters.cells import drop_empty_cells, read_cells
     from .case_studies import gene_programmes
 
+    started = time.perf_counter()
     adata = read_cells(args.input)
     if args.drop_empty_cells:
         adata = drop_empty_cells(adata, args.layer)
+    seconds = {"read": time.perf_counter() - started}
     _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []),
                args.overwrite or _resuming(args))
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
@@ -288,6 +298,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         raise ValueError("--n-latent / --beta auto or a list compare stability across seeds: add --fits 2 or more "
                          "(3 or more gives steadier stabilities)")
     inputs = gene_programmes.check_inputs(adata, **choices)  # everything checked before anything is written
+    seconds["check"] = time.perf_counter() - started - seconds["read"]
     with run_folder(args.out, _release_warnings(args)):
         _write_run_json(args.out, "cells", [args.input], gene_sets=args.gene_sets)  # first: the report names it
         res = gene_programmes.run(
@@ -295,7 +306,9 @@ def _cmd_cells(args: argparse.Namespace) -> int:
             device=args.device, progress=not args.quiet, inputs=inputs, n_fits=args.fits, **choices,
             **_checkpointing(args),
         )
+        saving = time.perf_counter()
         res.save(args.out)
+        _record_seconds(args.out, {**seconds, **res.seconds, "save": time.perf_counter() - saving})
     top = res.programmes[res.programmes["rank"] <= 5]
     for programme, rows in top.groupby("programme"):
         ends = {d: ", ".join(rows.loc[rows["direction"] == d, "gene"]) for d in ("+", "-")}

@@ -1,0 +1,129 @@
+"""The whole ``sciencevae cells`` command at atlas sizes: wall time by phase and peak host memory.
+
+Writes a synthetic count matrix (cells x 2,000 genes, about 7% non-zeros, 10 overlapping programmes,
+two batches) to an h5ad once per size, then runs the command on it in a fresh process and reads the
+phases it records in ``run.json`` (``seconds``: read, check — highly variable genes and the training
+matrix —, train, describe — encoding, loadings, enrichment, association —, save — figures, h5ad,
+tables) and its peak resident memory (``ru_maxrss`` of the child).
+
+    OMP_NUM_THREADS=1 python benchmarks/cells_scale.py --cells 10000 200000 --epochs 1
+    OMP_NUM_THREADS=1 python benchmarks/cells_scale.py --cells 2000 --epochs 1   # smoke test, ~30 s
+
+Options: ``--genes`` (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go;
+default a temporary folder, removed at the end unless ``--keep``), ``--threads`` (torch threads of the
+command, default 1), and any further arguments after ``--`` go to ``sciencevae cells``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+CHUNK_CELLS = 50_000
+#: The child process: the command's own entry point, then its peak resident memory (KiB on Linux).
+CHILD = ("import resource, sys; from sciencevae.cli import main; code = main(sys.argv[1:]); "
+         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
+def atlas_chunk(rng: np.random.Generator, n_cells: int, base: np.ndarray, loadings: np.ndarray,
+                batch_shift: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Counts of ``n_cells`` cells: Poisson-gamma (NB, theta 4) around exp(base + usage @ loadings + batch)
+    times a log-normal library size; returns the CSR matrix (float32) and each cell's batch (0/1)."""
+    n_programmes = loadings.shape[0]
+    usage = rng.dirichlet(np.full(n_programmes, 0.3), size=n_cells) * 3.0
+    batch = rng.integers(0, 2, size=n_cells)
+    log_mean = base[None] + usage @ loadings + batch[:, None] * batch_shift[None]
+    library = rng.lognormal(0.0, 0.4, size=(n_cells, 1))
+    mean = np.exp(log_mean) * library * rng.gamma(4.0, 1 / 4.0, size=log_mean.shape)
+    counts = rng.poisson(mean).astype(np.float32)
+    return sp.csr_matrix(counts), batch
+
+
+def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 0.07, seed: int = 0) -> Path:
+    """A synthetic h5ad of ``n_cells`` x ``n_genes`` counts with about ``density`` non-zeros, built in chunks
+    of ``CHUNK_CELLS`` cells (memory: the CSR matrix plus one dense chunk)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(np.log(-np.log1p(-density)) - 0.75, 1.2, size=n_genes)
+    loadings = np.zeros((10, n_genes))
+    for k in range(10):
+        genes = rng.choice(n_genes, size=60, replace=False)
+        loadings[k, genes] = rng.uniform(0.5, 1.5, size=60)
+    batch_shift = np.where(rng.random(n_genes) < 0.1, rng.normal(0, 0.7, n_genes), 0.0)
+    blocks, batches = [], []
+    for start in range(0, n_cells, CHUNK_CELLS):
+        block, batch = atlas_chunk(rng, min(CHUNK_CELLS, n_cells - start), base, loadings, batch_shift)
+        blocks.append(block)
+        batches.append(batch)
+    X = sp.vstack(blocks, format="csr")
+    obs = pd.DataFrame({"batch": pd.Categorical(np.concatenate(batches).astype(str))},
+                       index=[f"cell{i}" for i in range(n_cells)])
+    var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
+    ad.AnnData(X=X, obs=obs, var=var).write_h5ad(path)
+    return path
+
+
+def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[str]) -> dict:
+    """Run ``sciencevae cells`` on ``path`` in a child process; its phases, wall time and peak memory."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    arguments = ["cells", str(path), "--out", str(out), "--epochs", str(epochs), "--batch-key", "batch", "--quiet",
+                 *extra]
+    command = [sys.executable, "-c", CHILD, *arguments]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"sciencevae cells failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    peak_kib = int(done.stderr.rsplit("PEAK_KIB", 1)[1].split()[0])
+    peak_gb = peak_kib * 1024 / 1e9
+    seconds = json.loads((out / "run.json").read_text())["seconds"]
+    return {"wall": wall, "peak_gb": peak_gb, **seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 200_000])
+    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--density", type=float, default=0.07)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("extra", nargs="*", help="after --: arguments for sciencevae cells")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="cells_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# sciencevae cells at scale: {args.genes} genes, density {args.density}, {args.epochs} epoch(s), "
+          f"torch/OpenMP threads {args.threads}, {os.cpu_count()} CPUs\n")
+    print("| cells | file GB | read | check | train | describe | save | total s | peak GB | train cells/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    try:
+        for n_cells in args.cells:
+            path = work / f"atlas_{n_cells}.h5ad"
+            if not path.exists():
+                write_atlas(path, n_cells, args.genes, args.density)
+            out = work / f"run_{n_cells}"
+            shutil.rmtree(out, ignore_errors=True)
+            r = run_command(path, out, args.epochs, args.threads, args.extra)
+            rate = n_cells * args.epochs / r["train"] if r["train"] else float("nan")
+            print(f"| {n_cells:,} | {path.stat().st_size / 1e9:.2f} | {r['read']:.1f} | {r['check']:.1f} | "
+                  f"{r['train']:.1f} | {r['describe']:.1f} | {r['save']:.1f} | {r['wall']:.1f} | "
+                  f"{r['peak_gb']:.2f} | {rate:,.0f} |", flush=True)
+    finally:
+        if args.work is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
