@@ -174,7 +174,7 @@ class CellsAdapter:
         keys = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
         categorical = {k: _categories(adata, k) for k in keys}
         continuous = {k: _moments(adata, k) for k in continuous_covariate_keys or []}
-        keep = np.asarray((X != 0).sum(axis=0)).ravel() > 0
+        keep = _cells_per_gene(X) > 0
         if not keep.all():
             warnings.warn(f"{int((~keep).sum())} genes have no counts in any cell and are left out", UserWarning,
                           stacklevel=2)
@@ -235,13 +235,14 @@ class CellsAdapter:
         return np.concatenate(blocks, axis=1) if blocks else None
 
     def write_back(self, adata: ad.AnnData, latents: np.ndarray, loadings: np.ndarray | None, uns: dict) -> ad.AnnData:
-        """A copy of ``adata`` with obsm/varm/uns added; the counts are untouched.
+        """A new AnnData: ``adata``'s matrices (X, layers, raw) shared, not copied, with its own obs / var /
+        obsm / varm / uns to which the results are added; ``adata`` itself is not changed.
 
         Loadings go to ``varm["sciencevae_loadings"]`` (0 for genes not
         modelled); when the model read ``raw``, every modelled gene's loading
         is also in ``raw.varm`` (raw may hold genes that ``var`` lacks).
         """
-        out = adata.to_memory() if adata.isbacked else adata.copy()
+        out = adata.to_memory() if adata.isbacked else _sharing_matrices(adata)
         out.obsm[OBSM_KEY] = np.asarray(latents, dtype=np.float32)
         if loadings is not None:
             _put_loadings(out, self.genes, loadings)
@@ -262,6 +263,14 @@ class CellsAdapter:
             return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError) as err:
             raise ValueError(f"{path} is not a sciencevae cells adapter: {err}") from None
+
+
+def _sharing_matrices(adata: ad.AnnData) -> ad.AnnData:
+    """An AnnData holding ``adata``'s matrices themselves (an atlas's counts are not copied) and shallow
+    copies of its annotations, so that adding obsm / varm / uns / var columns leaves ``adata`` as it was."""
+    return ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(), uns=dict(adata.uns),
+                      obsm=dict(adata.obsm), varm=dict(adata.varm), layers=dict(adata.layers),
+                      obsp=dict(adata.obsp), varp=dict(adata.varp), raw=adata.raw)
 
 
 def _warn_spike_ins(genes: pd.Index) -> None:
@@ -373,14 +382,24 @@ def _obs(adata: ad.AnnData, key: str) -> pd.Series:
     return adata.obs[key]
 
 
+def _cells_per_gene(X) -> np.ndarray:
+    """Non-zero entries per column (n_genes,); for CSR without stored zeros from its column indices, with
+    no temporary the size of X."""
+    if sp.issparse(X) and np.count_nonzero(X.data) == X.nnz:
+        return np.bincount(X.indices, minlength=X.shape[1])
+    return np.asarray((X != 0).sum(axis=0)).ravel()
+
+
 def _take_columns(X, index: np.ndarray):
     """Columns ``index`` of X (CSR kept); -1 becomes a zero column."""
+    if np.array_equal(index, np.arange(X.shape[1])):  # every column in order: no copy
+        return X.astype(np.float32, copy=False) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     safe = np.where(index >= 0, index, 0)
     if sp.issparse(X):
         taken = X[:, safe].tocsr()
         if (index < 0).any():
             taken = taken.multiply(np.asarray(index >= 0, dtype=np.float32)[None, :]).tocsr()
-        return taken.astype(np.float32)
+        return taken.astype(np.float32, copy=False)
     taken = np.asarray(X[:, safe], dtype=np.float32)
     taken[:, index < 0] = 0.0
     return taken

@@ -8,6 +8,7 @@ tables) and its peak resident memory (``ru_maxrss`` of the child).
 
     OMP_NUM_THREADS=1 python benchmarks/cells_scale.py --cells 10000 200000 --epochs 1
     OMP_NUM_THREADS=1 python benchmarks/cells_scale.py --cells 2000 --epochs 1   # smoke test, ~30 s
+    ... --scvi-python /path/to/scvi-venv/bin/python   # the peer on the same files (up to 200k cells)
 
 Options: ``--genes`` (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go;
 default a temporary folder, removed at the end unless ``--keep``), ``--threads`` (torch threads of the
@@ -35,6 +36,21 @@ CHUNK_CELLS = 50_000
 #: The child process: the command's own entry point, then its peak resident memory (KiB on Linux).
 CHILD = ("import resource, sys; from sciencevae.cli import main; code = main(sys.argv[1:]); "
          "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+#: The peer in its own environment: scvi-tools' read, setup_anndata, SCVI(n_latent=10).train on the CPU
+#: (its default batch size, 128) and get_latent_representation, timed; then its peak memory.
+CHILD_SCVI = """
+import json, resource, sys, time
+import anndata as ad, scvi, torch
+torch.set_num_threads(int(sys.argv[3]))
+t = [time.perf_counter()]
+adata = ad.read_h5ad(sys.argv[1]); t.append(time.perf_counter())
+scvi.model.SCVI.setup_anndata(adata, batch_key="batch"); model = scvi.model.SCVI(adata, n_latent=10)
+t.append(time.perf_counter())
+model.train(max_epochs=int(sys.argv[2]), accelerator="cpu", enable_progress_bar=False); t.append(time.perf_counter())
+model.get_latent_representation(); t.append(time.perf_counter())
+phases = dict(zip(["read", "setup", "train", "latent"], [b - a for a, b in zip(t, t[1:])]))
+print(json.dumps({**phases, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
 
 
 def atlas_chunk(rng: np.random.Generator, n_cells: int, base: np.ndarray, loadings: np.ndarray,
@@ -91,6 +107,18 @@ def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[st
     return {"wall": wall, "peak_gb": peak_gb, **seconds}
 
 
+def run_scvi(python: str, path: Path, epochs: int, threads: int) -> dict:
+    """scvi-tools on the same file (``CHILD_SCVI``, in the environment of ``python``): phases, wall, peak."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    started = time.perf_counter()
+    done = subprocess.run([python, "-c", CHILD_SCVI, str(path), str(epochs), str(threads)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"scvi-tools failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**row, "wall": time.perf_counter() - started, "peak_gb": row["peak_kib"] * 1024 / 1e9}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 200_000])
@@ -100,14 +128,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--scvi-python", default=None, help="python of an environment with scvi-tools: runs "
+                        "its read + setup + train + latent on the same files, up to --scvi-max-cells")
+    parser.add_argument("--scvi-max-cells", type=int, default=200_000)
     parser.add_argument("extra", nargs="*", help="after --: arguments for sciencevae cells")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cells_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# sciencevae cells at scale: {args.genes} genes, density {args.density}, {args.epochs} epoch(s), "
           f"torch/OpenMP threads {args.threads}, {os.cpu_count()} CPUs\n")
-    print("| cells | file GB | read | check | train | describe | save | total s | peak GB | train cells/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| cells | command | file GB | read | check | train | describe | save | total s | peak GB | "
+          "train cells/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for n_cells in args.cells:
             path = work / f"atlas_{n_cells}.h5ad"
@@ -117,9 +149,15 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             r = run_command(path, out, args.epochs, args.threads, args.extra)
             rate = n_cells * args.epochs / r["train"] if r["train"] else float("nan")
-            print(f"| {n_cells:,} | {path.stat().st_size / 1e9:.2f} | {r['read']:.1f} | {r['check']:.1f} | "
-                  f"{r['train']:.1f} | {r['describe']:.1f} | {r['save']:.1f} | {r['wall']:.1f} | "
+            print(f"| {n_cells:,} | sciencevae cells | {path.stat().st_size / 1e9:.2f} | {r['read']:.1f} | "
+                  f"{r['check']:.1f} | {r['train']:.1f} | {r['describe']:.1f} | {r['save']:.1f} | {r['wall']:.1f} | "
                   f"{r['peak_gb']:.2f} | {rate:,.0f} |", flush=True)
+            if args.scvi_python and n_cells <= args.scvi_max_cells:
+                p = run_scvi(args.scvi_python, path, args.epochs, args.threads)
+                print(f"| {n_cells:,} | scvi-tools SCVI (setup in check, latent in describe, nothing written) | "
+                      f"{path.stat().st_size / 1e9:.2f} | {p['read']:.1f} | {p['setup']:.1f} | {p['train']:.1f} | "
+                      f"{p['latent']:.1f} | – | {p['wall']:.1f} | {p['peak_gb']:.2f} | "
+                      f"{n_cells * args.epochs / p['train']:,.0f} |", flush=True)
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

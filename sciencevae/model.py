@@ -451,12 +451,16 @@ class BetaVAE:
     def _posterior(self, X, covariates=None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         source = self._source(self._checked(X, covariates))
         self.module.eval()
-        means, logvars = [], []
+        # filled in place: small outputs kept between the batches' large temporaries would fragment the heap
+        means = np.empty((source.n_obs, self.config.n_latent), dtype=np.float32)
+        logvars = np.empty_like(means)
+        start = 0
         for batch in source.batches(torch.arange(source.n_obs), batch_size):
             mu, logvar = self.module.inference(batch)
-            means.append(mu.float().cpu())
-            logvars.append(logvar.float().cpu())
-        return torch.cat(means).numpy(), torch.cat(logvars).numpy()
+            means[start:start + len(mu)] = mu.float().cpu().numpy()
+            logvars[start:start + len(mu)] = logvar.float().cpu().numpy()
+            start += len(mu)
+        return means, logvars
 
     def encode(self, X, covariates=None, return_std: bool = False, batch_size: int = 1024):
         """Posterior means (n_obs, n_latent); with ``return_std`` also the std.

@@ -31,6 +31,27 @@ def test_csr_stays_csr_and_counts_are_untouched(adata):
     assert out.uns[UNS_KEY]["params"]["n_latent"] == 3 and (out.X != before).nnz == 0
 
 
+def test_an_atlas_s_counts_are_not_copied(adata):
+    """Every gene modelled: the training matrix and the written-back AnnData hold the input's counts
+    themselves (a 1M-cell matrix is 1.3 GB); the input's annotations stay as they were."""
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adapter = CellsAdapter.from_adata(adata)
+    assert np.shares_memory(adapter.prepare(adata).X.data, adata.X.data)
+    out = adapter.write_back(adata, np.zeros((300, 3)), np.ones((200, 3)), {})
+    assert out.X is adata.X and out.layers["counts"] is adata.layers["counts"]
+    assert "sciencevae_used" not in adata.var and VARM_KEY not in adata.varm and UNS_KEY not in adata.uns
+    subset = CellsAdapter(genes=adapter.genes[::-1])  # another order: a copy, as before
+    assert not np.shares_memory(subset.prepare(adata).X.data, adata.X.data)
+
+
+def test_stored_zeros_do_not_count_as_expressed(adata):
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adata.X.data[adata.X.indices == 7] = 0.0  # gene7: entries stored, all zero
+    with pytest.warns(UserWarning, match="1 genes have no counts in any cell"):
+        adapter = CellsAdapter.from_adata(adata)
+    assert "gene7" not in adapter.genes and len(adapter.genes) == 199
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
