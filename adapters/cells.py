@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_counts, integer_distance,
                              round_counts, rounding_message)
 from sciencevae.io import atomic_write_text
+from sciencevae.threads import keep_torch_threads
 
 __all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "COUNT_LIKELIHOODS"]
 
@@ -437,7 +438,8 @@ def _highly_variable(X, obs: pd.DataFrame, batch_key: str | None, n_top_genes: i
     tmp = ad.AnnData(X=counts, obs=obs[[batch_key]].copy() if batch_key else pd.DataFrame(index=obs.index))
     tmp.var_names = [f"g{i}" for i in range(X.shape[1])]
     try:
-        sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
+        with keep_torch_threads():  # scanpy's numba kernels would leave torch at the CPU count
+            sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
     except ValueError as err:
         reason = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
         raise ValueError(f"highly variable genes (scanpy seurat_v3) could not be chosen ({reason.strip()}); "

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sciencevae.adapters.cells import OBSM_KEY
 from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
+from sciencevae.threads import keep_torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
@@ -94,13 +94,10 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
     if n_cells > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
     tmp = ad.AnnData(obs=pd.DataFrame(index=rows.astype(str)), obsm={OBSM_KEY: latents[rows]})
-    threads = torch.get_num_threads()
-    try:
+    with keep_torch_threads():  # numba's OpenMP pool would leave torch at the CPU count
         sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, len(rows) - 1)), random_state=seed,
                         transformer="sklearn")
         sc.tl.umap(tmp, random_state=seed)
-    finally:  # numba's OpenMP pool resets the process's threads (torch's too) to the CPU count: a later fit
-        torch.set_num_threads(threads)  # in this process then spun on a busy machine, 9x slower (measured)
     xy = tmp.obsm["X_umap"]
     figure, axes = panel_grid(latents.shape[1], 3, 2.8)
     for j, ax in enumerate(axes):

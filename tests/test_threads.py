@@ -1,6 +1,7 @@
 """Training threads on a shared machine: the choice from the measured load, its bounds, the restore,
 and the load measurement against a process that spins."""
 
+import os
 import subprocess
 import sys
 import time
@@ -55,3 +56,18 @@ def test_fit_records_its_threads_and_restores_torchs(ceiling):
     vae = BetaVAE(n_features=5, n_latent=2, hidden=(8,))
     history = vae.fit(np.random.default_rng(0).normal(size=(64, 5)), epochs=2, progress=False)
     assert list(history["threads"]) == [1, 1] and torch.get_num_threads() == 1
+
+
+def test_scanpy_s_numba_kernels_leave_torch_s_threads_as_they_were():
+    """In a fresh process with OMP_NUM_THREADS=1 (numba starts its OpenMP pool once, and that reset torch
+    to the CPU count): highly variable genes keep torch at 1 thread."""
+    code = ("import numpy as np, scipy.sparse as sp, anndata as ad, torch; torch.set_num_threads(1); "
+            "torch.get_num_threads(); "  # torch's pool in use, as in any session that trained before
+            "from sciencevae.adapters.cells import CellsAdapter; "
+            "counts = np.random.default_rng(0).poisson(1.0, size=(300, 120)).astype(np.float32); "
+            "CellsAdapter.from_adata(ad.AnnData(sp.csr_matrix(counts)), n_top_genes=60); "
+            "print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "1"
