@@ -134,7 +134,8 @@ def decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, k
     coef = cr.fit_cells(np.c_[trend_series, change_series], anomalies)
     n_trend = trend_series.shape[1]
     seasonal = climatology.cycle(phase) + change_series @ coef[:, n_trend:].T
-    return Decomposition(seasonal=seasonal.astype(np.float32), trend=(trend_series @ coef[:, :n_trend].T).astype(np.float32),
+    trend = trend_series @ coef[:, :n_trend].T
+    return Decomposition(seasonal=seasonal.astype(np.float32), trend=trend.astype(np.float32),
                          mean_cycle=HarmonicClimatology(coef=climatology.coef - own.coef),
                          seasonal_changes=change_series.shape[1])
 

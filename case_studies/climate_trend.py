@@ -498,6 +498,7 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     return ClimateResult(
         model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
         components=components,
-        maps=cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(cc.trend_maps(components, adapter, knobs, time)),
+        maps=cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(
+            cc.trend_maps(components, adapter, knobs, time)),
         settings=settings, climatology=climatology, mean_cycle=parts.mean_cycle,
     )

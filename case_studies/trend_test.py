@@ -45,8 +45,8 @@ import numpy as np
 from scipy.signal import butter, sosfiltfilt
 from scipy.stats import norm
 
-__all__ = ["TrendTest", "trend_test", "complete_years", "annual_means", "anomalies", "describe", "low_pass", "slopes_per_column",
-           "MAX_POINTS", "MIN_YEARS"]
+__all__ = ["TrendTest", "trend_test", "complete_years", "annual_means", "anomalies", "describe", "low_pass",
+           "slopes_per_column", "MAX_POINTS", "MIN_YEARS"]
 
 
 @dataclass(frozen=True)
