@@ -97,11 +97,9 @@ def training_threads(window: float = 0.05) -> Iterator[ThreadChoice]:
     cores = available_cores()
     busy = cores_busy_elsewhere(window) if ceiling > 1 else None
     threads = ceiling if busy is None else max(1, min(ceiling, math.floor(cores - busy + 0.25)))
-    torch.set_num_threads(threads)
-    try:
+    with keep_torch_threads():
+        torch.set_num_threads(threads)
         yield ThreadChoice(threads=threads, cores=cores, busy=busy)
-    finally:
-        torch.set_num_threads(ceiling)
 
 
 @contextmanager
