@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -143,8 +144,11 @@ def main() -> None:
     try:
         for n_cells in args.cells:
             path = work / f"atlas_{n_cells}.h5ad"
-            if not path.exists():
-                write_atlas(path, n_cells, args.genes, args.density)
+            if not path.exists():  # in a spawned process: Linux keeps a parent's peak memory in its children
+                writer = multiprocessing.get_context("spawn").Process(
+                    target=write_atlas, args=(path, n_cells, args.genes, args.density))
+                writer.start()
+                writer.join()
             out = work / f"run_{n_cells}"
             shutil.rmtree(out, ignore_errors=True)
             r = run_command(path, out, args.epochs, args.threads, args.extra)
