@@ -200,13 +200,13 @@ class ClimateAdapter:
 
     def prepare(self, data) -> Prepared:
         """Field -> standardised (time, features) matrix with a NaN mask and area weights."""
-        ds = self._open_checked(data)
+        ds = self.open_checked(data)
         X = self.standardized_rows(ds, 0, int(ds.sizes[self.sample_dim]))
         weights = np.concatenate([s.weight for s in self.states])
         names = np.asarray(ds[self.sample_dim].values).astype(str) if self.sample_dim in ds.coords else None
         return as_prepared(Prepared(X=X, obs_names=names, feature_weights=weights))
 
-    def _open_checked(self, data) -> xr.Dataset:
+    def open_checked(self, data) -> xr.Dataset:
         """Open ``data`` lazily and check it has this adapter's variables on its grid."""
         ds = open_field(data, self.variables[0] if len(self.variables) == 1 else self.variables)
         for state in self.states:
@@ -224,7 +224,7 @@ class ClimateAdapter:
         at a time (standardised, land dropped, NaN masked, area-weighted like
         :meth:`prepare`). Open the data lazily (``open_field`` on zarr/netCDF).
         """
-        ds = self._open_checked(data)
+        ds = self.open_checked(data)
         weights = np.concatenate([s.weight for s in self.states])
         return Streamed(FieldRows(self, ds), chunk_rows=chunk_rows, buffer_chunks=buffer_chunks,
                         feature_weights=weights)
@@ -289,6 +289,11 @@ class ClimateAdapter:
     def grid_weights(self) -> xr.Dataset:
         """The area weights on the grid (NaN on dropped features)."""
         return self._on_grid("weight")
+
+    def grid_means(self) -> xr.Dataset:
+        """The time mean of each variable on the grid in its units (NaN on dropped features): the centre
+        of the standardisation, computed over every observed time step."""
+        return self._on_grid("mean")
 
     def _on_grid(self, field: str) -> xr.Dataset:
         """``mean``, ``std`` or ``weight`` per feature on the grid, with attributes saying which."""

@@ -5,9 +5,14 @@ the data. A decoder answers a knob with a damped amplitude (its latents are nois
 prior); the regression restores it, and pools over cells only through the shared time courses.
 
 Arrays are (n_time, n_features); NaN in the data marks an unobserved value, left out of that cell's fit.
+A field larger than memory is fitted chunk by chunk of time: :class:`Moments` holds each cell's sums of
+squares and cross-products, which add over chunks and give the coefficients and held-out errors exactly
+as the whole record would.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,53 +20,186 @@ import numpy as np
 RANK_TOLERANCE = 1e-6
 
 
+@dataclass
+class Moments:
+    """Per-cell least-squares statistics of data on a design whose first column is the intercept.
+
+    ``gram`` (k, k): the design's cross-products over rows where every cell was observed; ``cell_gram``
+    (n_features, k, k) or None: those over the rows where a cell had gaps (only the cell's observed rows);
+    ``cross`` (n_features, k): the design times the data; ``squares`` (n_features,): the data's sum of
+    squares. All float64; memory (n_features, k²) once a chunk has gaps, (n_features, k) before.
+    """
+
+    gram: np.ndarray
+    cell_gram: np.ndarray | None
+    cross: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def zeros(cls, n_features: int, n_terms: int) -> "Moments":
+        return cls(np.zeros((n_terms, n_terms)), None, np.zeros((n_features, n_terms)), np.zeros(n_features))
+
+    def add(self, design: np.ndarray, data: np.ndarray) -> None:
+        """Add rows: ``design`` (rows, k), ``data`` (rows, n_features) with NaN where unobserved."""
+        design = np.asarray(design, dtype=np.float64)
+        observed = np.isfinite(data)
+        values = np.where(observed, data, 0.0).astype(np.float64)
+        full = observed.all(1)
+        self.gram += design[full].T @ design[full]
+        if not full.all():
+            part = design[~full]
+            outer = (part[:, :, None] * part[:, None, :]).reshape(len(part), -1)
+            add = (observed[~full].T.astype(np.float64) @ outer).reshape(-1, *self.gram.shape)
+            self.cell_gram = add if self.cell_gram is None else self.cell_gram + add
+        self.cross += values.T @ design
+        self.squares += np.einsum("tf,tf->f", values, values)
+
+    def __add__(self, other: "Moments") -> "Moments":
+        cells = [g for g in (self.cell_gram, other.cell_gram) if g is not None]
+        return Moments(self.gram + other.gram, sum(cells) if cells else None, self.cross + other.cross,
+                       self.squares + other.squares)
+
+    def grams(self, columns: np.ndarray) -> np.ndarray:
+        """Each cell's cross-products of the design columns ``columns``: (n_features, c, c)."""
+        shared = self.gram[np.ix_(columns, columns)]
+        if self.cell_gram is None:
+            return np.broadcast_to(shared, (len(self.cross), len(columns), len(columns)))
+        return shared + self.cell_gram[:, columns][:, :, columns]
+
+    def solve(self, n_columns: int | None = None, ridge: float = 1e-9) -> np.ndarray:
+        """Coefficients (n_features, c) on the first ``n_columns`` design columns (default all), intercept
+        first. A ``ridge`` of that fraction of each cell's mean diagonal keeps cells with few (or no)
+        observations solvable: a cell never observed gets coefficients 0."""
+        columns = np.arange(self.cross.shape[1] if n_columns is None else n_columns)
+        gram = self.grams(columns)
+        scale = np.maximum(np.trace(gram, axis1=1, axis2=2), 1.0) / len(columns)
+        ridged = gram + ridge * scale[:, None, None] * np.eye(len(columns))
+        return np.linalg.solve(ridged, self.cross[:, columns, None])[..., 0]
+
+    def error(self, coef: np.ndarray) -> float:
+        """Summed squared error, over observed values, of predictions ``design[:, :c] @ coef[f]`` (``coef``
+        (n_features, c)), each cell's error centred on its mean over these rows (so only the time course
+        is judged, not the level)."""
+        columns = np.arange(coef.shape[1])
+        gram, cross = self.grams(columns), self.cross[:, columns]
+        count = gram[:, 0, 0]
+        squared = self.squares - 2 * np.einsum("fk,fk->f", coef, cross) + np.einsum("fk,fkl,fl->f", coef, gram, coef)
+        total = cross[:, 0] - np.einsum("fk,fk->f", gram[:, 0], coef)
+        centred = squared - np.divide(total**2, count, out=np.zeros_like(total), where=count > 0)
+        return float(np.sum(np.where(count > 0, centred, 0.0)))
+
+
+def with_intercept(series: np.ndarray) -> np.ndarray:
+    """The design ``[1, series]`` (n_time, k + 1), float64."""
+    return np.c_[np.ones(len(series)), np.asarray(series, dtype=np.float64)]
+
+
+def moments(series: np.ndarray, data: np.ndarray) -> Moments:
+    """:class:`Moments` of ``data`` (n_time, n_features) on ``series`` (n_time, k) and an intercept."""
+    out = Moments.zeros(data.shape[1], series.shape[1] + 1)
+    out.add(with_intercept(series), data)
+    return out
+
+
+def principal_patterns(field: np.ndarray, scale: np.ndarray, n_series: int,
+                       block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The leading ``n_series`` spatial patterns of ``field`` (n_rows, n_features: the record, or a sample of
+    its rows) with features multiplied by ``scale`` (n_features,): ``(centre, patterns)``, the time mean
+    (n_features,) and (n_features, k) weights, k <= n_series (fewer where the field has lower rank). The
+    principal time series of any rows are ``project(rows, centre, patterns)``; on the rows the patterns
+    came from they are the field's orthonormal left singular vectors.
+
+    Found from the smaller of the rows' (n_rows, n_rows) Gram matrix, built ``block`` features at a time
+    (memory beyond ``field``: (n_rows, block) and (n_features, k), not a float64 copy of a wide field), and
+    the features' (n_features, n_features) cross-products (a long, narrow field).
+    """
+    n_features = field.shape[1]
+    centre = field.mean(0, dtype=np.float64)
+    if n_series == 0:
+        return centre, np.zeros((n_features, 0))
+    if len(field) > n_features:
+        centred = (field - centre) * scale
+        values, vectors = _leading(centred.T @ centred, n_series)
+        return centre, vectors / np.sqrt(values) * scale[:, None]
+    blocks = [slice(start, start + block) for start in range(0, n_features, block)]
+    gram = np.zeros((len(field), len(field)))
+    for cols in blocks:
+        part = (field[:, cols] - centre[cols]) * scale[cols]
+        gram += part @ part.T
+    values, vectors = _leading(gram, n_series)
+    patterns = np.empty((n_features, len(values)))
+    for cols in blocks:
+        part = (field[:, cols] - centre[cols]) * scale[cols]
+        patterns[cols] = (part.T @ vectors) / values * scale[cols, None]
+    return centre, patterns
+
+
+def _leading(cross: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` largest eigenvalues of a cross-product matrix and their vectors, without those numerically
+    zero (below ``RANK_TOLERANCE``² of the largest); none for a zero matrix."""
+    if not np.any(cross):
+        return np.zeros(0), np.zeros((len(cross), 0))
+    values, vectors = np.linalg.eigh(cross)
+    order = np.argsort(values)[::-1][:n]
+    values, vectors = values[order], vectors[:, order]
+    keep = values > RANK_TOLERANCE**2 * values[0]
+    return values[keep], vectors[:, keep]
+
+
+def project(rows: np.ndarray, centre: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+    """Principal time series (n_rows, k) of ``rows`` (n_rows, n_features) on :func:`principal_patterns`."""
+    return (np.asarray(rows, dtype=np.float64) - centre) @ patterns
+
+
 def principal_series(field: np.ndarray, scale: np.ndarray, n_series: int) -> np.ndarray:
     """The leading ``n_series`` principal time series of ``field`` (n_time, n_features) with features
     multiplied by ``scale`` (n_features,): (n_time, k) float64, orthonormal, k <= n_series (fewer where
     the field has lower rank; (n_time, 0) for a constant field)."""
-    centred = (field - field.mean(0)).astype(np.float64) * scale
-    if n_series == 0 or not np.any(centred):
-        return np.zeros((len(field), 0))
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    return u[:, :n_series][:, s[:n_series] > RANK_TOLERANCE * s[0]]
+    centre, patterns = principal_patterns(field, scale, n_series)
+    return project(field, centre, patterns)
 
 
 def fit_cells(series: np.ndarray, data: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Least-squares coefficients (n_features, k) of each cell of ``data`` (n_time, n_features) on the
     columns of ``series`` (n_time, k) and an intercept, over the cell's observed times among ``rows`` (a
     bool (n_time,) selection; default all). Memory: (n_features, (k + 1)²)."""
-    observed = np.isfinite(data)
     if rows is not None:
-        observed = observed & rows[:, None]
-    design = np.c_[np.ones(len(series)), series]
-    k = design.shape[1]
-    outer = (design[:, :, None] * design[:, None, :]).reshape(len(series), k * k)
-    gram = (observed.T.astype(np.float64) @ outer).reshape(-1, k, k)
-    cross = np.where(observed, data, 0.0).T.astype(np.float64) @ design
-    ridge = 1e-9 * np.eye(k) * np.maximum(np.trace(gram, axis1=1, axis2=2), 1.0)[:, None, None] / k
-    return np.linalg.solve(gram + ridge, cross[..., None])[..., 0][:, 1:]
+        series, data = series[rows], data[rows]
+    return moments(series, data).solve()[:, 1:]
+
+
+def fold_moments(series: np.ndarray, data: np.ndarray, folds: np.ndarray) -> dict[int, Moments]:
+    """:func:`moments` of the rows of each fold (``folds``: (n_time,) integer labels)."""
+    return {int(fold): moments(series[folds == fold], data[folds == fold]) for fold in np.unique(folds)}
+
+
+def cross_validated_error(by_fold: dict[int, Moments], n_columns: int) -> float:
+    """Squared error of predicting each fold from coefficients fitted on the other folds, on the first
+    ``n_columns`` design columns (intercept included), summed over folds (:meth:`Moments.error`)."""
+    total = 0.0
+    for fold, test in by_fold.items():
+        train = sum((m for f, m in by_fold.items() if f != fold), Moments.zeros(*test.cross.shape))
+        total += test.error(train.solve(n_columns))
+    return total
 
 
 def held_out_error(series: np.ndarray, data: np.ndarray, folds: np.ndarray) -> float:
     """Squared error of predicting each fold of ``data`` from coefficients fitted on the other folds
     (``folds``: (n_time,) integer labels), summed over observed values; each prediction is centred on its
     fold's mean so that only the time course is judged."""
-    total = 0.0
-    for fold in np.unique(folds):
-        test = folds == fold
-        coef = fit_cells(series, data, ~test)
-        predicted = series[test] @ coef.T
-        observed = np.isfinite(data[test])
-        counts = np.maximum(observed.sum(0), 1)
-        actual = np.where(observed, data[test], 0.0)
-        predicted = np.where(observed, predicted, 0.0)
-        error = (actual - actual.sum(0) / counts) - (predicted - predicted.sum(0) / counts)
-        total += float(np.sum(np.where(observed, error, 0.0) ** 2))
-    return total
+    return cross_validated_error(fold_moments(series, data, folds), series.shape[1] + 1)
+
+
+def supported_columns(by_fold: dict[int, Moments], n_fixed: int, n_candidates: int) -> int:
+    """How many of the ``n_candidates`` design columns after the intercept and ``n_fixed`` fixed ones (in
+    order) the data support: the count with the least :func:`cross_validated_error` (0 when none helps
+    out of sample)."""
+    errors = [cross_validated_error(by_fold, 1 + n_fixed + k) for k in range(n_candidates + 1)]
+    return int(np.argmin(errors))
 
 
 def supported_series(fixed: np.ndarray, candidates: np.ndarray, data: np.ndarray, folds: np.ndarray) -> int:
     """How many of the ``candidates`` columns (in order) the data support beside the ``fixed`` ones: the
     count with the least :func:`held_out_error` (0 when none helps out of sample)."""
-    errors = [held_out_error(np.c_[fixed, candidates[:, :k]], data, folds) for k in range(candidates.shape[1] + 1)]
-    return int(np.argmin(errors))
+    by_fold = fold_moments(np.c_[fixed, candidates], data, folds)
+    return supported_columns(by_fold, fixed.shape[1], candidates.shape[1])

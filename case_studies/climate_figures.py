@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -216,7 +218,10 @@ def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> F
     seasonal, trend, residual = (res.components[name(c)] for c in ("seasonal", "trend", "residual"))
     mean_state = res.components[name("mean_state")]
     sample = res.adapter.sample_dim
-    scores = [seasonal.std(sample), trend.max(sample) - trend.min(sample), residual.std(sample)][:n_points]
+    with warnings.catch_warnings():  # land: NaN at every time (dask's threads ignore np.errstate)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = [score.compute() for score in (seasonal.std(sample), trend.max(sample) - trend.min(sample),
+                                                residual.std(sample))[:n_points]]
     kinds = ["strong seasonal cycle", "strong trend", "strong residual"]
     points = representative_points(scores, mean_state)
     years, xlabel = time_axis(res.time)

@@ -39,6 +39,11 @@ trend (other modes and noise, no mean seasonal cycle: :func:`residual_seasonalit
 :meth:`ClimateResult.counterfactual` holds the trend at another period's
 level.
 
+A field larger than memory takes the same path: it is opened lazily and read in chunks of time
+(:func:`.climate_components.time_chunks`) for its statistics, climatology, training, encoding and
+regressions; ``components`` (and ``counterfactual``) are dask-backed and computed chunk by chunk when read
+or saved, so memory is bounded by the chunks and the model, not by the record's length.
+
 >>> import xarray as xr
 >>> from sciencevae.datasets import monthly_field
 >>> field = synthetic_dataset(monthly_field(n_years=4, n_lat=6, n_lon=8))
@@ -50,7 +55,8 @@ level.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time as clock
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cftime
@@ -62,7 +68,7 @@ from sciencevae import BetaVAE, __version__
 from sciencevae.adapters.climate import ADAPTER_NAME, ClimateAdapter, _carried_attrs, open_field
 from sciencevae.io import atomic_path, atomic_write_text
 
-from .climatology import HarmonicClimatology, n_harmonics_for
+from .climatology import HarmonicClimatology
 from . import climate_components as cc
 from .climate_components import PHASE_POINTS, TREND_CUTOFF_YEARS, seasonal_basis
 from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs, year_fraction
@@ -105,6 +111,7 @@ class ClimateResult:
     settings: dict
     climatology: HarmonicClimatology
     mean_cycle: HarmonicClimatology
+    seconds: dict = field(default_factory=dict)  # wall seconds of each phase of run()
 
     @property
     def time(self) -> xr.DataArray:
@@ -167,11 +174,16 @@ class ClimateResult:
         z = self.latents["z"].values
         shift = (level - self.latents["knob"].values[:, trend]) @ self.knobs.directions[trend]
         basis = cc.seasonal_basis(self.time)
-        cycle_change = np.zeros((len(z), self.model.config.n_features), np.float32)
-        if self.settings.get("seasonal_change_series", 1):  # the decoder's, where the data supported it
-            cycle_change = ((self.model.decode(z + shift, basis) - cc.annual_means(self.model, z + shift))
-                            - (self.model.decode(z, basis) - cc.annual_means(self.model, z)))
-        delta = self.adapter.to_field(cycle_change, self.time, units="anomaly")
+        changes = bool(self.settings.get("seasonal_change_series", 1))  # the decoder's, where the data supported it
+
+        def cycle_change(start: int, stop: int) -> np.ndarray:
+            if not changes:
+                return np.zeros((stop - start, self.model.config.n_features), np.float32)
+            moved, code, cov = z[start:stop] + shift[start:stop], z[start:stop], basis[start:stop]
+            return ((self.model.decode(moved, cov) - cc.annual_means(self.model, moved))
+                    - (self.model.decode(code, cov) - cc.annual_means(self.model, code)))
+
+        delta = cc.lazy_field(self.adapter, cycle_change, self.time, "anomaly")
         field = self.data[self.adapter.variables].copy()
         for var in self.adapter.variables:
             trend_part = self.components["trend" if len(self.adapter.variables) == 1 else f"{var}_trend"]
@@ -202,11 +214,15 @@ class ClimateResult:
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write latents.nc, components.nc, maps.nc, report.json, figures/*.png, model/, adapter.nc
-        and report.html (with ``extra_tables``, e.g. a comparison with a known truth)."""
+        and report.html (with ``extra_tables``, e.g. a comparison with a known truth). The components are
+        computed and written chunk by chunk of time (:func:`.climate_components.chunk_by_chunk`)."""
+        with cc.chunk_by_chunk():
+            return self._write(Path(path), extra_tables)
+
+    def _write(self, out: Path, extra_tables: dict[str, pd.DataFrame] | None) -> Path:
         from .climate_figures import save_figures
         from .report import write_report
 
-        out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save(out / "model")
         self.adapter.save(out / ADAPTER_NAME)
@@ -256,9 +272,10 @@ def encode(run_dir: str | Path, data, return_std: bool = False) -> xr.DataArray 
     model = sciencevae.load(run_dir / "model")
     ds = open_field(data, adapter.variables[0] if len(adapter.variables) == 1 else None)
     _check_dates(ds[adapter.sample_dim])
+    ds = adapter.open_checked(ds)
     time = ds[adapter.sample_dim]
-    prepared = cc.model_input(adapter.prepare(ds), climatology, time)
-    mean, std = model.encode(prepared, return_std=True)
+    rows = cc.AnomalyRows(adapter, ds, climatology, year_fraction(time))
+    mean, std = model.encode(cc.model_input(adapter, rows, time), return_std=True)
     coords = {adapter.sample_dim: time, "latent": np.arange(mean.shape[1])}
     z = xr.DataArray(mean, dims=(adapter.sample_dim, "latent"), coords=coords, name="z",
                      attrs={"long_name": "posterior mean of each latent", "units": "1"})
@@ -293,6 +310,11 @@ def trend_component_slopes(res: ClimateResult) -> dict:
     no detectable trend (no trend knob) the component is 0 and ``trend_detectable`` is False.
     ``summary`` says it in plain words.
     """
+    with cc.chunk_by_chunk():
+        return _trend_component_slopes(res)
+
+
+def _trend_component_slopes(res: ClimateResult) -> dict:
     years = decimal_years(res.time)
     weights = res.adapter.grid_weights()
     trend = res.knobs_of("trend")
@@ -325,6 +347,11 @@ def residual_seasonality(res: ClimateResult) -> dict:
     mean per calendar month, minus the mean over months), next to the same for the input, and their
     ratio ``share`` (0: the seasonal component took the whole cycle). ``summary`` says it in words.
     """
+    with cc.chunk_by_chunk():
+        return _residual_seasonality(res)
+
+
+def _residual_seasonality(res: ClimateResult) -> dict:
     weights = res.adapter.grid_weights()
     out = {}
     for var in res.adapter.variables:
@@ -332,7 +359,7 @@ def residual_seasonality(res: ClimateResult) -> dict:
         w = weights[var].fillna(0)
         rms = {}
         for key, da in (("residual", res.components[name]), ("input", res.data[var])):
-            climatology = da.groupby(f"{res.adapter.sample_dim}.month").mean()
+            climatology = cc.monthly_climatology(da, res.adapter.sample_dim)
             anomaly = climatology - climatology.mean("month")
             rms[key] = float(np.sqrt((anomaly**2).weighted(w).mean([*w.dims, "month"])))
         share = rms["residual"] / rms["input"] if rms["input"] > 0 else 0.0
@@ -454,26 +481,37 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     :func:`default_epochs` (10,000 optimiser steps). ``checkpoint_dir``,
     ``checkpoint_every`` and ``resume`` are passed to ``BetaVAE.fit``.
     """
+    started = clock.perf_counter()
+    seconds = {}
+
+    def lap(phase: str) -> None:
+        seconds[phase] = clock.perf_counter() - started - sum(seconds.values())
+
     ds, adapter = validate(data, var)
-    ds = ds[adapter.variables].load()
+    ds = ds[adapter.variables]
     time = ds[adapter.sample_dim]
     phase = year_fraction(time)
-    prepared = adapter.prepare(ds)
-    climatology = HarmonicClimatology.fit(prepared.X, phase, n_harmonics_for(phase))
-    prepared = cc.model_input(prepared, climatology, time)
-    model = BetaVAE(prepared.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed,
-                    n_covariates=prepared.covariates.shape[1])
+    lap("check")
+    climatology, rows = cc.model_rows(adapter, ds, time)
+    streamed = cc.model_input(adapter, rows, time)
+    lap("climatology")
+    model = BetaVAE(adapter.n_features, n_latent=n_latent, beta=beta, hidden=hidden, seed=seed,
+                    n_covariates=streamed.n_covariates)
     epochs = default_epochs(len(time), batch_size) if epochs is None else epochs
-    model.fit(prepared, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+    model.fit(streamed, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
               validation=0.0, progress=progress, checkpoint_dir=checkpoint_dir,
               checkpoint_every=checkpoint_every, resume=resume)
-    z, z_std = model.encode(prepared, return_std=True)
-    kl = model.kl_per_latent(prepared)
+    lap("train")
+    z, z_std = model.encode(streamed, return_std=True)
+    kl = model.kl_per_latent(streamed)
+    lap("encode")
     years = decimal_years(time)
     latent_roles = assign_roles(z, phase, years, kl, kl_threshold, role_threshold)
     knobs = find_knobs(z, kl, phase, years, rotate, kl_threshold, role_threshold)
-    parts = cc.decompose(model, climatology, z, knobs, time, prepared.X, cc.trend_weights(adapter))
-    components = cc.components(adapter, ds, parts, time)
+    with cc.chunk_by_chunk():
+        parts = cc.decompose(model, climatology, z, knobs, time, rows, cc.trend_weights(adapter))
+        components = cc.components(adapter, ds, parts, time)
+    lap("decompose")
     sample = adapter.sample_dim
     latents = xr.Dataset(
         {"z": ((sample, "latent"), z, {"long_name": "posterior mean of each latent", "units": "1"}),
@@ -495,10 +533,12 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
                     role_threshold=role_threshold, rotate=rotate, climatology_harmonics=climatology.n_harmonics,
                     seasonal_covariates="annual and semi-annual harmonics of the day of the year",
                     trend_cutoff_years=cc.TREND_CUTOFF_YEARS, seasonal_change_series=parts.seasonal_changes)
+    with cc.chunk_by_chunk():
+        maps = cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(
+            cc.trend_maps(components, adapter, knobs, time))
+    lap("maps")
     return ClimateResult(
         model=model, adapter=adapter, data=ds, latents=latents, latent_roles=latent_roles, knobs=knobs,
-        components=components,
-        maps=cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(
-            cc.trend_maps(components, adapter, knobs, time)),
-        settings=settings, climatology=climatology, mean_cycle=parts.mean_cycle,
+        components=components, maps=maps, settings=settings, climatology=climatology,
+        mean_cycle=parts.mean_cycle, seconds=seconds,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cell_regression import Moments
 from .climate_knobs import harmonics
 
 __all__ = ["HarmonicClimatology", "n_harmonics_for", "MAX_HARMONICS"]
@@ -44,23 +45,27 @@ class HarmonicClimatology:
     def n_harmonics(self) -> int:
         return (len(self.coef) - 1) // 2
 
+    @staticmethod
+    def design(phase: np.ndarray, n_harmonics: int) -> np.ndarray:
+        """The regressors at each phase: 1, then cos/sin of harmonics 1..K, (n, 1 + 2K)."""
+        return np.c_[np.ones(len(phase)), harmonics(phase, n_harmonics)]
+
     @classmethod
-    def fit(cls, X: np.ndarray, phase: np.ndarray, n_harmonics: int, ridge: float = 1e-8) -> "HarmonicClimatology":
+    def fit(cls, X: np.ndarray, phase: np.ndarray, n_harmonics: int) -> "HarmonicClimatology":
         """Per column of ``X`` (n_time, n_features; NaN = missing), the least-squares fit on its observed
-        rows. ``phase`` (n_time,) is the phase of the year in [0, 1). A tiny ``ridge`` keeps columns with
-        too few observations solvable (their harmonics shrink to 0)."""
-        design = np.c_[np.ones(len(phase)), harmonics(phase, n_harmonics)]
-        observed = np.isfinite(X)
-        values = np.where(observed, X, 0.0).astype(np.float64)
-        n_terms = design.shape[1]
-        if observed.all():
-            gram = np.broadcast_to(design.T @ design, (X.shape[1], n_terms, n_terms))
-        else:
-            outer = (design[:, :, None] * design[:, None, :]).reshape(len(design), -1)
-            gram = (observed.T.astype(np.float64) @ outer).reshape(X.shape[1], n_terms, n_terms)
-        gram = gram + ridge * len(phase) * np.eye(n_terms)
-        coef = np.linalg.solve(gram, (design.T @ values).T[:, :, None])[:, :, 0]
-        return cls(coef=coef.T.astype(np.float32))
+        rows. ``phase`` (n_time,) is the phase of the year in [0, 1). A field read in chunks is fitted by
+        adding each chunk's :class:`~.cell_regression.Moments` of :meth:`design` and calling
+        :meth:`from_moments`."""
+        design = cls.design(phase, n_harmonics)
+        moments = Moments.zeros(X.shape[1], design.shape[1])
+        moments.add(design, X)
+        return cls.from_moments(moments)
+
+    @classmethod
+    def from_moments(cls, moments: Moments, ridge: float = 1e-8) -> "HarmonicClimatology":
+        """The fit from accumulated moments; a tiny ``ridge`` keeps columns with too few observations
+        solvable (their harmonics shrink to 0)."""
+        return cls(coef=moments.solve(ridge=ridge).T.astype(np.float32))
 
     def cycle(self, phase: np.ndarray) -> np.ndarray:
         """The seasonal cycle (without the intercept) at each phase: (n, n_features), float32; it averages

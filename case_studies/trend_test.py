@@ -46,7 +46,7 @@ from scipy.signal import butter, sosfiltfilt
 from scipy.stats import norm
 
 __all__ = ["TrendTest", "trend_test", "complete_years", "annual_means", "anomalies", "describe", "low_pass",
-           "slopes_per_column", "MAX_POINTS", "MIN_YEARS"]
+           "slopes_per_column", "slope_points", "theil_sen_columns", "MAX_POINTS", "MIN_YEARS"]
 
 
 @dataclass(frozen=True)
@@ -162,23 +162,38 @@ def slopes_per_column(values: np.ndarray, years: np.ndarray, max_points: int = 1
     [0.2, -0.1]
     """
     values = np.asarray(values, dtype=float).reshape(len(years), -1)
+    t, weights = slope_points(years, max_points)
+    y = weights @ np.nan_to_num(values)
+    y[((weights > 0).astype(float) @ np.isnan(values)) > 0] = np.nan
+    return theil_sen_columns(t, y, block)
+
+
+def slope_points(years: np.ndarray, max_points: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """The points :func:`slopes_per_column` fits: their times (n_points,) and the (n_points, n_time)
+    weights that average a series onto them (annual means of complete years when there are at least
+    :data:`MIN_YEARS`, else consecutive blocks). Linear, so a field read in chunks maps onto the points
+    chunk by chunk."""
     years = np.asarray(years, dtype=float)
     t, _ = annual_means(np.zeros(len(years)), years)
     if len(t) >= MIN_YEARS:
-        year = np.floor(years + 1e-9)
-        member = year[:, None] == t[None, :]
-        y = (member.T.astype(float) @ np.nan_to_num(values)) / member.sum(0)[:, None]
-        y[(member.T.astype(float) @ np.isnan(values)) > 0] = np.nan
-    else:
-        size = int(np.ceil(len(years) / max_points))
-        cut = len(years) // size * size
-        t, y = years[:cut].reshape(-1, size).mean(1), values[:cut].reshape(-1, size, values.shape[1]).mean(1)
-    out = np.full(values.shape[1], np.nan)
+        member = (np.floor(years + 1e-9)[None, :] == t[:, None]).astype(float)
+        return t, member / member.sum(1, keepdims=True)
+    size = int(np.ceil(len(years) / max_points)) if len(years) else 1
+    cut = len(years) // size * size
+    weights = np.zeros((cut // size, len(years)))
+    weights[np.arange(cut) // size, np.arange(cut)] = 1.0 / size
+    return years[:cut].reshape(-1, size).mean(1), weights
+
+
+def theil_sen_columns(t: np.ndarray, y: np.ndarray, block: int = 512) -> np.ndarray:
+    """Theil–Sen slope per decade of each column of ``y`` (n_points, n_columns) at times ``t`` (years);
+    NaN for columns with a NaN and when fewer than 3 points exist."""
+    out = np.full(y.shape[1], np.nan)
     if len(t) < 3:
         return out
     i, j = np.triu_indices(len(t), k=1)
     step = (t[j] - t[i])[:, None]
-    for start in range(0, values.shape[1], block):
+    for start in range(0, y.shape[1], block):
         part = y[:, start:start + block]
         out[start:start + block] = np.median((part[j] - part[i]) / step, axis=0)
     return 10 * out

@@ -242,13 +242,16 @@ def _cmd_climate(args: argparse.Namespace) -> int:
             inputs, var=var, n_latent=args.n_latent, beta=args.beta, epochs=args.epochs, seed=args.seed,
             device=args.device, progress=not args.quiet, **_checkpointing(args),
         )
+        saving = time.perf_counter()
         res.save(args.out)
+        _record_seconds(args.out, {**res.seconds, "save": time.perf_counter() - saving})
     print(res.roles.round(3).to_string())
-    for var, slopes in climate_trend.trend_component_slopes(res).items():
+    report = json.loads((args.out / "report.json").read_text(encoding="utf-8"))  # computed once, by save
+    for var, slopes in report["trend_component_slope_per_decade"].items():
         print(f"{var}: {slopes['summary']}")
-    for var, left in climate_trend.residual_seasonality(res).items():
+    for var, left in report["residual_seasonality"].items():
         print(f"{var}: {left['summary']}")
-    print(climate_trend.seasonal_change(res)["summary"])
+    print(report["seasonal_change"]["summary"])
     print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, climatology.nc, report.json, report.html, "
           f"run.json, adapter.nc, figures/, model/{', checkpoint/' if args.checkpoint_every else ''}")
     return 0

@@ -340,7 +340,8 @@ class BetaVAE:
         with a square-root-scaled learning rate on CUDA (see
         :func:`~sciencevae.train.batch_and_lr`); under torchrun
         ``batch_size`` is per process. A :class:`~sciencevae.streaming.Streamed`
-        is read from disk in chunks (data larger than memory).
+        is read from disk in chunks (data larger than memory); it carries its own covariates and
+        feature weights.
 
         The history has one row per epoch: loss, reconstruction, kl, kl_0 ...
         kl_{L-1} (per-latent KL, nats), val_loss, val_reconstruction, val_kl,
@@ -399,14 +400,11 @@ class BetaVAE:
         """X as a validated Prepared, or a Streamed checked on its first chunk (the rest as it is read)."""
         if isinstance(X, Streamed):
             if any(v is not None for v in (covariates, size_factors, feature_weights)):
-                raise ValueError("streamed data carry no covariates / size factors / weights; "
-                                 "give feature weights to Streamed(feature_weights=...)")
-            if X.n_features != self.config.n_features:
-                raise ValueError(f"X has {X.n_features} features but the model was built for {self.config.n_features}")
-            if self.config.n_covariates:
-                raise ValueError(f"the model expects {self.config.n_covariates} covariate columns; streamed data "
-                                 "have none")
-            self._check_input(as_prepared(X.reader.read(0, min(X.chunk_rows, X.n_obs))))
+                raise ValueError("streamed data carry their own covariates and weights; give them to "
+                                 "Streamed(covariates=..., feature_weights=...)")
+            first = min(X.chunk_rows, X.n_obs)
+            self._check_input(as_prepared(X.reader.read(0, first),
+                                          None if X.covariates is None else X.covariates[:first]))
             return X  # chunks with rounding error are rounded (and said so) as they are read
         prepared = as_prepared(X, covariates, size_factors, feature_weights)
         example = self._check_input(prepared)

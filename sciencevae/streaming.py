@@ -38,7 +38,7 @@ import torch
 from .data import (Batch, DeviceCSR, check_counts, draw_rows, hold_rows, log_factorial_rows, position_device,
                    round_counts, rounding_message, split_rows)
 
-__all__ = ["RowReader", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
+__all__ = ["RowReader", "ArrayRows", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
 
 
 def peak_host_memory_mb() -> float:
@@ -80,16 +80,27 @@ class Streamed:
         Chunks whose rows are mixed into the same batches.
     feature_weights
         Optional (n_features,) weights on each feature's log-likelihood.
+    covariates
+        Optional (n_obs, n_covariates) covariates of every row, held in memory (e.g. the phase of the year
+        of each time step of a field).
     """
 
     reader: RowReader
     chunk_rows: int = 8192
     buffer_chunks: int = 4
     feature_weights: np.ndarray | None = None
+    covariates: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1 or self.buffer_chunks < 1:
             raise ValueError("chunk_rows and buffer_chunks must be positive")
+        if self.covariates is not None and (np.ndim(self.covariates) != 2 or len(self.covariates) != self.n_obs):
+            raise ValueError(f"covariates must be a ({self.n_obs}, n_covariates) array, got shape "
+                             f"{np.shape(self.covariates)}")
+
+    @property
+    def n_covariates(self) -> int:
+        return 0 if self.covariates is None else int(np.shape(self.covariates)[1])
 
     @property
     def n_obs(self) -> int:
@@ -119,6 +130,7 @@ class _Group:
     has_nan: bool
     size_factors: torch.Tensor | None
     count_constants: torch.Tensor | None
+    covariates: torch.Tensor | None
 
 
 class StreamingSource:
@@ -130,7 +142,7 @@ class StreamingSource:
     :class:`~sciencevae.data.DeviceCSR`; ``csr_on_device`` overrides). Batches are then drawn from the group
     by indexing on the device: no step waits for the host.
 
-    >>> reader = _ArrayRows(np.arange(20.0).reshape(10, 2))
+    >>> reader = ArrayRows(np.arange(20.0).reshape(10, 2))
     >>> src = StreamingSource(Streamed(reader, chunk_rows=4, buffer_chunks=1), torch.device("cpu"))
     >>> sorted(int(r) for b in src.batches(torch.randperm(10), 3) for r in b.x[:, 0] // 2)
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
@@ -187,7 +199,8 @@ class StreamingSource:
         rows = np.concatenate(rows)
         has_nan = not self.count_data and bool(np.isnan(X.data if sp.issparse(X) else X).any())
         return _Group(hold_rows(X, self.device, self.csr_on_device), np.array(sorted(chunks)), np.array(offsets),
-                      has_nan, self._per_row(self.size_factors, rows), self._per_row(self.count_constants, rows))
+                      has_nan, self._per_row(self.size_factors, rows), self._per_row(self.count_constants, rows),
+                      self._per_row(self.streamed.covariates, rows))
 
     def _per_row(self, values: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
         return None if values is None else torch.as_tensor(values[rows], dtype=torch.float32, device=self.device)
@@ -209,7 +222,7 @@ class StreamingSource:
             x=x,
             mask=mask,
             size_factor=None if group.size_factors is None else group.size_factors[positions],
-            covariates=None,
+            covariates=None if group.covariates is None else group.covariates[positions],
             feature_weights=self.feature_weights,
             count_constant=None if group.count_constants is None else group.count_constants[positions],
         )
@@ -265,7 +278,7 @@ class StreamingSource:
                     yield self._batch(group, positions)
 
 
-class _ArrayRows:
+class ArrayRows:
     """A row reader over an in-memory array (tests, examples)."""
 
     def __init__(self, X):

@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import pytest
 
 from sciencevae.case_studies import cell_regression as cr
 from sciencevae.case_studies import climate_trend as ct
@@ -80,3 +81,41 @@ def test_a_short_noisy_record_s_components_are_no_worse_than_the_simplest_baseli
         r2[name] = [1 - np.nanvar(f[:, ~land] - expected) / np.var(expected) for f in (found, baseline)]
     assert r2["trend"][0] >= r2["trend"][1], r2
     assert r2["seasonal"][0] >= r2["seasonal"][1] - 1e-4, r2
+
+
+def test_moments_added_chunk_by_chunk_give_the_whole_record_s_fit_and_error():
+    rng = np.random.default_rng(4)
+    series = rng.normal(size=(150, 3))
+    data = series @ rng.normal(size=(3, 25)) + rng.normal(size=(150, 25))
+    data[rng.random(data.shape) < 0.1] = np.nan
+    design = cr.with_intercept(series)
+    chunked = cr.Moments.zeros(25, 4)
+    for start in range(0, 150, 7):  # some chunks have gaps, some not
+        chunked.add(design[start:start + 7], data[start:start + 7])
+    whole = cr.moments(series, data)
+    np.testing.assert_allclose(chunked.solve(), whole.solve(), rtol=1e-10)
+    np.testing.assert_allclose(chunked.solve(3), whole.solve(3), rtol=1e-10)
+    folds = (np.arange(150) // 12) % 2
+    by_fold = cr.fold_moments(series, data, folds)
+    assert cr.cross_validated_error(by_fold, 4) == pytest.approx(cr.held_out_error(series, data, folds), rel=1e-10)
+    # the closed form equals predicting each held-out fold directly
+    direct = 0.0
+    for fold in (0, 1):
+        coef = cr.fit_cells(series, data, folds != fold)
+        test = folds == fold
+        for cell in range(25):
+            ok = test & np.isfinite(data[:, cell])
+            residual = data[ok, cell] - series[ok] @ coef[cell]
+            direct += np.sum((residual - residual.mean()) ** 2)
+    assert cr.cross_validated_error(by_fold, 4) == pytest.approx(direct, rel=1e-8)
+
+
+def test_patterns_from_a_sample_of_rows_span_the_record_s_series():
+    rng = np.random.default_rng(5)
+    courses = np.c_[np.sin(np.arange(400) / 30), np.arange(400) / 400.0]
+    field = courses @ rng.normal(size=(2, 60)) + 0.01 * rng.normal(size=(400, 60))
+    centre, patterns = cr.principal_patterns(field[rng.choice(400, 80, replace=False)], np.ones(60), 2)
+    series = cr.project(field, centre, patterns)
+    fitted = cr.with_intercept(series) @ np.linalg.lstsq(cr.with_intercept(series), courses, rcond=None)[0]
+    assert np.corrcoef(fitted[:, 0], courses[:, 0])[0, 1] > 0.999
+    assert np.corrcoef(fitted[:, 1], courses[:, 1])[0, 1] > 0.999

@@ -59,9 +59,9 @@ def test_layer_csc_and_missing_inputs_get_clear_errors(tmp_path, counts):
 
 
 def test_an_epoch_serves_every_row_once_mixing_chunks(counts):
-    from sciencevae.streaming import _ArrayRows
+    from sciencevae.streaming import ArrayRows
 
-    streamed = Streamed(_ArrayRows(counts), chunk_rows=100, buffer_chunks=3)
+    streamed = Streamed(ArrayRows(counts), chunk_rows=100, buffer_chunks=3)
     source = StreamingSource(streamed, torch.device("cpu"), count_data=True)
     order = torch.randperm(counts.shape[0], generator=torch.Generator().manual_seed(0))
     dense = counts.toarray()
@@ -81,11 +81,11 @@ def test_an_epoch_serves_every_row_once_mixing_chunks(counts):
 @pytest.mark.parametrize("fill, held", [("full", torch.Tensor), ("sparse", sp.csr_matrix),
                                         ("sparse on the device", DeviceCSR)])
 def test_streamed_batches_equal_in_memory_batches_however_a_group_is_held(counts, fill, held):
-    from sciencevae.streaming import _ArrayRows
+    from sciencevae.streaming import ArrayRows
 
     # ~50% non-zero: a group is held dense; thinned to ~15%: as CSR, on the host or (as on a GPU) on the device
     X = counts if fill == "full" else thinned(counts, 0.02)
-    streamed = StreamingSource(Streamed(_ArrayRows(X), chunk_rows=128), torch.device("cpu"), count_data=True,
+    streamed = StreamingSource(Streamed(ArrayRows(X), chunk_rows=128), torch.device("cpu"), count_data=True,
                                csr_on_device=fill == "sparse on the device")
     assert isinstance(streamed._read_group([0, 3]).X, held)
     memory = BatchSource(as_prepared(X), torch.device("cpu"), count_data=True)
@@ -102,10 +102,10 @@ def test_streamed_batches_equal_in_memory_batches_however_a_group_is_held(counts
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("thin", [False, True])
 def test_streamed_groups_are_held_on_the_gpu(counts, thin):
-    from sciencevae.streaming import _ArrayRows
+    from sciencevae.streaming import ArrayRows
 
     X = thinned(counts, 0.02) if thin else counts
-    streamed = StreamingSource(Streamed(_ArrayRows(X), chunk_rows=128), torch.device("cuda"), count_data=True)
+    streamed = StreamingSource(Streamed(ArrayRows(X), chunk_rows=128), torch.device("cuda"), count_data=True)
     group = streamed._read_group([0, 3])
     assert (group.X.values if thin else group.X).is_cuda and group.size_factors.is_cuda
     rows = torch.arange(0, 1500, 7)
@@ -114,11 +114,11 @@ def test_streamed_groups_are_held_on_the_gpu(counts, thin):
 
 
 def test_streamed_dense_rows_with_nan_are_masked():
-    from sciencevae.streaming import _ArrayRows
+    from sciencevae.streaming import ArrayRows
 
     values = np.arange(60.0).reshape(20, 3)
     values[[2, 11], [1, 0]] = np.nan
-    source = StreamingSource(Streamed(_ArrayRows(values), chunk_rows=8, buffer_chunks=2), torch.device("cpu"))
+    source = StreamingSource(Streamed(ArrayRows(values), chunk_rows=8, buffer_chunks=2), torch.device("cpu"))
     batch = source.batch(torch.tensor([11, 2, 5]))
     np.testing.assert_array_equal(batch.mask.numpy(), ~np.isnan(values[[11, 2, 5]]))
     np.testing.assert_array_equal(batch.x.numpy(), np.nan_to_num(values[[11, 2, 5]]))
@@ -208,13 +208,13 @@ def test_cli_fit_streams_an_h5ad_and_names_the_cells(tmp_path):
 
 
 def test_streamed_validation_takes_whole_chunks():
-    from sciencevae.streaming import _ArrayRows
+    from sciencevae.streaming import ArrayRows
 
-    source = StreamingSource(Streamed(_ArrayRows(np.zeros((1050, 3))), chunk_rows=50), torch.device("cpu"))
+    source = StreamingSource(Streamed(ArrayRows(np.zeros((1050, 3))), chunk_rows=50), torch.device("cpu"))
     train, val = source.split(0.1, seed=3)
     assert len(train) + len(val) == 1050 and not set(train.tolist()) & set(val.tolist())
     assert 105 <= len(val) < 105 + 50
     chunks = val // 50
     assert all((val[chunks == c] % 50).tolist() == list(range(min(50, 1050 - int(c) * 50))) for c in chunks.unique())
-    small = StreamingSource(Streamed(_ArrayRows(np.zeros((100, 3))), chunk_rows=50), torch.device("cpu"))
+    small = StreamingSource(Streamed(ArrayRows(np.zeros((100, 3))), chunk_rows=50), torch.device("cpu"))
     assert len(small.split(0.1, seed=3)[1]) == 10  # few chunks: rows split one by one
