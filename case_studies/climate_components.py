@@ -35,9 +35,9 @@ MAX_CHANGE_SERIES = 8
 #: Values (time steps x features) per chunk when a field is read, decoded, regressed or written in chunks
 #: of time (4M: 32 MB in float64).
 CHUNK_VALUES = 2**22
-#: The model input is held in memory up to this size (float32 bytes); a larger field is read from its
-#: file chunk by chunk at every pass.
-IN_MEMORY_BYTES = 2**30
+#: The model input (time steps x observed cells, float32) is held in memory up to this size (512 MiB); a
+#: larger field is read from its file chunk by chunk at every pass (every epoch included).
+IN_MEMORY_BYTES = 2**29
 #: Values (rows x features) from which principal patterns are found: every row of a record that fits,
 #: else a seeded random sample of rows.
 PATTERN_VALUES = 2**25
@@ -479,7 +479,7 @@ def trend_maps(components: xr.Dataset, adapter: ClimateAdapter, knobs: Knobs, ti
         t, weights = slope_points(years)
         points = xr.dot(xr.DataArray(weights, dims=("point", dim)), comp, dim=dim).transpose("point", *grid.dims)
         values = theil_sen_columns(t, np.asarray(points.values).reshape(len(t), -1)).reshape(grid.shape)
-        slope = grid.copy(data=values)
+        slope = grid.copy(data=values.astype(np.float32))
         units = {"units": f"{comp.attrs['units']} per decade"} if "units" in comp.attrs else {}
         long_name = f"trend of {adapter.states[adapter.variables.index(var)].grid.attrs.get('long_name', var)}"
         out[f"{var}_trend_per_decade"] = slope.assign_attrs(
@@ -505,7 +505,8 @@ def season_maps(model: BetaVAE, adapter: ClimateAdapter, mean_cycle: HarmonicCli
     phases = np.arange(PHASE_POINTS) / PHASE_POINTS
     base = mean_cycle.cycle(phases)[None]
     cycle = base + cycles(model, knobs.center[None], phases)
-    peak = (phases[cycle[0].argmax(0)] - stamp_offset(time)) % 1.0 * 12 + 1
+    peak = np.round(((phases[cycle[0].argmax(0)] - stamp_offset(time)) % 1.0 * 12 + 1) * 2) / 2  # half months
+    peak = np.where(peak >= 13, peak - 12, peak)  # 13.0 is the 1st of January
     fields = {"seasonal_amplitude": (amplitude(cycle)[0], "anomaly",
                                      "half the peak-to-peak range of the seasonal cycle of {} at the mean code"),
               "seasonal_peak_month": (peak, "standardized",

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dask
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
@@ -42,7 +43,7 @@ def _series(time: xr.DataArray, values: np.ndarray, table, label: str) -> Figure
     """One panel per row of ``table``: the column of ``values`` against decimal years."""
     years, xlabel = time_axis(time)
     n = len(table)
-    figure = Figure(figsize=(9, 1.3 * max(n, 1)))
+    figure = Figure(figsize=(9, 1.3 * max(n, 1) + 1.0))  # + title, axis labels: one panel stays readable
     axes = figure.subplots(max(n, 1), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (j, row) in zip(axes, table.iterrows()):
         ax.plot(years, values[:, j], color=ROLE_COLOURS[row.role], lw=0.8)
@@ -218,28 +219,33 @@ def decomposition_points(res: "ClimateResult", var: str, n_points: int = 3) -> F
     seasonal, trend, residual = (res.components[name(c)] for c in ("seasonal", "trend", "residual"))
     mean_state = res.components[name("mean_state")]
     sample = res.adapter.sample_dim
+    candidates = [(seasonal.std(sample), "strong seasonal cycle"),
+                  (trend.max(sample) - trend.min(sample), "strong trend"), (residual.std(sample), "strong residual")]
+    if not res.knobs_of("trend"):  # the trend component is 0 everywhere: no point of strong trend
+        del candidates[1]
+    candidates = candidates[:n_points]
     with warnings.catch_warnings():  # land: NaN at every time (dask's threads ignore np.errstate)
         warnings.simplefilter("ignore", RuntimeWarning)
-        scores = [score.compute() for score in (seasonal.std(sample), trend.max(sample) - trend.min(sample),
-                                                residual.std(sample))[:n_points]]
-    kinds = ["strong seasonal cycle", "strong trend", "strong residual"]
+        scores = list(dask.compute(*(score for score, _ in candidates)))
+    kinds = [kind for _, kind in candidates]
     points = representative_points(scores, mean_state)
     years, xlabel = time_axis(res.time)
     units = res.data[var].attrs.get("units", "")
+    where = [dict(zip(mean_state.dims, point)) for point in points]
+    index = {d: xr.DataArray([mean_state.indexes[d].get_loc(w[d]) if d in mean_state.indexes else w[d] for w in where],
+                             dims="point") for d in mean_state.dims}
+    # every point in one read of each field (a dask chunk holds the whole grid)
+    series = dask.compute(*(da.isel(index) for da in (res.data[var], seasonal, trend, residual, mean_state)))
+    data, seasonal, trend, residual, mean = (np.asarray(da.transpose("point", ...).values) for da in series)
     figure = Figure(figsize=(9, 2.6 * len(points)))
     axes = figure.subplots(len(points), 1, squeeze=False)[:, 0]
-    for ax, point, kind in zip(axes, points, kinds):
-        where = dict(zip(mean_state.dims, point))
-        at = {d: v for d, v in where.items() if d in mean_state.coords}
-        cell = {d: v for d, v in where.items() if d not in mean_state.coords}
-        pick = (lambda da: da.sel(at).isel(cell))
-        mean = pick(mean_state)
-        ax.plot(years, pick(res.data[var]), color="0.5", lw=0.8, label="input")
-        ax.plot(years, mean + pick(seasonal), color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
-        ax.plot(years, mean + pick(trend), color=ROLE_COLOURS["trend"], label="mean + trend")
-        ax.plot(years, pick(residual), color=ROLE_COLOURS["other"], lw=0.6, label="residual")
+    for i, (ax, kind) in enumerate(zip(axes, kinds)):
+        ax.plot(years, data[i], color="0.5", lw=0.8, label="input")
+        ax.plot(years, mean[i] + seasonal[i], color=ROLE_COLOURS["seasonal"], lw=0.8, label="mean + seasonal")
+        ax.plot(years, mean[i] + trend[i], color=ROLE_COLOURS["trend"], label="mean + trend")
+        ax.plot(years, residual[i], color=ROLE_COLOURS["other"], lw=0.6, label="residual")
         ax.set_ylabel(f"{var} ({units})" if units else var)
-        place = ", ".join(_place(d, v) for d, v in where.items())
+        place = ", ".join(_place(d, v) for d, v in where[i].items())
         ax.set_title(f"{place} ({kind})", fontsize=9, loc="left")
     axes[0].legend(fontsize=7, ncol=4)
     axes[-1].set_xlabel(xlabel)

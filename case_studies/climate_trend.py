@@ -75,7 +75,8 @@ from .climate_knobs import Knobs, assign_roles, decimal_years, find_knobs, year_
 from .trend_test import describe, trend_test
 
 __all__ = ["run", "validate", "check_record", "ClimateResult", "synthetic_dataset", "trend_component_slopes",
-           "seasonal_basis", "residual_seasonality", "seasonal_change", "encode", "MIN_RECORD_YEARS",
+           "seasonal_basis", "residual_seasonality", "seasonal_change", "training_note", "encode",
+           "MIN_RECORD_YEARS",
            "PHASE_POINTS", "TREND_CUTOFF_YEARS", "default_epochs", "MIN_STEPS"]
 
 MIN_RECORD_YEARS = 2.0  # two annual cycles: below this a season cannot be told from a trend
@@ -254,7 +255,8 @@ class ClimateResult:
                      notes=[*(f"Trend of {v}: {d['summary']}." for v, d in trends.items()),
                             *(f"Seasonal cycle left in the residual: {d['summary']}."
                               for d in report["residual_seasonality"].values()),
-                            f"Seasons and knobs: {report['seasonal_change']['summary']}."])
+                            f"Seasons and knobs: {report['seasonal_change']['summary']}.",
+                            *([f"Training: {training_note(self)}."] if training_note(self) else [])])
         return out
 
 
@@ -382,6 +384,18 @@ def seasonal_change(res: ClimateResult) -> dict:
                "component is the record's harmonic climatology (seasonal_cycle() and the amplitude-change maps "
                "still show the decoder's)")
     return {"series": n, "summary": summary}
+
+
+def training_note(res: ClimateResult) -> str | None:
+    """A plain-words warning when the model took fewer optimiser steps than the default epochs give
+    (:data:`MIN_STEPS`): a short training can miss or damp the trend and leave modes mixed. None otherwise."""
+    steps = res.settings.get("optimiser_steps")
+    if steps is None or steps >= MIN_STEPS:
+        return None
+    epochs = res.settings["epochs"]
+    return (f"the model took {steps:,} optimiser steps ({epochs} epoch{'' if epochs == 1 else 's'}), fewer than the "
+            f"{MIN_STEPS:,} of the default epochs: a trend can be missed or damped and modes left mixed; rerun "
+            "without --epochs (epochs=None) for the default")
 
 
 def _date_text(value) -> str:
@@ -532,7 +546,8 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
                     batch_size=batch_size, lr=lr, hidden=list(hidden), kl_threshold=kl_threshold,
                     role_threshold=role_threshold, rotate=rotate, climatology_harmonics=climatology.n_harmonics,
                     seasonal_covariates="annual and semi-annual harmonics of the day of the year",
-                    trend_cutoff_years=cc.TREND_CUTOFF_YEARS, seasonal_change_series=parts.seasonal_changes)
+                    trend_cutoff_years=cc.TREND_CUTOFF_YEARS, seasonal_change_series=parts.seasonal_changes,
+                    optimiser_steps=epochs * -(-len(time) // batch_size))
     with cc.chunk_by_chunk():
         maps = cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(
             cc.trend_maps(components, adapter, knobs, time))

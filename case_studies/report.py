@@ -70,7 +70,10 @@ def _inputs_table(folder: Path) -> pd.DataFrame | None:
         return None
     run = json.loads(path.read_text(encoding="utf-8"))
     files = list(run.get("inputs", [])) + ([run["gene_sets"]] if "gene_sets" in run else [])
-    return pd.DataFrame(files, columns=["path", "sha256"]) if files else None
+    if not files:
+        return None
+    table = pd.DataFrame(files, columns=["path", "sha256"])
+    return table.fillna({"sha256": "(a folder, e.g. a .zarr store: no checksum)"})
 
 
 def write_report(folder: str | Path, title: str, settings: dict, tables: dict[str, pd.DataFrame],

@@ -252,6 +252,8 @@ def _cmd_climate(args: argparse.Namespace) -> int:
     for var, left in report["residual_seasonality"].items():
         print(f"{var}: {left['summary']}")
     print(report["seasonal_change"]["summary"])
+    if climate_trend.training_note(res):
+        print(f"note: {climate_trend.training_note(res)}")
     print(f"wrote {args.out}: latents.nc, components.nc, maps.nc, climatology.nc, report.json, report.html, "
           f"run.json, adapter.nc, figures/, model/{', checkpoint/' if args.checkpoint_every else ''}")
     return 0

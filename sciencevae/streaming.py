@@ -193,7 +193,10 @@ class StreamingSource:
             offsets.append(offset)
             rows.append(np.arange(start, stop))
             offset += stop - start
-        X = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
+        if len(parts) == 1:  # one chunk (data held in memory): no copy
+            X = parts[0]
+        else:
+            X = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
         del parts
         self.peak_buffer_rows = max(self.peak_buffer_rows, offset)
         rows = np.concatenate(rows)

@@ -341,3 +341,18 @@ def test_the_seasonal_basis_follows_each_calendar():
                                           use_cftime=True), dims="time")
         phase = ct.year_fraction(time)
         assert phase[length] == 0.0 and phase[length - 1] == pytest.approx(1 - 1 / length)
+
+
+def test_a_short_training_is_said_in_plain_words(result):
+    steps = result.settings["optimiser_steps"]
+    assert steps == 400 * -(-480 // 32)
+    assert f"{steps:,} optimiser steps" in ct.training_note(result)
+    enough = dataclasses.replace(result, settings={**result.settings, "optimiser_steps": ct.MIN_STEPS})
+    assert ct.training_note(enough) is None
+
+
+def test_the_peak_month_map_is_on_half_months(result):
+    peak = result.maps["sst_seasonal_peak_month"].values
+    peak = peak[np.isfinite(peak)]
+    np.testing.assert_array_equal(peak * 2, np.round(peak * 2))
+    assert peak.min() >= 1.0 and peak.max() < 13.0
