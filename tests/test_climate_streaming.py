@@ -144,8 +144,8 @@ CASE_STUDY_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     dask.config.set(scheduler="synchronous")
     # as for a field larger than memory: read from the file at every pass, in chunks, groups and pattern
-    # samples smaller than the short field (16-64 MB), so that both fields meet every bound
-    cc.IN_MEMORY_BYTES, cc.CHUNK_VALUES, cc.GROUP_VALUES, cc.PATTERN_VALUES = 0, 2**20, 2**22, 2**22
+    # samples (26 rows: fewer than the short field's 31 months) below the short field's size: both meet every bound
+    cc.IN_MEMORY_BYTES, cc.CHUNK_VALUES, cc.GROUP_VALUES, cc.PATTERN_VALUES = 0, 2**20, 2**22, 2**19
     before = peak_host_memory_mb()
     res = ct.run(sys.argv[1], n_latent=3, epochs=1, hidden=(8,), progress=False)
     res.save(sys.argv[1] + ".run")
