@@ -35,10 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from cells_scale import CHILD  # the command's entry point in a child, then its peak memory
 
-#: The child process: the command's own entry point, then its peak resident memory (KiB on Linux).
-CHILD = ("import resource, sys; from sciencevae.cli import main; code = main(sys.argv[1:]); "
-         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
 #: The peer: xarray + dask's day-of-year climatology, anomalies and per-cell linear trend, written out.
 CHILD_PEER = """
 import json, resource, sys, time
