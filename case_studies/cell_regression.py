@@ -203,3 +203,61 @@ def supported_series(fixed: np.ndarray, candidates: np.ndarray, data: np.ndarray
     count with the least :func:`held_out_error` (0 when none helps out of sample)."""
     by_fold = fold_moments(np.c_[fixed, candidates], data, folds)
     return supported_columns(by_fold, fixed.shape[1], candidates.shape[1])
+
+
+def fold_sizes(by_fold: dict[int, Moments]) -> dict[int, float]:
+    """The number of fully observed rows in each fold (the intercept's entry of its Gram matrix)."""
+    return {fold: float(moments.gram[0, 0]) for fold, moments in by_fold.items()}
+
+
+def shrink_to_mean(coef: np.ndarray, halves: tuple[np.ndarray, np.ndarray], sizes: tuple[float, float],
+                   amplitude: np.ndarray, weight: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell coefficients shrunk toward their weighted mean by the share of their spread that is signal.
+
+    Empirical Bayes with a common prior per group and column (James & Stein 1961; Efron & Morris 1975,
+    JASA 70): a cell's amplitude ``a = coef * amplitude`` is its true amplitude plus estimation noise of
+    variance ``s²``; with ``S²`` the weighted spread of ``a`` about its weighted mean ``m``, the shrunk
+    amplitude is ``m + λ (a - m)``, ``λ = max(0, 1 - s² / S²)``. ``s²`` comes from the data, not from a model
+    of the noise: two fits on disjoint halves of the rows (e.g. even and odd years, so autocorrelation
+    within a year is inside each half) differ by noise of variance ``s² (n_a + n_b)² / (n_a n_b)``. In a long
+    record ``λ`` is ~1 (nothing changes); in a short noisy one the amplitudes lose the noise that would
+    otherwise speckle a trend map. The weighted mean (and so the weighted area mean of the component) is
+    kept.
+
+    Parameters
+    ----------
+    coef : (n_features, k) coefficients fitted on all rows.
+    halves : the same (n_features, k) fitted on each of two disjoint sets of rows.
+    sizes : the number of rows in each of those sets.
+    amplitude : (n_features,) factor making coefficients comparable across cells (e.g. each cell's standard
+        deviation relative to its variable's).
+    weight : (n_features,) non-negative weight of each cell (e.g. its area); 0 leaves the cell out of the
+        statistics (its coefficient is still shrunk toward the mean).
+    groups : (n_features,) integer group of each cell (e.g. its variable); each group is shrunk on its own.
+
+    Returns
+    -------
+    (n_features, k) shrunk coefficients and (n_groups, k) factors λ in [0, 1] (1: unchanged), groups in
+    ``np.unique(groups)`` order.
+    """
+    n_a, n_b = sizes
+    noise_share = n_a * n_b / (n_a + n_b) ** 2  # variance of the full fit's noise / variance of the halves' difference
+    out = np.array(coef, dtype=np.float64)
+    labels = np.unique(groups)
+    factors = np.ones((len(labels), coef.shape[1]))
+    if min(n_a, n_b) <= 0:
+        return out, factors
+    for g, label in enumerate(labels):
+        cells = groups == label
+        scaled, w = coef[cells] * amplitude[cells, None], weight[cells]
+        difference = (halves[0][cells] - halves[1][cells]) * amplitude[cells, None]
+        if w.sum() <= 0:
+            continue
+        mean = w @ scaled / w.sum()
+        spread = w @ (scaled - mean) ** 2 / w.sum()
+        noise = noise_share * (w @ difference**2) / w.sum()
+        factors[g] = np.where(spread > 0, np.clip(1 - noise / np.where(spread > 0, spread, 1.0), 0.0, 1.0), 1.0)
+        shrunk = mean + factors[g] * (scaled - mean)
+        out[cells] = np.divide(shrunk, amplitude[cells, None], out=np.zeros_like(shrunk),
+                               where=amplitude[cells, None] > 0)
+    return out, factors

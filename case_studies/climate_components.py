@@ -176,7 +176,8 @@ class Decomposition:
     ``trend_series`` (n_time, n_trend) and ``trend_coef`` (n_features, n_trend); ``change_series``
     (n_time, n_changes) and ``change_coef`` (n_features, n_changes), the change of the seasonal cycle the
     data supported (``seasonal_changes`` = n_changes; 0: the seasonal component is the climatology);
-    ``mean_cycle``, the cycle added to the decoder's.
+    ``mean_cycle``, the cycle added to the decoder's; ``trend_shrinkage`` (n_variables, n_trend), the factor
+    each variable's trend amplitudes were shrunk by (:func:`shrunk_trend`; 1 = unchanged).
     """
 
     phase: np.ndarray
@@ -186,6 +187,7 @@ class Decomposition:
     change_series: np.ndarray
     change_coef: np.ndarray
     mean_cycle: HarmonicClimatology
+    trend_shrinkage: np.ndarray
 
     @property
     def seasonal_changes(self) -> int:
@@ -242,17 +244,19 @@ def pattern_rows(n_rows: int, n_features: int, seed: int = 0) -> np.ndarray:
 
 
 def decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, knobs: Knobs,
-              time: xr.DataArray, rows: RowReader, scale: np.ndarray) -> Decomposition:
+              time: xr.DataArray, rows: RowReader, cells: CellScales) -> Decomposition:
     """Seasonal and trend components of the model input read from ``rows`` (the standardised field minus
-    the harmonic ``climatology``, NaN where unobserved; :func:`model_rows`); ``scale`` (n_features,):
-    :func:`trend_weights`. The field is read and decoded in chunks of time (:func:`time_chunks`): memory
+    the harmonic ``climatology``, NaN where unobserved; :func:`model_rows`); ``cells``: :func:`cell_scales`. The field is read and decoded in chunks of time (:func:`time_chunks`): memory
     is bounded by the chunks, ``PATTERN_VALUES`` and per-cell regression statistics.
 
     The decoder gives time courses; their amplitude in each cell is fitted to the data
     (:mod:`.cell_regression`). Trend: the decoder's annual mean with only the trend knobs moving — their
     scores low-passed at ``TREND_CUTOFF_YEARS`` (:func:`.trend_test.low_pass`), so the trend is the slow
     part — minus that at the mean code (decoded at :func:`coarse_rows`, monthly, and interpolated between);
-    its leading principal series (one per trend knob) are regressors.
+    its leading principal series (one per trend knob) are regressors, and each cell's amplitude on them is
+    shrunk toward the area-weighted mean by the share of the amplitudes' spread that is noise
+    (:func:`.cell_regression.shrink_to_mean`, noise from fits on even and odd years; ``trend_shrinkage``
+    holds the factors, 1 = unchanged), so that a short noisy record gives a trend map without speckle.
     Seasonal: the record's mean cycle (the fitted harmonic ``climatology``) plus the change of the cycle as
     the knobs move — decode(z_TS(t), phase(t)) minus the trend's annual mean and minus its own mean cycle;
     its leading principal series are regressors as far as they predict years they were not fitted on
@@ -265,6 +269,7 @@ def decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, k
     trend_knobs, seasonal_knobs = knobs.of("trend"), knobs.of("seasonal")
     phase, years = year_fraction(time), decimal_years(time)
     n_time, n_features = len(z), model.config.n_features
+    scale = cells.pattern_weights
     scores = knobs.scores(z)
     smooth = low_pass(scores[:, trend_knobs], years, TREND_CUTOFF_YEARS)
     still = annual_means(model, knobs.center[None])
@@ -319,17 +324,51 @@ def decompose(model: BetaVAE, climatology: HarmonicClimatology, z: np.ndarray, k
     n_supported = cr.supported_columns(by_fold, n_trend, n_candidates)
     total = sum(by_fold.values(), cr.Moments.zeros(n_features, 1 + n_trend + n_candidates))
     coef = total.solve(1 + n_trend + n_supported)[:, 1:]
+    trend_coef, shrinkage = shrunk_trend(coef[:, :n_trend], by_fold, 1 + n_trend + n_supported, cells)
     return Decomposition(phase=phase, climatology=climatology, trend_series=trend_series,
-                         trend_coef=coef[:, :n_trend], change_series=change_series[:, :n_supported],
-                         change_coef=coef[:, n_trend:], mean_cycle=HarmonicClimatology(coef=climatology.coef - own.coef))
+                         trend_coef=trend_coef, change_series=change_series[:, :n_supported],
+                         change_coef=coef[:, n_trend:], mean_cycle=HarmonicClimatology(coef=climatology.coef - own.coef),
+                         trend_shrinkage=shrinkage)
 
 
-def trend_weights(adapter: ClimateAdapter) -> np.ndarray:
-    """Per feature (n_features,): its standard deviation relative to its variable's rms standard deviation,
-    times the square root of its area weight — so that the principal time series of a standardised field
-    weigh cells by their amplitude in the data's units and by their area, and each variable alike."""
-    blocks = [state.std / np.sqrt(np.mean(state.std**2)) * np.sqrt(state.weight) for state in adapter.states]
-    return np.concatenate(blocks)
+def shrunk_trend(coef: np.ndarray, by_fold: dict[int, cr.Moments], n_columns: int,
+                 cells: CellScales) -> tuple[np.ndarray, np.ndarray]:
+    """The trend amplitudes ``coef`` (n_features, n_trend) shrunk toward their area-weighted mean per variable
+    (:func:`.cell_regression.shrink_to_mean`; noise from the fits on each fold of ``by_fold``, on the first
+    ``n_columns`` design columns) and the factors (n_variables, n_trend); unchanged (factors 1) without
+    two folds."""
+    n_variables = int(cells.variable.max()) + 1 if len(cells.variable) else 0
+    if len(by_fold) != 2 or not coef.shape[1]:
+        return coef, np.ones((n_variables, coef.shape[1]))
+    folds = list(by_fold.values())
+    halves = tuple(m.solve(n_columns)[:, 1:1 + coef.shape[1]] for m in folds)
+    seen_in_both = np.logical_and(*(m.squares > 0 for m in folds))
+    sizes = tuple(cr.fold_sizes(by_fold).values())
+    return cr.shrink_to_mean(coef, halves, sizes, cells.relative_std, cells.area * seen_in_both, cells.variable)
+
+
+@dataclass(frozen=True)
+class CellScales:
+    """Per feature (n_features,): ``relative_std``, its standard deviation relative to its variable's rms
+    standard deviation; ``area``, its area weight; ``variable``, the index of its variable."""
+
+    relative_std: np.ndarray
+    area: np.ndarray
+    variable: np.ndarray
+
+    @property
+    def pattern_weights(self) -> np.ndarray:
+        """``relative_std * sqrt(area)``: so that the principal time series of a standardised field weigh
+        cells by their amplitude in the data's units and by their area, and each variable alike."""
+        return self.relative_std * np.sqrt(self.area)
+
+
+def cell_scales(adapter: ClimateAdapter) -> CellScales:
+    """The :class:`CellScales` of an adapter's features."""
+    relative = [state.std / np.sqrt(np.mean(state.std**2)) for state in adapter.states]
+    return CellScales(relative_std=np.concatenate(relative),
+                      area=np.concatenate([np.broadcast_to(state.weight, state.std.shape) for state in adapter.states]),
+                      variable=np.concatenate([np.full(len(state.std), i) for i, state in enumerate(adapter.states)]))
 
 
 def lazy_field(adapter: ClimateAdapter, rows_of: Callable[[int, int], np.ndarray], time: xr.DataArray,

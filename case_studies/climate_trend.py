@@ -30,7 +30,9 @@ Components on the grid, in the data's units (:mod:`.climate_components`;
 phases of the year): ``trend`` = the time course of annual(z with only the
 trend knobs moving, their scores low-passed at ``TREND_CUTOFF_YEARS``) −
 annual(mean code), with each cell's amplitude regressed on the deseasonalised
-data (:mod:`.cell_regression`); ``seasonal`` = the harmonic climatology plus
+data (:mod:`.cell_regression`) and shrunk toward the area mean by the share of
+the amplitudes' spread that is noise (``settings["trend_shrinkage"]``, 1 =
+unchanged; ~1 in a long record); ``seasonal`` = the harmonic climatology plus
 the decoder's change of the cycle as those knobs move, as far as it predicts
 held-out years (``settings["seasonal_change_series"]``); both centred to zero
 time mean; ``mean_state`` =
@@ -322,7 +324,7 @@ def _trend_component_slopes(res: ClimateResult) -> dict:
     trend = res.knobs_of("trend")
     knob = trend_test(res.latents["knob"].values[:, trend[0]], years) if trend else None
     out = {}
-    for var in res.adapter.variables:
+    for i, var in enumerate(res.adapter.variables):
         comp = res.components["trend" if len(res.adapter.variables) == 1 else f"{var}_trend"]
         component = trend_test(_area_mean(xr.Dataset({var: comp}), weights)[var].values, years).slope_per_decade
         observed = trend_test(_area_mean(res.data[[var]], weights)[var].values, years)
@@ -333,6 +335,7 @@ def _trend_component_slopes(res: ClimateResult) -> dict:
         found = (f"the trend component of {var} changes by {component:+.3f} {units} per decade (95% interval "
                  f"{low:+.3f} to {high:+.3f})" if knob is not None else
                  f"no trend is detectable in the knobs, so the trend component of {var} is 0")
+        found += _shrinkage_words(res, i) if knob is not None else ""
         out[var] = {"trend_component": component, "trend_component_low": low, "trend_component_high": high,
                     "trend_detectable": knob is not None,
                     "observed_area_mean": observed.slope_per_decade, "observed_low": observed.low_per_decade,
@@ -340,6 +343,18 @@ def _trend_component_slopes(res: ClimateResult) -> dict:
                     "observed_detectable": observed.detectable,
                     "summary": f"{found}; {describe(observed, 'the area-weighted mean of the input', units)}"}
     return out
+
+
+def _shrinkage_words(res: ClimateResult, variable: int) -> str:
+    """A clause on how far variable ``variable``'s per-cell trend amplitudes were shrunk toward their area
+    mean (``settings["trend_shrinkage"]``; :func:`.climate_components.shrunk_trend`), where it is by 5% or more."""
+    factors = res.settings.get("trend_shrinkage") or []
+    factor = min(factors[variable], default=1.0) if variable < len(factors) else 1.0
+    if factor >= 0.95:
+        return ""
+    return (f"; its per-cell amplitudes were shrunk {100 * (1 - factor):.0f}% of the way toward their area mean, "
+            "because that much of their spread between cells differs between even and odd years (noise): "
+            "read the trend map's cell-to-cell detail with care")
 
 
 def residual_seasonality(res: ClimateResult) -> dict:
@@ -523,7 +538,7 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
     latent_roles = assign_roles(z, phase, years, kl, kl_threshold, role_threshold)
     knobs = find_knobs(z, kl, phase, years, rotate, kl_threshold, role_threshold)
     with cc.chunk_by_chunk():
-        parts = cc.decompose(model, climatology, z, knobs, time, rows, cc.trend_weights(adapter))
+        parts = cc.decompose(model, climatology, z, knobs, time, rows, cc.cell_scales(adapter))
         components = cc.components(adapter, ds, parts, time)
     lap("decompose")
     sample = adapter.sample_dim
@@ -547,6 +562,7 @@ def run(data, var=None, n_latent: int = 8, beta: float = 8.0, epochs: int | None
                     role_threshold=role_threshold, rotate=rotate, climatology_harmonics=climatology.n_harmonics,
                     seasonal_covariates="annual and semi-annual harmonics of the day of the year",
                     trend_cutoff_years=cc.TREND_CUTOFF_YEARS, seasonal_change_series=parts.seasonal_changes,
+                    trend_shrinkage=parts.trend_shrinkage.round(4).tolist(),
                     optimiser_steps=epochs * -(-len(time) // batch_size))
     with cc.chunk_by_chunk():
         maps = cc.maps(model, adapter, parts.mean_cycle, knobs, time).merge(

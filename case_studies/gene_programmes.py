@@ -34,11 +34,12 @@ from sciencevae.adapters.cells import OBSM_KEY, CellsAdapter, missing_labels, mo
 from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 
+from .differential import check_comparison, cohens_d, differential, parse_comparison
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
            "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS", "Fit", "fit_one",
-           "stability_table", "stability_notes", "STABLE", "default_epochs", "train_fits", "describe"]
+           "stability_table", "stability_notes", "STABLE", "default_epochs", "train_fits", "describe", "differential"]
 
 
 #: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
@@ -216,22 +217,6 @@ def association(latents: np.ndarray, obs: pd.DataFrame, keys: list[str]) -> pd.D
     return pd.DataFrame(rows, columns=["programme", "obs_key", "group", "n_cells", "mean", "effect_size"])
 
 
-def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
-    """Cohen's d of ``a`` against ``b`` with the pooled standard deviation; NaN when it is undefined
-    (a group of one cell has no spread of its own), 0 when neither group varies and the means agree.
-
-    >>> cohens_d(np.array([1.0, 2.0, 3.0]), np.array([3.0, 4.0, 5.0]))
-    -2.0
-    >>> cohens_d(np.array([1.0]), np.array([3.0, 4.0]))
-    nan
-    """
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
-    difference = float(a.mean() - b.mean())
-    return difference / float(pooled) if pooled > 0 else (0.0 if difference == 0 else float("nan"))
-
-
 def _categorical_keys(obs: pd.DataFrame, max_levels: int = 50) -> list[str]:
     keys = []
     for key in obs.columns:
@@ -258,6 +243,7 @@ class ProgrammeResult:
     stability: pd.DataFrame | None = None
     selection: pd.DataFrame | None = None
     seconds: dict = field(default_factory=dict)
+    differential: pd.DataFrame | None = None
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
@@ -277,6 +263,8 @@ class ProgrammeResult:
             atomic_write_text(self.enrichment.to_csv(index=False), out / "enrichment.csv")
         if self.selection is not None:
             atomic_write_text(self.selection.to_csv(index=False), out / "selection.csv")
+        if self.differential is not None:
+            atomic_write_text(self.differential.to_csv(index=False), out / "differential.csv")
         save_figures(self, out / "figures")
         top = self.programmes[self.programmes["rank"] <= 8]
         genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
@@ -292,6 +280,8 @@ class ProgrammeResult:
             tables["Enrichment (20 strongest)"] = self.enrichment.drop(columns="genes").head(20)
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
         tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
+        if self.differential is not None:
+            tables[differential_title(self.differential)] = self.differential.head(20)
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
                      notes=batch_hints(self.association, self.settings.get("batch_key")) +
                      stability_notes(self.stability))
@@ -327,16 +317,20 @@ def gene_names(adata: ad.AnnData, genes: list[str], layer: str | None, gene_symb
 @dataclass
 class Inputs:
     """What a run needs, checked before anything trains: the genes and covariates, the prepared
-    counts, the names reported per gene and the gene sets."""
+    counts, the names reported per gene, the gene sets and the comparison of groups of cells to test
+    (``compare``: (groupby, group1, group2), with ``sample_key``; :func:`.differential.differential`)."""
 
     adapter: CellsAdapter
     prepared: Prepared
     names: list[str]
     gene_sets: dict[str, list[str]] | None
+    compare: tuple[str, str | None, str | None] | None = None
+    sample_key: str | None = None
 
 
 def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = "nb", batch_key: str | None = None,
-                 n_top_genes: int | None = 2000, gene_sets=None, gene_symbols: str | None = None) -> Inputs:
+                 n_top_genes: int | None = 2000, gene_sets=None, gene_symbols: str | None = None,
+                 compare: str | tuple | None = None, sample_key: str | None = None) -> Inputs:
     """Validate and prepare everything :func:`run` trains on; raises ``ValueError`` (one line) on bad input.
 
     >>> import anndata as ad, numpy as np
@@ -347,8 +341,17 @@ def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = 
     adapter = CellsAdapter.from_adata(adata, layer=layer, likelihood=likelihood, n_top_genes=n_top_genes,
                                       batch_key=batch_key)
     sets = read_gmt(gene_sets) if isinstance(gene_sets, (str, Path)) else gene_sets
+    if isinstance(compare, str):
+        compare = parse_comparison(compare)
+    if compare is not None:
+        compare = tuple(compare) + (None,) * (3 - len(compare))
+        check_comparison(adata.obs, *compare, sample_key=sample_key)
+    elif sample_key is not None:
+        raise ValueError("sample_key (--sample-key) is the unit of a comparison: give the groups to compare too "
+                         "(compare / --compare KEY[:GROUP1[:GROUP2]])")
     return Inputs(adapter=adapter, prepared=adapter.prepare(adata),
-                  names=gene_names(adata, adapter.genes, layer, gene_symbols), gene_sets=sets)
+                  names=gene_names(adata, adapter.genes, layer, gene_symbols), gene_sets=sets, compare=compare,
+                  sample_key=sample_key)
 
 
 def default_epochs(n_cells: int) -> int:
@@ -413,7 +416,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
         seed: int = 0, device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50,
         rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1, resume: bool = False, inputs: Inputs | None = None,
-        n_fits: int = 1) -> ProgrammeResult:
+        n_fits: int = 1, compare: str | tuple | None = None, sample_key: str | None = None) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
@@ -437,6 +440,11 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     with ``n_fits`` fits; the point with the most stable programmes is kept
     (its fits, no retraining) and ``res.selection`` holds the whole sweep.
 
+    ``compare``: groups of cells whose programme activities are tested against each other,
+    ``"KEY"`` / ``"KEY:GROUP1"`` / ``"KEY:GROUP1:GROUP2"`` or a tuple (an obs column, optionally two of its
+    groups; default each group against the rest), with ``sample_key`` (an obs column of samples or donors)
+    as the unit when given: ``res.differential`` (:func:`.differential.differential`), differential.csv.
+
     ``gene_sets``: a .gmt path or a dict name -> genes, matched against
     ``var[gene_symbols]`` when given (e.g. ``"gene_symbol"`` for Ensembl ids;
     ``raw.var`` when ``layer="raw"``). ``inputs``: the result of
@@ -444,7 +452,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     """
     adata = read_cells(adata) if isinstance(adata, (str, Path)) else adata
     if inputs is None:
-        inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols)
+        inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols, compare,
+                              sample_key)
     if rotation not in (None, "varimax"):
         raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
     if n_fits < 1:
@@ -472,7 +481,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     settings = dict(layer=layer, n_latent=n_latent, likelihood=likelihood, decoder=decoder, beta=beta,
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
-                    n_fits=n_fits)
+                    n_fits=n_fits, compare=None if inputs.compare is None else ":".join(filter(None, inputs.compare)),
+                    sample_key=inputs.sample_key)
     if selection is not None:
         swept = (("n_latent", latent_grid), ("beta", beta_grid))
         settings["chosen_by_sweep"] = ", ".join(name for name, grid in swept if grid)
@@ -537,5 +547,14 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
         weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
         enrichment=None if sets is None else enrichment(weights, inputs.names, sets, n_top),
         association=association(latents, adata.obs, _categorical_keys(adata.obs)), settings=settings,
-        stability=stability,
+        stability=stability, differential=None if inputs.compare is None else
+        differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
     )
+
+
+def differential_title(table: pd.DataFrame) -> str:
+    """The report's heading of a :func:`.differential.differential` table."""
+    if not len(table):
+        return "Differential programme activity: no group had enough cells or samples"
+    unit = "samples (pseudobulk)" if table["unit"].iloc[0] == "samples" else "cells"
+    return f"Differential programme activity by {table['obs_key'].iloc[0]}, {unit} as the unit (20 smallest p)"

@@ -294,7 +294,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []),
                args.overwrite or _resuming(args))
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
-                   gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None)
+                   gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None, compare=args.compare,
+                   sample_key=args.sample_key)
     if args.fits < 1:
         raise ValueError(f"--fits must be at least 1, got {args.fits}")
     n_latent, beta = _setting(args.n_latent, int, "--n-latent"), _setting(args.beta, float, "--beta")
@@ -329,11 +330,29 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         print(f"hint: {hint}")
     if res.enrichment is not None and len(res.enrichment):
         print(_enrichment_headline(res.enrichment))
+    if res.differential is not None:
+        print(_differential_headline(res.differential))
     print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
           f"{', enrichment.csv' if res.enrichment is not None else ''}"
+          f"{', differential.csv' if res.differential is not None else ''}"
           f"{', selection.csv' if res.selection is not None else ''}, report.html, run.json, adapter.json, "
           "figures/, model/")
     return 0
+
+
+def _differential_headline(table) -> str:
+    """One line on the differential activity test: how many programme-group pairs differ at q < 0.05, the
+    strongest."""
+    if not len(table):
+        return "differential activity: no group had enough cells or samples to test (differential.csv is empty)"
+    hits = table[table["q"] < 0.05]
+    unit = "samples" if table["unit"].iloc[0] == "samples" else "cells"
+    if not len(hits):
+        return f"differential activity ({unit} as the unit): no programme differs at q < 0.05 (differential.csv)"
+    top = hits.iloc[0]
+    return (f"differential activity ({unit} as the unit): {len(hits)} of {len(table)} tests at q < 0.05; strongest: "
+            f"programme {top['programme']} in {top['group1']} vs {top['group2']}, difference {top['difference']:+.2f} "
+            f"(Cohen's d {top['effect_size']:+.2f}, q = {top['q']:.2g}) (differential.csv)")
 
 
 def _setting(value: str, kind: type, flag: str = "") -> int | float | str | list:
@@ -513,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
     cells.add_argument("--drop-empty-cells", action="store_true",
                        help="leave out cells without counts (with a warning) instead of refusing the file")
+    cells.add_argument("--compare", metavar="KEY[:GROUP1[:GROUP2]]",
+                       help="test programme activity between groups of an obs column (default each group against "
+                            "the rest): differential.csv")
+    cells.add_argument("--sample-key", help="obs column of samples or donors: the unit of --compare (pseudobulk)")
     cells.add_argument("--fits", type=int, default=1, metavar="K",
                        help="consensus of K fits with seeds SEED..SEED+K-1: programmes found again across seeds, "
                             "each with a stability score (default 1: a single fit)")

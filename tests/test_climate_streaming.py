@@ -116,7 +116,7 @@ def test_the_case_study_read_chunk_by_chunk_gives_what_it_gives_in_memory(tmp_pa
     res = ct.run(open_field(zarr_field), n_latent=4, epochs=300, seed=0, hidden=(64,), beta=4.0, progress=False)
     assert res.knobs_of("trend"), "the field has a trend: the chunked trend path needs a trend knob to compare"
     ds, time, z = open_field(zarr_field)[["sst"]], res.time, res.latents["z"].values
-    weights = cc.trend_weights(res.adapter)
+    weights = cc.cell_scales(res.adapter)
     climatology, in_memory = cc.model_rows(res.adapter, ds, time)
     assert isinstance(in_memory, ArrayRows)
     whole = cc.decompose(res.model, climatology, z, res.knobs, time, in_memory, weights)

@@ -127,15 +127,25 @@ def test_cli_cells(tmp_path, capsys):
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     out = tmp_path / "run"
     args = ["cells", str(path), "--out", str(out), "--n-latent", "4", "--epochs", "3", "--gene-sets", str(gmt),
-            "--batch-key", "batch", "--n-top-genes", "0", "--quiet"]
+            "--batch-key", "batch", "--n-top-genes", "0", "--quiet", "--compare", "cell_type:type0",
+            "--sample-key", "batch"]
     assert main(args) == 0
-    assert "programme 0:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "programme 0:" in printed and "differential activity (samples as the unit)" in printed
     assert (out / "enrichment.csv").exists() and (out / "cells.h5ad").exists()
+    table = pd.read_csv(out / "differential.csv")
+    assert len(table) == 4 and set(table["group1"]) == {"type0"} and set(table["group2"]) == {"rest"}
+    assert set(table["test"]) == {"paired"} and "Differential programme activity by cell_type" in (
+        out / "report.html").read_text()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     adata.X = adata.X.multiply(0.5).tocsr()
     adata.write_h5ad(tmp_path / "half.h5ad")
     assert main(["cells", str(tmp_path / "half.h5ad"), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "non-integer" in capsys.readouterr().err
+    bad = ["cells", str(path), "--out", str(tmp_path / "o3"), "--quiet", "--compare", "cell_type:type9"]
+    assert main(bad) == 2 and "has no group 'type9'" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists() or not any((tmp_path / "o3").iterdir())
+    assert main(bad[:-2] + ["--sample-key", "batch"]) == 2 and "give the groups" in capsys.readouterr().err
 
 
 def test_the_hard_simulation_is_as_hard_as_documented():
