@@ -352,9 +352,8 @@ def _shrinkage_words(res: ClimateResult, variable: int) -> str:
     factor = min(factors[variable], default=1.0) if variable < len(factors) else 1.0
     if factor >= 0.95:
         return ""
-    return (f"; its per-cell amplitudes were shrunk {100 * (1 - factor):.0f}% of the way toward their area mean, "
-            "because that much of their spread between cells differs between even and odd years (noise): "
-            "read the trend map's cell-to-cell detail with care")
+    return (f" (per-cell amplitudes shrunk {100 * (1 - factor):.0f}% toward the area mean: that share of their spread "
+            "differs between even and odd years, so it is noise)")
 
 
 def residual_seasonality(res: ClimateResult) -> dict:

@@ -82,6 +82,7 @@ def test_a_short_noisy_record_s_components_are_no_worse_than_the_simplest_baseli
         r2[name] = [1 - np.nanvar(f[:, ~land] - expected) / np.var(expected) for f in (found, baseline)]
     assert r2["trend"][0] >= r2["trend"][1] + 0.01, r2
     assert 0.3 < res.settings["trend_shrinkage"][0][0] < 0.95
+    assert "per-cell amplitudes shrunk" in ct.trend_component_slopes(res)["sst"]["summary"]
     assert r2["seasonal"][0] >= r2["seasonal"][1] - 1e-4, r2
 
 
