@@ -35,6 +35,7 @@ from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 
 from .differential import check_comparison, cohens_d, differential, parse_comparison
+from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
@@ -244,6 +245,7 @@ class ProgrammeResult:
     selection: pd.DataFrame | None = None
     seconds: dict = field(default_factory=dict)
     differential: pd.DataFrame | None = None
+    checks: PredictiveCheck | None = None
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
@@ -265,6 +267,8 @@ class ProgrammeResult:
             atomic_write_text(self.selection.to_csv(index=False), out / "selection.csv")
         if self.differential is not None:
             atomic_write_text(self.differential.to_csv(index=False), out / "differential.csv")
+        if self.checks is not None:
+            atomic_write_text(self.checks.table.to_csv(index=False), out / "model_checks.csv")
         save_figures(self, out / "figures")
         top = self.programmes[self.programmes["rank"] <= 8]
         genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
@@ -282,10 +286,24 @@ class ProgrammeResult:
         tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
         if self.differential is not None:
             tables[differential_title(self.differential)] = self.differential.head(20)
+        if self.checks is not None:
+            tables["Posterior predictive checks (observed against simulated, over genes)"] = self.checks.summary
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
                      notes=batch_hints(self.association, self.settings.get("batch_key")) +
-                     stability_notes(self.stability))
+                     stability_notes(self.stability) + ([] if self.checks is None else [self.checks.verdict]))
         return out
+
+    def perturb(self, programme: int, value: float | None = None, shift: float | None = None,
+                cells: str | np.ndarray | None = None) -> pd.DataFrame:
+        """Set (``value``) or shift (``shift``) programme ``programme``'s activity in ``cells`` (``"KEY:GROUP"``,
+        a bool array, or all) and return every gene's expected expression before and after
+        (:func:`.perturbation.perturb`)."""
+        from .perturbation import chosen_cells, perturb_parts
+
+        names = gene_names(self.adata, self.adapter.genes, self.adapter.layer, self.settings.get("gene_symbols"))
+        return perturb_parts(self.model, self.adapter.prepare(self.adata), self.adata.uns["sciencevae"],
+                             self.weights.shape[1], names, programme, value, shift,
+                             chosen_cells(self.adata.obs, cells))
 
     def programme_table(self) -> pd.DataFrame:
         """``programmes`` with, for a consensus of several fits, each programme's found / stability / stable."""
@@ -549,6 +567,7 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
         association=association(latents, adata.obs, _categorical_keys(adata.obs)), settings=settings,
         stability=stability, differential=None if inputs.compare is None else
         differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
+        checks=posterior_predictive(model, inputs.prepared, inputs.names, seed=settings.get("seed", 0)),
     )
 
 

@@ -17,7 +17,8 @@ from sciencevae.threads import keep_torch_threads
 if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
 
-__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "selection_plot", "UMAP_MAX_CELLS"]
+__all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "selection_plot", "predictive_plot",
+           "UMAP_MAX_CELLS"]
 
 
 def programme_label(res: "ProgrammeResult", j: int) -> str:
@@ -139,6 +140,32 @@ def selection_plot(table: pd.DataFrame) -> Figure:
     return figure
 
 
+def predictive_plot(table: pd.DataFrame, verdict: str) -> Figure:
+    """Posterior predictive checks (:mod:`.model_checks`): per gene the observed against the simulated mean,
+    variance, coefficient of variation and zero fraction, flagged genes in red, the verdict as the title."""
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    axes = fig.subplots(1, 4)
+    flagged = ((table["zeros"] != "") | (table["variance"] != "")).to_numpy()
+    for ax, (stat, label, log) in zip(axes, (("mean", "mean count", True), ("variance", "variance", True),
+                                             ("cv", "coefficient of variation", True),
+                                             ("zero_fraction", "zero fraction", False))):
+        x, y = table[f"simulated_{stat}"].to_numpy(), table[f"observed_{stat}"].to_numpy()
+        ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) & (y > 0) if log else True)
+        ax.scatter(x[ok & ~flagged], y[ok & ~flagged], s=4, c="0.45", lw=0, label="within bounds")
+        ax.scatter(x[ok & flagged], y[ok & flagged], s=5, c="tab:red", lw=0, label="flagged")
+        if ok.any():
+            low, high = min(x[ok].min(), y[ok].min()), max(x[ok].max(), y[ok].max())
+            ax.plot([low, high], [low, high], c="k", lw=0.8)
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"simulated {label}")
+        ax.set_ylabel(f"observed {label}")
+    axes[-1].legend(loc="upper left", fontsize=7, markerscale=3)
+    fig.suptitle(f"Posterior predictive checks, one point per gene: {verdict}", fontsize=9)
+    return fig
+
+
 def save_figures(res: "ProgrammeResult", folder: str | Path) -> list[Path]:
     """Write every figure as PNG into ``folder``; returns the paths."""
     folder = Path(folder)
@@ -147,6 +174,9 @@ def save_figures(res: "ProgrammeResult", folder: str | Path) -> list[Path]:
                save_figure(umap_activity(res, res.settings.get("seed", 0)), folder / "umap_programmes.png")]
     if res.selection is not None:
         written.append(save_figure(selection_plot(res.selection), folder / "selection.png"))
+    if res.checks is not None:
+        written.append(save_figure(predictive_plot(res.checks.table, res.checks.verdict),
+                                   folder / "posterior_predictive.png"))
     for key in res.association["obs_key"].unique():
         written.append(save_figure(group_heatmap(res, key), folder / f"programmes_by_{key}.png"))
     return written

@@ -332,9 +332,12 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         print(_enrichment_headline(res.enrichment))
     if res.differential is not None:
         print(_differential_headline(res.differential))
+    if res.checks is not None:
+        print(f"model check: {res.checks.verdict} (model_checks.csv, figures/posterior_predictive.png)")
     print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
           f"{', enrichment.csv' if res.enrichment is not None else ''}"
           f"{', differential.csv' if res.differential is not None else ''}"
+          f"{', model_checks.csv' if res.checks is not None else ''}"
           f"{', selection.csv' if res.selection is not None else ''}, report.html, run.json, adapter.json, "
           "figures/, model/")
     return 0
@@ -407,6 +410,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.out or args.run_dir / "export"
     for path in export_run(args.run_dir, out, args.format):
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_perturb(args: argparse.Namespace) -> int:
+    from .case_studies.perturbation import perturb_run
+    from .io import atomic_write_text
+
+    table = perturb_run(args.run_dir, args.programme, value=args.set, shift=args.shift, cells=args.cells)
+    how = f"set{args.set:g}" if args.set is not None else f"shift{args.shift:+g}"
+    out = args.out or args.run_dir / "perturbations" / f"programme_{args.programme}_{how}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(table.to_csv(index=False), out)
+    change = f"set to {args.set:g}" if args.set is not None else f"shifted by {args.shift:+g}"
+    print(f"programme {args.programme} {change} in {args.cells or 'every cell'}: expected expression per 10,000 "
+          "counts, mean over those cells")
+    for label, rows in (("up", table[table["log2_fold_change"] > 0]), ("down", table[table["log2_fold_change"] < 0])):
+        shown = ", ".join(f"{g} {l2:+.2f}" for g, l2 in zip(rows["gene"][:8], rows["log2_fold_change"][:8]))
+        print(f"  {label} (log2 fold change): {shown or 'none'}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -556,6 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="zarr", choices=["zarr", "parquet", "csv"])
     export.add_argument("--out", type=Path, help="folder to write (default RUN_DIR/export)")
     export.set_defaults(run=_cmd_export)
+
+    perturb = commands.add_parser("perturb", help="set or shift a programme of a cells run; every gene's change")
+    perturb.add_argument("run_dir", type=Path, help="a run folder from `sciencevae cells`")
+    perturb.add_argument("--programme", type=int, required=True, help="the programme (programmes.csv numbering)")
+    change = perturb.add_mutually_exclusive_group(required=True)
+    change.add_argument("--set", type=float, help="set the programme's activity to this value")
+    change.add_argument("--shift", type=float, help="add this to the programme's activity")
+    perturb.add_argument("--cells", metavar="KEY:GROUP", help="perturb only the cells of this obs group (default all)")
+    perturb.add_argument("--out", type=Path,
+                         help="CSV to write (default RUN_DIR/perturbations/programme_<P>_<set|shift><value>.csv)")
+    perturb.set_defaults(run=_cmd_perturb)
 
     data = commands.add_parser("data", help="real datasets by name: list, fetch (checksum-verified), verify")
     data.add_argument("action", choices=["list", "fetch", "verify"])

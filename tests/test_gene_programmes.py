@@ -113,7 +113,11 @@ def test_save_writes_the_documented_outputs(fitted, tmp_path):
     enrichment = pd.read_csv(out / "enrichment.csv")
     assert {"programme", "gene_set", "overlap", "p", "q"} <= set(enrichment.columns)
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert figures == ["programmes_by_batch.png", "programmes_by_cell_type.png", "top_genes.png", "umap_programmes.png"]
+    assert figures == ["posterior_predictive.png", "programmes_by_batch.png", "programmes_by_cell_type.png",
+                       "top_genes.png", "umap_programmes.png"]
+    checks = pd.read_csv(out / "model_checks.csv")
+    assert len(checks) == 500
+    assert {"observed_zero_fraction", "simulated_zero_fraction", "zeros", "variance"} <= set(checks.columns)
     assert sciencevae.load(out / "model").config.n_latent == 6
     assert torch.get_num_threads() == threads  # the UMAP's numba pool leaves torch's threads as they were
 
@@ -267,3 +271,54 @@ def test_pbmc68k_reduced_markers_lead_separate_programmes():
         leading[marker] = (int(best["programme"]), best["direction"])
     # a latent's positive and negative ends are two programmes (as with LDVAE's signed loadings)
     assert len(set(leading.values())) == 4, leading
+
+
+def test_raising_a_programme_in_silico_raises_its_own_genes(fitted):
+    """Known answer: shifting the component that holds a true programme up makes that programme's member
+    genes the ones whose expected expression rises most."""
+    res, sim, _ = fitted
+    genes = list(res.adapter.genes)
+    for p in range(sim["membership"].shape[1]):
+        member = sim["membership"][:, p]
+        scores = [roc_auc_score(member, w) for w in res.weights.T]
+        component = int(np.argmax(np.abs(np.array(scores) - 0.5)))
+        direction = 1.0 if scores[component] > 0.5 else -1.0
+        table = res.perturb(component, shift=2.0 * direction).set_index("gene").loc[genes]
+        assert roc_auc_score(member, table["log2_fold_change"]) >= 0.9, p
+
+
+def test_a_linear_decoder_s_perturbation_of_one_cell_follows_the_loadings(fitted):
+    """For one cell, log expected expression moves by shift x the programme's loadings, up to a constant
+    (the softmax's normaliser): exactly, through a linear decoder."""
+    res, _, adata = fitted
+    one = np.zeros(adata.n_obs, bool)
+    one[7] = True
+    table = res.perturb(2, shift=1.5, cells=one).set_index("gene").loc[list(res.adapter.genes)]
+    moved = table["log2_fold_change"].to_numpy() * np.log(2)
+    expected = 1.5 * res.weights[:, 2]
+    np.testing.assert_allclose(moved - moved.mean(), expected - expected.mean(), atol=2e-4)
+    current = float(res.adata.obsm["X_sciencevae"][7, 2])
+    unchanged = res.perturb(2, value=current, cells=one)
+    np.testing.assert_allclose(unchanged["log2_fold_change"], 0.0, atol=1e-4)
+
+
+def test_perturb_from_the_command_line_on_a_saved_run(fitted, tmp_path, capsys):
+    res, _, _ = fitted
+    run = res.save(tmp_path / "run")
+    assert main(["perturb", str(run), "--programme", "1", "--shift", "2", "--cells", "cell_type:type0"]) == 0
+    printed = capsys.readouterr().out
+    assert "programme 1 shifted by +2 in cell_type:type0" in printed and "up (log2 fold change):" in printed
+    written = pd.read_csv(run / "perturbations" / "programme_1_shift+2.csv")
+    type0 = (res.adata.obs["cell_type"] == "type0").to_numpy()
+    direct = res.perturb(1, shift=2.0, cells=type0)
+    np.testing.assert_allclose(written["log2_fold_change"], direct["log2_fold_change"], rtol=1e-5, atol=1e-6)
+    assert list(written.columns) == ["gene", "before", "after", "difference", "log2_fold_change"]
+    for bad, message in ((["--programme", "9", "--shift", "1"], "programme 9 is not in this run"),
+                         (["--programme", "0", "--set", "1", "--cells", "cell_type:type9"], "no group 'type9'"),
+                         (["--programme", "0", "--set", "1", "--cells", "tissue:x"], "no obs column 'tissue'")):
+        assert main(["perturb", str(run), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["perturb", str(tmp_path), "--programme", "0", "--shift", "1"]) == 2
+    assert "not a sciencevae cells run folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="exactly one of value"):
+        res.perturb(0)
