@@ -10,7 +10,8 @@ cells in a group are averaged first (a pseudobulk of the activities) and the sam
 
 Without ``sample_key`` the cells are compared by the Wilcoxon rank-sum test (``scipy.stats.mannwhitneyu``),
 as scanpy's ``rank_genes_groups(method="wilcoxon")`` does for genes. Effect sizes: the difference of the
-means, Cohen's d (pooled standard deviation of the unit's values) and, for cells, the AUROC (the probability
+units' means, Cohen's d of the cells (pooled standard deviation; the same with samples as the unit, where a few
+samples' means would give an inflated d) and, for cells, the AUROC (the probability
 that a cell of group 1 is more active than one of group 2). p-values are adjusted over every row of the
 table by Benjamini–Hochberg (``scipy.stats.false_discovery_control``).
 
@@ -57,8 +58,8 @@ def differential(activities: np.ndarray, obs: pd.DataFrame, groupby: str, group1
     -------
     DataFrame with :data:`COLUMNS`, one row per (comparison, programme), sorted by ``p``: ``unit`` "cells" or
     "samples"; ``test`` "wilcoxon", "welch" or "paired"; ``n1``/``n2`` units per group; ``mean1``/``mean2``
-    their mean activity and ``difference`` = mean1 - mean2; ``effect_size`` Cohen's d of the units'
-    values; ``auroc`` (cells only, else NaN); ``statistic`` (U or t), ``p``, and ``q`` (BH over the table).
+    their mean activity and ``difference`` = mean1 - mean2; ``effect_size`` Cohen's d of the cells'
+    activities; ``auroc`` (cells only, else NaN); ``statistic`` (U or t), ``p``, and ``q`` (BH over the table).
 
     Raises
     ------
@@ -121,6 +122,15 @@ def parse_comparison(text: str) -> tuple[str, str | None, str | None]:
 def _compare(values: np.ndarray, inside: np.ndarray, other: np.ndarray, samples: np.ndarray | None,
              min_units: int) -> dict | None:
     """One programme, one comparison: the test and effect sizes (None when a group is too small)."""
+    row = _test(values, inside, other, samples, min_units)
+    if row is not None:  # the effect size of the cells, whatever the unit: a few donors' means hardly vary
+        row["effect_size"] = cohens_d(values[inside], values[other])
+    return row
+
+
+def _test(values: np.ndarray, inside: np.ndarray, other: np.ndarray, samples: np.ndarray | None,
+          min_units: int) -> dict | None:
+    """The test on cells or on the samples' means (None when a group is too small)."""
     if samples is None:
         a, b = values[inside], values[other]
         if min(len(a), len(b)) < min_units:

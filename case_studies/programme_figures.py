@@ -145,7 +145,7 @@ def predictive_plot(table: pd.DataFrame, verdict: str) -> Figure:
     variance, coefficient of variation and zero fraction, flagged genes in red, the verdict as the title."""
     fig = Figure(figsize=(11, 3.4), layout="constrained")
     axes = fig.subplots(1, 4)
-    flagged = ((table["zeros"] != "") | (table["variance"] != "")).to_numpy()
+    flagged = ((table["zeros"] != "ok") | (table["variance"] != "ok")).to_numpy()
     for ax, (stat, label, log) in zip(axes, (("mean", "mean count", True), ("variance", "variance", True),
                                              ("cv", "coefficient of variation", True),
                                              ("zero_fraction", "zero fraction", False))):
