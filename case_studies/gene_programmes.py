@@ -33,6 +33,7 @@ from sciencevae import BetaVAE, Prepared, __version__
 from sciencevae.adapters.cells import OBSM_KEY, CellsAdapter, missing_labels, modelled_var, read_cells
 from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
+from sciencevae.label_matching import label_matching
 
 from .differential import check_comparison, cohens_d, differential, parse_comparison
 from .model_checks import PredictiveCheck, posterior_predictive
@@ -246,6 +247,7 @@ class ProgrammeResult:
     seconds: dict = field(default_factory=dict)
     differential: pd.DataFrame | None = None
     checks: PredictiveCheck | None = None
+    label_scores: pd.DataFrame | None = None
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
@@ -269,6 +271,8 @@ class ProgrammeResult:
             atomic_write_text(self.differential.to_csv(index=False), out / "differential.csv")
         if self.checks is not None:
             atomic_write_text(self.checks.table.to_csv(index=False), out / "model_checks.csv")
+        if self.label_scores is not None and len(self.label_scores):
+            atomic_write_text(self.label_scores.to_csv(index=False), out / "label_matching.csv")
         save_figures(self, out / "figures")
         top = self.programmes[self.programmes["rank"] <= 8]
         genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
@@ -288,6 +292,8 @@ class ProgrammeResult:
             tables[differential_title(self.differential)] = self.differential.head(20)
         if self.checks is not None:
             tables["Posterior predictive checks (observed against simulated, over genes)"] = self.checks.summary
+        if self.label_scores is not None and len(self.label_scores):
+            tables["Programmes matched to obs labels (one programme per category; 1 = perfect)"] = self.label_scores
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
                      notes=batch_hints(self.association, self.settings.get("batch_key")) +
                      stability_notes(self.stability) + ([] if self.checks is None else [self.checks.verdict]))
@@ -560,14 +566,16 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
                             "rotations": np.stack([f.rotation for f in fits])}
         uns["descriptions"] = {**DESCRIPTIONS, "obsm": {OBSM_KEY: CONSENSUS_ACTIVITY}}
     sets = inputs.gene_sets
+    keys = _categorical_keys(adata.obs)
     return ProgrammeResult(
         model=model, adapter=inputs.adapter, adata=inputs.adapter.write_back(adata, latents, weights, uns),
         weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
         enrichment=None if sets is None else enrichment(weights, inputs.names, sets, n_top),
-        association=association(latents, adata.obs, _categorical_keys(adata.obs)), settings=settings,
+        association=association(latents, adata.obs, keys), settings=settings,
         stability=stability, differential=None if inputs.compare is None else
         differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
         checks=posterior_predictive(model, inputs.prepared, inputs.names, seed=settings.get("seed", 0)),
+        label_scores=label_matching(latents, adata.obs, keys, seed=settings.get("seed", 0)),
     )
 
 

@@ -338,6 +338,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
           f"{', enrichment.csv' if res.enrichment is not None else ''}"
           f"{', differential.csv' if res.differential is not None else ''}"
           f"{', model_checks.csv' if res.checks is not None else ''}"
+          f"{', label_matching.csv' if res.label_scores is not None and len(res.label_scores) else ''}"
           f"{', selection.csv' if res.selection is not None else ''}, report.html, run.json, adapter.json, "
           "figures/, model/")
     return 0

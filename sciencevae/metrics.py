@@ -23,6 +23,8 @@ from sklearn.metrics import mutual_info_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from .label_matching import label_matching, matching_scores, similarity
+
 __all__ = [
     "discretize",
     "mutual_information",
@@ -35,6 +37,9 @@ __all__ = [
     "betavae_score",
     "factorvae_score",
     "FactorSampler",
+    "similarity",
+    "matching_scores",
+    "label_matching",
 ]
 
 N_BINS = 20

@@ -117,6 +117,9 @@ def test_save_writes_the_documented_outputs(fitted, tmp_path):
                        "top_genes.png", "umap_programmes.png"]
     checks = pd.read_csv(out / "model_checks.csv")
     assert len(checks) == 500
+    matched = pd.read_csv(out / "label_matching.csv").set_index(["obs_key", "similarity"])
+    assert set(matched.index) == {(k, s) for k in ("batch", "cell_type") for s in ("smi", "nn", "spearman")}
+    assert matched.loc[("cell_type", "nn"), "matching"] > 0.5 > matched.loc[("batch", "nn"), "matching"]
     assert {"observed_zero_fraction", "simulated_zero_fraction", "zeros", "variance"} <= set(checks.columns)
     assert sciencevae.load(out / "model").config.n_latent == 6
     assert torch.get_num_threads() == threads  # the UMAP's numba pool leaves torch's threads as they were
