@@ -186,12 +186,15 @@ class CellsAdapter:
         return cls(genes=[str(g) for g in genes[chosen]], layer=layer, likelihood=likelihood, binarize=binarize,
                    categorical=categorical, continuous=continuous)
 
-    def prepare(self, adata: ad.AnnData, missing_genes: str = "error") -> Prepared:
+    def prepare(self, adata: ad.AnnData, missing_genes: str = "error", unseen_categories: str = "error") -> Prepared:
         """Counts of the fitted genes (reordered by name) with covariates.
 
         ``missing_genes``: ``"error"`` (default) lists the fitted genes the
         data lack; ``"zero"`` fills them with zeros and warns. Counts stored
         as floats with rounding error are rounded (on a copy), with a warning.
+        ``unseen_categories``: ``"error"`` (default) refuses a categorical
+        covariate's value (or column) the model has not seen; ``"zero"`` gives
+        those cells an all-zero one-hot row (no batch: reference mapping).
         """
         if adata.n_obs == 0:
             raise ValueError("the AnnData has no cells")
@@ -215,19 +218,22 @@ class CellsAdapter:
                 warnings.warn(rounding_message(f"{_where(self.layer)} holds", example), UserWarning, stacklevel=2)
         if self.binarize:
             X = (X != 0).astype(np.float32) if not sp.issparse(X) else _binarized(X)
-        covariates = self._covariates(adata)
+        covariates = self._covariates(adata, unseen_categories)
         prepared = Prepared(X=X, obs_names=np.asarray(adata.obs_names), feature_names=np.asarray(self.genes),
                             covariates=covariates)
         return as_prepared(prepared)
 
-    def _covariates(self, adata: ad.AnnData) -> np.ndarray | None:
+    def _covariates(self, adata: ad.AnnData, unseen_categories: str = "error") -> np.ndarray | None:
         blocks = []
         for key, categories in self.categorical.items():
+            if unseen_categories == "zero" and key not in adata.obs:
+                blocks.append(np.zeros((adata.n_obs, len(categories)), np.float32))
+                continue
             column = _obs(adata, key)
             _refuse_missing(column, key)
             values = column.astype(str).to_numpy()
             unseen = sorted(set(values) - set(categories))
-            if unseen:
+            if unseen and unseen_categories != "zero":
                 raise ValueError(f"obs column {key!r} has categories the model has not seen: {unseen[:5]}")
             blocks.append((values[:, None] == np.asarray(categories)[None, :]).astype(np.float32))
         for key, (mean, std) in self.continuous.items():

@@ -94,7 +94,8 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
     rows = np.arange(n_cells)
     if n_cells > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
-    tmp = ad.AnnData(obs=pd.DataFrame(index=rows.astype(str)), obsm={OBSM_KEY: latents[rows]})
+    scored = np.isfinite(latents).all(0)  # a mapped query has no activity for a programme its model lacks
+    tmp = ad.AnnData(obs=pd.DataFrame(index=rows.astype(str)), obsm={OBSM_KEY: latents[rows][:, scored]})
     with keep_torch_threads():  # numba's OpenMP pool would leave torch at the CPU count
         sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, len(rows) - 1)), random_state=seed,
                         transformer="sklearn")

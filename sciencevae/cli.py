@@ -293,6 +293,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     seconds = {"read": time.perf_counter() - started}
     _check_out(args.out, [args.input] + ([args.gene_sets] if args.gene_sets else []),
                args.overwrite or _resuming(args))
+    if args.reference is not None:
+        return _map_cells(args, adata, seconds, started)
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
                    gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None, compare=args.compare,
                    sample_key=args.sample_key)
@@ -357,6 +359,42 @@ def _differential_headline(table) -> str:
     return (f"differential activity ({unit} as the unit): {len(hits)} of {len(table)} tests at q < 0.05; strongest: "
             f"programme {top['programme']} in {top['group1']} vs {top['group2']}, difference {top['difference']:+.2f} "
             f"(Cohen's d {top['effect_size']:+.2f}, q = {top['q']:.2g}) (differential.csv)")
+
+
+def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -> int:
+    """`cells QUERY --reference RUN_DIR`: score the query with the reference run's model, no training."""
+    from .case_studies.reference_mapping import check_reference, map_to_reference
+
+    _check_out(args.out, [args.input, check_reference(args.reference)], args.overwrite)
+    chosen = [flag for flag, given in (("--fits", args.fits != 1), ("--batch-key", args.batch_key),
+                                       ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)))
+              if given]
+    if chosen:
+        raise ValueError(f"{', '.join(chosen)} cannot be used with --reference: the model, its batches and the "
+                         "programmes' enrichment come from the reference run")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = map_to_reference(adata, args.reference, layer=args.layer, compare=args.compare,
+                               sample_key=args.sample_key)
+    seconds["map"] = time.perf_counter() - started - seconds["read"]
+    with run_folder(args.out, _release_warnings(args)):
+        _write_run_json(args.out, "cells", [args.input])
+        saving = time.perf_counter()
+        res.save(args.out)
+        _record_seconds(args.out, {**seconds, "save": time.perf_counter() - saving})
+    missing = res.settings["genes_missing_in_query"]
+    print(f"mapped {adata.n_obs:,} cells onto {args.reference} (no training): {len(res.adapter.genes) - missing:,} of "
+          f"the model's {len(res.adapter.genes):,} genes in the query" + (f", {missing:,} missing (zeros)" if missing
+                                                                            else ""))
+    for warning in caught:
+        print(f"note: {warning.message}")
+    if res.differential is not None:
+        print(_differential_headline(res.differential))
+    if res.checks is not None:
+        print(f"model check: {res.checks.verdict} (model_checks.csv, figures/posterior_predictive.png)")
+    print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv, model_checks.csv, report.html, run.json, "
+          "adapter.json, figures/, model/")
+    return 0
 
 
 def _setting(value: str, kind: type, flag: str = "") -> int | float | str | list:
@@ -558,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--compare", metavar="KEY[:GROUP1[:GROUP2]]",
                        help="test programme activity between groups of an obs column (default each group against "
                             "the rest): differential.csv")
+    cells.add_argument("--reference", type=Path, metavar="RUN_DIR",
+                       help="score the cells with this cells run's model and programmes, without training")
     cells.add_argument("--sample-key", help="obs column of samples or donors: the unit of --compare (pseudobulk)")
     cells.add_argument("--fits", type=int, default=1, metavar="K",
                        help="consensus of K fits with seeds SEED..SEED+K-1: programmes found again across seeds, "

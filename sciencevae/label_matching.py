@@ -112,7 +112,11 @@ def label_matching(latents: np.ndarray, obs: pd.DataFrame, keys: list[str], max_
     """Per obs column in ``keys`` and similarity: its ``best``, ``gap`` and ``matching`` scores, and per
     category the best latent (``best_latent``, "category: latent" pairs). Cells without a label are left
     out; above ``max_cells`` labelled cells a seeded random sample is scored (``n_cells`` says how many).
+    Latents with a missing value (NaN) are left out (their numbers are kept in ``best_latent``).
     """
+    latents = np.asarray(latents, dtype=np.float64)
+    kept = np.flatnonzero(np.isfinite(latents).all(0))
+    latents = latents[:, kept]
     rows = []
     rng = np.random.default_rng(seed)
     for key in keys:
@@ -125,8 +129,8 @@ def label_matching(latents: np.ndarray, obs: pd.DataFrame, keys: list[str], max_
             continue
         categories = np.unique(labels)
         for kind in SIMILARITIES:
-            matrix = similarity(np.asarray(latents)[labelled], labels, kind, seed)
-            best = ", ".join(f"{c}: {i}" for c, i in zip(categories, matrix.argmax(0)))
+            matrix = similarity(latents[labelled], labels, kind, seed)
+            best = ", ".join(f"{c}: {kept[i]}" for c, i in zip(categories, matrix.argmax(0)))
             rows.append({"obs_key": key, "similarity": kind, "n_cells": len(labelled),
                          "n_categories": len(categories), **matching_scores(matrix), "best_latent": best})
     return pd.DataFrame(rows, columns=["obs_key", "similarity", "n_cells", "n_categories", "best", "gap", "matching",

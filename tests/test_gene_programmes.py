@@ -325,3 +325,53 @@ def test_perturb_from_the_command_line_on_a_saved_run(fitted, tmp_path, capsys):
     assert "not a sciencevae cells run folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exactly one of value"):
         res.perturb(0)
+
+
+def test_mapping_the_reference_s_own_cells_gives_its_activities(fitted, tmp_path):
+    from sciencevae.case_studies.reference_mapping import map_to_reference
+
+    res, _, adata = fitted
+    run = res.save(tmp_path / "ref")
+    mapped = map_to_reference(adata, run)
+    np.testing.assert_allclose(mapped.adata.obsm["X_sciencevae"], res.adata.obsm["X_sciencevae"], atol=1e-4)
+    np.testing.assert_allclose(mapped.weights, res.weights, atol=1e-6)
+    assert mapped.settings["genes_missing_in_query"] == 0 and mapped.settings["reference"] == str(run.resolve())
+
+
+def test_new_cells_with_missing_genes_and_a_new_batch_are_mapped_from_the_command_line(fitted, tmp_path, capsys):
+    res = fitted[0]
+    run = res.save(tmp_path / "ref")
+    sim = cell_programmes(400, n_genes=500, seed=0, cell_seed=7)  # the reference's programmes, new cells
+    obs = pd.DataFrame({"batch": sim["batch"].astype(str), "cell_type": [f"type{i}" for i in sim["identity"]]},
+                       index=[f"q{i}" for i in range(400)])
+    query = ad.AnnData(sim["counts"], obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(500)]))
+    query = query[:, 40:].copy()  # 40 of the model's genes missing
+    query.obs["batch"] = np.where(query.obs["batch"] == "0", "0", "new")  # a batch the reference never saw
+    query.obs["donor"] = [f"d{i % 4}" for i in range(query.n_obs)]
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    out = tmp_path / "mapped"
+    assert main(["cells", str(path), "--reference", str(run), "--out", str(out), "--quiet",
+                 "--compare", "cell_type:type1", "--sample-key", "donor"]) == 0
+    printed = capsys.readouterr().out
+    assert "460 of the model's 500 genes in the query, 40 missing (zeros)" in printed
+    assert "note: the query's batch new is not among the reference's batches" in printed
+    mapped = ad.read_h5ad(out / "cells.h5ad")
+    assert mapped.obsm["X_sciencevae"].shape == (400, 6)
+    assert pd.read_csv(out / "programmes.csv").equals(pd.read_csv(run / "programmes.csv"))
+    association = pd.read_csv(out / "association.csv")
+    strongest = association[association["obs_key"] == "cell_type"]["effect_size"].abs().max()
+    assert strongest > 2, "the reference's programmes still tell the query's cell types apart"
+    assert (pd.read_csv(out / "differential.csv")["test"] == "paired").all()
+    for extra, message in ((["--fits", "2"], "--fits cannot be used with --reference"),
+                           ([], "is not a sciencevae cells run folder")):
+        reference = str(tmp_path) if not extra else str(run)
+        assert main(["cells", str(path), "--reference", reference, "--out", str(tmp_path / "x"), "--quiet",
+                     *extra]) == 2
+        assert message in capsys.readouterr().err
+    renamed = query.copy()
+    renamed.var_names = [f"gene{i}" for i in range(renamed.n_vars)]
+    renamed.write_h5ad(tmp_path / "renamed.h5ad")
+    assert main(["cells", str(tmp_path / "renamed.h5ad"), "--reference", str(run), "--out", str(tmp_path / "y"),
+                 "--quiet"]) == 2
+    assert "has none of the reference model's 500 genes" in capsys.readouterr().err

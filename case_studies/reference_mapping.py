@@ -1,0 +1,142 @@
+"""Score new cells with a saved ``sciencevae cells`` run, without retraining (reference mapping).
+
+The query's counts are matched to the reference model's genes by name (genes the query lacks are filled
+with zeros and reported; none shared is refused), encoded by the reference model, and rotated into the
+reference's programmes. The programmes, loadings and enrichment are the reference's; everything computed
+from the cells (association, differential activity, model checks, label matching, figures) is the query's.
+Query batches the reference did not see are encoded without a batch (no correction for them), with a
+warning. For a consensus reference the saved model is its first fit, so the query's activity of a programme
+is that fit's member component (oriented as the consensus); a programme the first fit did not find has no
+activity (NaN) in the query and is left out of its tests. Compare scArches' query mapping (Lotfollahi et
+al. 2022, Nat. Biotechnol. 40:121), which fine-tunes new batch weights; here nothing is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sciencevae.adapters.cells import UNS_KEY, VARM_KEY, CellsAdapter, modelled_var
+from sciencevae.io import load
+from sciencevae.label_matching import label_matching
+
+from .differential import check_comparison, differential, parse_comparison
+from .model_checks import posterior_predictive
+
+__all__ = ["map_to_reference", "check_reference", "REFERENCE_FILES"]
+
+#: What a reference run folder must hold.
+REFERENCE_FILES = ("model", "adapter.json", "cells.h5ad", "programmes.csv")
+
+
+def check_reference(run: str | Path) -> Path:
+    """The run folder as a Path; ``ValueError`` (one line) unless it holds :data:`REFERENCE_FILES`."""
+    run = Path(run)
+    missing = [name for name in REFERENCE_FILES if not (run / name).exists()]
+    if missing:
+        raise ValueError(f"{run} is not a sciencevae cells run folder to map onto (it lacks {', '.join(missing)}); "
+                         "give the --out folder of a `sciencevae cells` run")
+    return run
+
+
+def _reference_loadings(run: Path, adapter: CellsAdapter) -> tuple[np.ndarray, dict]:
+    """The reference's (genes, programmes) loadings in the adapter's gene order, and its uns["sciencevae"]."""
+    reference = ad.read_h5ad(run / "cells.h5ad", backed="r")
+    try:
+        holder = reference.raw if adapter.layer == "raw" and reference.raw is not None else reference
+        rows = holder.var_names.get_indexer(adapter.genes)
+        loadings = np.asarray(holder.varm[VARM_KEY])[rows]
+        return loadings, dict(reference.uns[UNS_KEY])
+    finally:
+        reference.file.close()
+
+
+def _query_genes(query: ad.AnnData, adapter: CellsAdapter) -> list[str]:
+    """The model's genes the query lacks; ``ValueError`` when it has none of them."""
+    present = set(map(str, modelled_var(query, adapter.layer).index))
+    missing = [g for g in adapter.genes if g not in present]
+    if len(missing) == len(adapter.genes):
+        raise ValueError(f"the query has none of the reference model's {len(adapter.genes)} genes (e.g. "
+                         f"{', '.join(adapter.genes[:3])}); name its genes as the reference does (ids or symbols), "
+                         "or give the layer that holds them (--layer)")
+    return missing
+
+
+def _activities(z: np.ndarray, uns: dict) -> np.ndarray:
+    """Programme activities of the query from the first fit's latents ``z`` (NaN for a consensus programme
+    the first fit did not find)."""
+    found = uns.get("consensus")
+    if found is None:
+        return z @ np.asarray(uns["rotation"])
+    turned = z @ np.asarray(found["rotations"])[0]
+    members, signs = np.asarray(found["members"])[0], np.asarray(found["signs"])[0]
+    out = np.full((len(z), len(members)), np.nan)
+    for p, (member, sign) in enumerate(zip(members, signs)):
+        if member >= 0:
+            out[:, p] = sign * turned[:, member]
+    return out
+
+
+def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None = None,
+                     compare: str | tuple | None = None, sample_key: str | None = None):
+    """Score ``query`` with the reference run's model and programmes; a :class:`.gene_programmes.ProgrammeResult`.
+
+    ``layer``: where the query's counts are (default: where the reference's were). ``compare`` /
+    ``sample_key``: a differential test of the query's groups (:func:`.differential.differential`).
+    ``res.settings`` records the reference folder, the genes the query lacks and the batches it was not
+    trained on. Raises ``ValueError`` (one line) for a folder that is not a cells run, a query sharing no
+    gene with it, or a comparison the query's obs cannot make.
+    """
+    from .gene_programmes import (ProgrammeResult, _categorical_keys, association, gene_names)
+
+    run = check_reference(reference)
+    adapter = CellsAdapter.load(run / "adapter.json")
+    if layer is not None and layer != adapter.layer:
+        adapter = dataclasses.replace(adapter, layer=None if layer == "X" else layer)
+    if isinstance(compare, str):
+        compare = parse_comparison(compare)
+    if compare is not None:
+        compare = tuple(compare) + (None,) * (3 - len(compare))
+        check_comparison(query.obs, *compare, sample_key=sample_key)
+    missing = _query_genes(query, adapter)
+    unseen = {key: sorted(set(query.obs[key].astype(str)) - set(categories)) if key in query.obs else ["(no column)"]
+              for key, categories in adapter.categorical.items()}
+    unseen = {key: values for key, values in unseen.items() if values}
+    for key, values in unseen.items():
+        warnings.warn(f"the query's {key} {', '.join(values[:5])} {'is' if len(values) == 1 else 'are'} not among "
+                      "the reference's batches: encoded without a batch (no batch correction for those cells)",
+                      UserWarning, stacklevel=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fitted genes are missing.*")
+        prepared = adapter.prepare(query, missing_genes="zero", unseen_categories="zero")
+    model = load(run / "model")
+    loadings, ref_uns = _reference_loadings(run, adapter)
+    activities = _activities(model.encode(prepared), ref_uns)
+    params = dict(ref_uns.get("params", {}))
+    settings = {**params, "reference": str(run.resolve()), "genes_missing_in_query": len(missing),
+                "batches_not_in_reference": "; ".join(f"{k}: {', '.join(v)}" for k, v in unseen.items()),
+                "compare": "" if compare is None else ":".join(filter(None, compare)), "sample_key": sample_key or ""}
+    names = gene_names(query, adapter.genes, adapter.layer, params.get("gene_symbols") or None) if not missing \
+        else list(adapter.genes)
+    uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "descriptions") if key in ref_uns}
+    uns.update(params={k: ("" if v is None else v) for k, v in settings.items()},
+               kl_per_latent=np.asarray(ref_uns.get("kl_per_latent", [])))
+    keys = _categorical_keys(query.obs)
+    scored = np.isfinite(activities).all(0)
+    enrichment = run / "enrichment.csv"
+    return ProgrammeResult(
+        model=model, adapter=adapter, adata=adapter.write_back(query, activities, loadings, uns), weights=loadings,
+        rotation=np.asarray(ref_uns["rotation"]), programmes=pd.read_csv(run / "programmes.csv"),
+        enrichment=pd.read_csv(enrichment) if enrichment.exists() else None,
+        association=association(activities, query.obs, keys), settings=settings,
+        differential=None if compare is None else differential(activities[:, scored], query.obs, *compare,
+                                                               sample_key=sample_key).assign(
+            programme=lambda t: np.flatnonzero(scored)[t["programme"]]),
+        checks=posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0)),
+        label_scores=label_matching(activities, query.obs, keys),
+    )
