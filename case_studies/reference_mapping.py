@@ -126,6 +126,10 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "descriptions") if key in ref_uns}
     uns.update(params={k: ("" if v is None else v) for k, v in settings.items()},
                kl_per_latent=np.asarray(ref_uns.get("kl_per_latent", [])))
+    checks = posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0))
+    if checks is not None and unseen and "no sign" not in checks.verdict:
+        checks = dataclasses.replace(checks, verdict=checks.verdict + " — but the query has batches the reference "
+                                     "never saw, whose effects the model cannot simulate: look there first")
     keys = _categorical_keys(query.obs)
     scored = np.isfinite(activities).all(0)
     enrichment = run / "enrichment.csv"
@@ -137,6 +141,5 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
         differential=None if compare is None else differential(activities[:, scored], query.obs, *compare,
                                                                sample_key=sample_key).assign(
             programme=lambda t: np.flatnonzero(scored)[t["programme"]]),
-        checks=posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0)),
-        label_scores=label_matching(activities, query.obs, keys),
+        checks=checks, label_scores=label_matching(activities, query.obs, keys),
     )
