@@ -33,7 +33,7 @@ from scipy import stats
 
 from sciencevae.adapters.cells import missing_labels
 
-__all__ = ["differential", "check_comparison", "parse_comparison", "cohens_d", "COLUMNS"]
+__all__ = ["differential", "comparison", "check_comparison", "parse_comparison", "cohens_d", "COLUMNS"]
 
 #: The columns of a :func:`differential` table.
 COLUMNS = ["programme", "obs_key", "group1", "group2", "unit", "test", "n1", "n2", "mean1", "mean2", "difference",
@@ -104,6 +104,21 @@ def check_comparison(obs: pd.DataFrame, groupby: str, group1: str | None = None,
         raise ValueError(f"group1 and group2 are both {group1!r}: name two different groups")
     if group1 is None and group2 is not None:
         raise ValueError("group2 needs group1: name the group to compare with it")
+
+
+def comparison(obs: pd.DataFrame, compare: str | tuple | None,
+               sample_key: str | None = None) -> tuple[str, str | None, str | None] | None:
+    """``compare`` as (groupby, group1, group2) — from ``"KEY[:GROUP1[:GROUP2]]"`` or a shorter tuple — checked
+    against ``obs`` (:func:`check_comparison`); None for none. ``ValueError`` (one line) for a bad request,
+    or a ``sample_key`` without a comparison."""
+    if compare is None:
+        if sample_key is not None:
+            raise ValueError("sample_key (--sample-key) is the unit of a comparison: give the groups to compare "
+                             "too (compare / --compare KEY[:GROUP1[:GROUP2]])")
+        return None
+    parts = parse_comparison(compare) if isinstance(compare, str) else tuple(compare) + (None,) * (3 - len(compare))
+    check_comparison(obs, *parts, sample_key=sample_key)
+    return parts
 
 
 def parse_comparison(text: str) -> tuple[str, str | None, str | None]:

@@ -35,7 +35,7 @@ from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
 
-from .differential import check_comparison, cohens_d, differential, parse_comparison
+from .differential import cohens_d, comparison, differential
 from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
@@ -365,14 +365,7 @@ def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = 
     adapter = CellsAdapter.from_adata(adata, layer=layer, likelihood=likelihood, n_top_genes=n_top_genes,
                                       batch_key=batch_key)
     sets = read_gmt(gene_sets) if isinstance(gene_sets, (str, Path)) else gene_sets
-    if isinstance(compare, str):
-        compare = parse_comparison(compare)
-    if compare is not None:
-        compare = tuple(compare) + (None,) * (3 - len(compare))
-        check_comparison(adata.obs, *compare, sample_key=sample_key)
-    elif sample_key is not None:
-        raise ValueError("sample_key (--sample-key) is the unit of a comparison: give the groups to compare too "
-                         "(compare / --compare KEY[:GROUP1[:GROUP2]])")
+    compare = comparison(adata.obs, compare, sample_key)
     return Inputs(adapter=adapter, prepared=adapter.prepare(adata),
                   names=gene_names(adata, adapter.genes, layer, gene_symbols), gene_sets=sets, compare=compare,
                   sample_key=sample_key)

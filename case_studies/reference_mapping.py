@@ -25,7 +25,7 @@ from sciencevae.adapters.cells import UNS_KEY, VARM_KEY, CellsAdapter, modelled_
 from sciencevae.io import load
 from sciencevae.label_matching import label_matching
 
-from .differential import check_comparison, differential, parse_comparison
+from .differential import comparison, differential
 from .model_checks import posterior_predictive
 
 __all__ = ["map_to_reference", "check_reference", "REFERENCE_FILES"]
@@ -98,11 +98,7 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     adapter = CellsAdapter.load(run / "adapter.json")
     if layer is not None and layer != adapter.layer:
         adapter = dataclasses.replace(adapter, layer=None if layer == "X" else layer)
-    if isinstance(compare, str):
-        compare = parse_comparison(compare)
-    if compare is not None:
-        compare = tuple(compare) + (None,) * (3 - len(compare))
-        check_comparison(query.obs, *compare, sample_key=sample_key)
+    compare = comparison(query.obs, compare, sample_key)
     missing = _query_genes(query, adapter)
     unseen = {key: sorted(set(query.obs[key].astype(str)) - set(categories)) if key in query.obs else ["(no column)"]
               for key, categories in adapter.categorical.items()}
@@ -121,8 +117,10 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     settings = {**params, "reference": str(run.resolve()), "genes_missing_in_query": len(missing),
                 "batches_not_in_reference": "; ".join(f"{k}: {', '.join(v)}" for k, v in unseen.items()),
                 "compare": "" if compare is None else ":".join(filter(None, compare)), "sample_key": sample_key or ""}
-    names = gene_names(query, adapter.genes, adapter.layer, params.get("gene_symbols") or None) if not missing \
-        else list(adapter.genes)
+    try:  # the reference's gene symbols where the query has that column, else the genes' own names
+        names = gene_names(query, adapter.genes, adapter.layer, params.get("gene_symbols") or None)
+    except ValueError:
+        names = list(adapter.genes)
     uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "descriptions") if key in ref_uns}
     uns.update(params={k: ("" if v is None else v) for k, v in settings.items()},
                kl_per_latent=np.asarray(ref_uns.get("kl_per_latent", [])))
