@@ -18,6 +18,7 @@ with categorical obs columns (mean per group and Cohen's d against the rest).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -567,9 +568,19 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
         association=association(latents, adata.obs, keys), settings=settings,
         stability=stability, differential=None if inputs.compare is None else
         differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
-        checks=posterior_predictive(model, inputs.prepared, inputs.names, seed=settings.get("seed", 0)),
+        checks=_short_training_said(posterior_predictive(model, inputs.prepared, inputs.names,
+                                                         seed=settings.get("seed", 0)), settings, len(adata)),
         label_scores=label_matching(latents, adata.obs, keys, seed=settings.get("seed", 0)),
     )
+
+
+def _short_training_said(checks: PredictiveCheck | None, settings: dict, n_cells: int) -> PredictiveCheck | None:
+    """The checks, with a misfit's verdict pointing first at a training shorter than :func:`default_epochs`."""
+    epochs, default = settings.get("epochs"), default_epochs(n_cells)
+    if checks is None or "no sign" in checks.verdict or epochs is None or epochs >= default:
+        return checks
+    return dataclasses.replace(checks, verdict=f"{checks.verdict} — but the model trained for {epochs} of the "
+                               f"default {default} epochs: train fully before changing the likelihood")
 
 
 def differential_title(table: pd.DataFrame) -> str:

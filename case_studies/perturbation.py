@@ -14,6 +14,7 @@ interpretable latents in DRVI (Moinfar & Theis 2024, bioRxiv 10.1101/2024.11.06.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ __all__ = ["Target", "target", "perturb", "PER_COUNTS"]
 
 #: Library size the expected expression is given at (counts per 10,000).
 PER_COUNTS = 10_000.0
+#: A perturbation that moves a programme further than this many times its observed range beyond it is flagged.
+EXTRAPOLATION = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,17 +95,25 @@ def perturb(model: BetaVAE, prepared: Prepared, rotation: np.ndarray, where: Tar
     if not len(chosen):
         raise ValueError("no cell is chosen to perturb: the selection is empty")
     before, after = np.zeros(len(genes)), np.zeros(len(genes))
+    seen, reached = [np.inf, -np.inf], [np.inf, -np.inf]  # the programme's activity before and after
     for start in range(0, len(chosen), batch_size):
         rows = chosen[start:start + batch_size]
         part = subset_rows(prepared, rows)
         activity = model.encode(part) @ rotation
         moved = activity.copy()
-        column = moved[:, where.component]
+        column = activity[:, where.component]
         moved[:, where.component] = where.sign * value if value is not None else column + where.sign * shift
+        for bounds, values in ((seen, where.sign * column), (reached, where.sign * moved[:, where.component])):
+            bounds[:] = [min(bounds[0], values.min()), max(bounds[1], values.max())]
         size = np.full(len(rows), PER_COUNTS)
         before += model.decode(activity @ rotation.T, part.covariates, size).sum(0)
         after += model.decode(moved @ rotation.T, part.covariates, size).sum(0)
     before, after = before / len(chosen), after / len(chosen)
+    margin = EXTRAPOLATION * max(seen[1] - seen[0], 1.0)
+    if reached[0] < seen[0] - margin or reached[1] > seen[1] + margin:
+        warnings.warn(f"the perturbation takes programme {where.programme} to {reached[0]:.3g} .. {reached[1]:.3g}, far "
+                      f"beyond its activities in these cells ({seen[0]:.3g} .. {seen[1]:.3g}): the decoder "
+                      "extrapolates there, so read the changes as directions, not sizes", UserWarning, stacklevel=2)
     table = pd.DataFrame({"gene": list(genes), "before": before, "after": after, "difference": after - before,
                           "log2_fold_change": np.log2(np.maximum(after, 1e-30) / np.maximum(before, 1e-30))})
     order = np.argsort(-np.abs(table["log2_fold_change"].to_numpy()), kind="stable")

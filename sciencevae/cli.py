@@ -458,7 +458,9 @@ def _cmd_perturb(args: argparse.Namespace) -> int:
 
     table = perturb_run(args.run_dir, args.programme, value=args.set, shift=args.shift, cells=args.cells)
     how = f"set{args.set:g}" if args.set is not None else f"shift{args.shift:+g}"
-    out = args.out or args.run_dir / "perturbations" / f"programme_{args.programme}_{how}.csv"
+    name = f"programme_{args.programme}_{how}.csv"
+    out = args.run_dir / "perturbations" / name if args.out is None else args.out / name if args.out.is_dir() \
+        else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(table.to_csv(index=False), out)
     change = f"set to {args.set:g}" if args.set is not None else f"shifted by {args.shift:+g}"
@@ -628,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--shift", type=float, help="add this to the programme's activity")
     perturb.add_argument("--cells", metavar="KEY:GROUP", help="perturb only the cells of this obs group (default all)")
     perturb.add_argument("--out", type=Path,
-                         help="CSV to write (default RUN_DIR/perturbations/programme_<P>_<set|shift><value>.csv)")
+                         help="CSV file to write, or a folder for programme_<P>_<set|shift><value>.csv (default "
+                              "RUN_DIR/perturbations/)")
     perturb.set_defaults(run=_cmd_perturb)
 
     data = commands.add_parser("data", help="real datasets by name: list, fetch (checksum-verified), verify")

@@ -325,6 +325,19 @@ def test_perturb_from_the_command_line_on_a_saved_run(fitted, tmp_path, capsys):
     assert "not a sciencevae cells run folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exactly one of value"):
         res.perturb(0)
+    assert main(["perturb", str(run), "--programme", "1", "--shift", "2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "programme_1_shift+2.csv").exists()  # a folder given as --out holds the default name
+    with pytest.warns(UserWarning, match="the decoder extrapolates"):
+        res.perturb(1, shift=1e3)
+
+
+def test_a_misfit_after_a_short_training_points_at_the_training_first():
+    from sciencevae.case_studies.model_checks import PredictiveCheck
+
+    misfit = PredictiveCheck(table=pd.DataFrame(), summary=pd.DataFrame(), verdict="nb under-predicts zeros: try zinb")
+    said = gp._short_training_said(misfit, {"epochs": 3}, 1000)
+    assert said.verdict.endswith("trained for 3 of the default 400 epochs: train fully before changing the likelihood")
+    assert gp._short_training_said(misfit, {"epochs": 400}, 1000).verdict == misfit.verdict
 
 
 def test_mapping_the_reference_s_own_cells_gives_its_activities(fitted, tmp_path):
