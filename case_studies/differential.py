@@ -35,6 +35,8 @@ from sciencevae.adapters.cells import missing_labels
 
 __all__ = ["differential", "comparison", "check_comparison", "parse_comparison", "cohens_d", "COLUMNS"]
 
+#: Most groups a column may have for each to be tested against the rest.
+MAX_GROUPS = 50
 #: The columns of a :func:`differential` table.
 COLUMNS = ["programme", "obs_key", "group1", "group2", "unit", "test", "n1", "n2", "mean1", "mean2", "difference",
            "effect_size", "auroc", "statistic", "p", "q"]
@@ -97,6 +99,10 @@ def check_comparison(obs: pd.DataFrame, groupby: str, group1: str | None = None,
         if key is not None and key not in obs.columns:
             raise ValueError(f"no obs column {key!r}; the columns are {', '.join(map(str, obs.columns))}")
     present = pd.unique(obs[groupby].astype(str).to_numpy()[~missing_labels(obs[groupby])])
+    if group1 is None and len(present) > MAX_GROUPS:
+        raise ValueError(f"obs[{groupby!r}] has {len(present):,} different values, too many to test each against the "
+                         f"rest (at most {MAX_GROUPS}): compare a categorical column, or name the groups "
+                         "(KEY:GROUP1[:GROUP2])")
     for group in (group1, group2):
         if group is not None and group not in present:
             raise ValueError(f"obs[{groupby!r}] has no group {group!r}; its groups are {', '.join(map(str, present))}")

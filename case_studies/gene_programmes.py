@@ -305,10 +305,10 @@ class ProgrammeResult:
         """Set (``value``) or shift (``shift``) programme ``programme``'s activity in ``cells`` (``"KEY:GROUP"``,
         a bool array, or all) and return every gene's expected expression before and after
         (:func:`.perturbation.perturb`)."""
-        from .perturbation import chosen_cells, perturb_parts
+        from .perturbation import chosen_cells, perturb_parts, prepared_cells
 
-        names = gene_names(self.adata, self.adapter.genes, self.adapter.layer, self.settings.get("gene_symbols"))
-        return perturb_parts(self.model, self.adapter.prepare(self.adata), self.adata.uns["sciencevae"],
+        names = names_or_ids(self.adata, self.adapter, self.settings.get("gene_symbols"))
+        return perturb_parts(self.model, prepared_cells(self.adapter, self.adata), self.adata.uns["sciencevae"],
                              self.weights.shape[1], names, programme, value, shift,
                              chosen_cells(self.adata.obs, cells))
 
@@ -337,6 +337,15 @@ def gene_names(adata: ad.AnnData, genes: list[str], layer: str | None, gene_symb
         named = named[~named.index.duplicated()]
         symbols.update(named.reindex(genes).dropna())
     return [str(s) for s in symbols]
+
+
+def names_or_ids(adata: ad.AnnData, adapter: CellsAdapter, gene_symbols: str | None) -> list[str]:
+    """:func:`gene_names` of the adapter's genes, or the genes' own names where ``adata`` lacks the symbols
+    column (a query mapped onto a reference that had it)."""
+    try:
+        return gene_names(adata, adapter.genes, adapter.layer, gene_symbols or None)
+    except ValueError:
+        return list(adapter.genes)
 
 
 @dataclass
@@ -423,7 +432,9 @@ def stability_notes(table: pd.DataFrame | None) -> list[str]:
         return []
     weak = table[~table["stable"]]
     listed = ", ".join(f"{p} ({s:.2f})" for p, s in zip(weak["programme"], weak["stability"]))
-    return [f"programmes {listed} are not stable across seeds (stability below {STABLE}): treat them as "
+    which = f"programmes {listed} are" if len(weak) > 1 else f"programme {listed} is"
+    them = "them" if len(weak) > 1 else "it"
+    return [f"{which} not stable across seeds (stability below {STABLE}): treat {them} as "
             "tentative; the others are found again closely across seeds"]
 
 

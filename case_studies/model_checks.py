@@ -143,10 +143,12 @@ def _draw_counts(distribution, rng: np.random.Generator) -> np.ndarray:
 
 @torch.no_grad()
 def posterior_predictive(model: BetaVAE, prepared: Prepared | np.ndarray, genes: list[str], max_cells: int = MAX_CELLS,
-                         n_replicates: int = N_REPLICATES, seed: int = 0) -> PredictiveCheck | None:
+                         n_replicates: int = N_REPLICATES, seed: int = 0,
+                         genes_checked: np.ndarray | None = None) -> PredictiveCheck | None:
     """Simulate ``n_replicates`` datasets of (a seeded sample of at most ``max_cells``) cells from the fitted
-    count model and compare them with the data gene by gene (:func:`compare`). None for a likelihood
-    without counts (nothing to simulate counts from)."""
+    count model and compare them with the data gene by gene (:func:`compare`); ``genes_checked`` (bool,
+    n_genes) limits the comparison to those genes (e.g. leaves out genes a query lacks). None for a
+    likelihood without counts (nothing to simulate counts from)."""
     likelihood = model.config.likelihood
     if likelihood not in ("nb", "zinb", "poisson"):
         return None
@@ -156,6 +158,7 @@ def posterior_predictive(model: BetaVAE, prepared: Prepared | np.ndarray, genes:
         rng.choice(prepared.n_obs, max_cells, replace=False))
     part = subset_rows(prepared, rows)
     counts = part.X.toarray() if hasattr(part.X, "toarray") else np.asarray(part.X)
+    kept = np.ones(counts.shape[1], bool) if genes_checked is None else np.asarray(genes_checked, bool)
     library = counts.sum(1)
     mean, std = model.encode(part, return_std=True)
     module = model.module.eval()
@@ -165,6 +168,6 @@ def posterior_predictive(model: BetaVAE, prepared: Prepared | np.ndarray, genes:
     simulated = []
     for _ in range(n_replicates):
         z = torch.as_tensor(mean + std * rng.standard_normal(mean.shape), dtype=torch.float32, device=model.device)
-        simulated.append(statistics(_draw_counts(module.generative(z, covariates, size), rng)))
-    table = compare(statistics(counts), simulated, len(rows), genes)
+        simulated.append(statistics(_draw_counts(module.generative(z, covariates, size), rng)[:, kept]))
+    table = compare(statistics(counts[:, kept]), simulated, len(rows), list(np.asarray(genes)[kept]))
     return PredictiveCheck(table=table, summary=summary_table(table), verdict=verdict(table, likelihood))

@@ -23,7 +23,7 @@ import pandas as pd
 from sciencevae import BetaVAE, Prepared
 from sciencevae.data import subset_rows
 
-__all__ = ["Target", "target", "perturb", "PER_COUNTS"]
+__all__ = ["Target", "target", "perturb", "perturb_run", "prepared_cells", "chosen_cells", "PER_COUNTS"]
 
 #: Library size the expected expression is given at (counts per 10,000).
 PER_COUNTS = 10_000.0
@@ -87,6 +87,9 @@ def perturb(model: BetaVAE, prepared: Prepared, rotation: np.ndarray, where: Tar
     """
     if (value is None) == (shift is None):
         raise ValueError("give exactly one of value (set the activity) and shift (add to it)")
+    if not np.isfinite(value if value is not None else shift):
+        raise ValueError(f"the {'value' if value is not None else 'shift'} must be a finite number, got "
+                         f"{value if value is not None else shift}")
     n_latent = model.config.n_latent
     rotation = np.asarray(rotation, dtype=np.float64)
     if rotation.shape != (n_latent, n_latent):
@@ -152,7 +155,7 @@ def perturb_run(run_dir, programme: int, value: float | None = None, shift: floa
     from sciencevae.adapters.cells import UNS_KEY, CellsAdapter
     from sciencevae.io import load
 
-    from .gene_programmes import gene_names
+    from .gene_programmes import names_or_ids
 
     run = Path(run_dir)
     needed = [run / "model", run / "adapter.json", run / "cells.h5ad"]
@@ -163,9 +166,17 @@ def perturb_run(run_dir, programme: int, value: float | None = None, shift: floa
     uns = adata.uns[UNS_KEY]
     params = uns.get("params", {})
     n_programmes = int(np.asarray(adata.obsm["X_sciencevae"]).shape[1])
-    names = gene_names(adata, adapter.genes, adapter.layer, params.get("gene_symbols") or None)
-    return perturb_parts(load(run / "model"), adapter.prepare(adata), uns, n_programmes, names, programme, value,
-                         shift, chosen_cells(adata.obs, cells))
+    names = names_or_ids(adata, adapter, params.get("gene_symbols"))
+    return perturb_parts(load(run / "model"), prepared_cells(adapter, adata), uns, n_programmes, names, programme,
+                         value, shift, chosen_cells(adata.obs, cells))
+
+
+def prepared_cells(adapter, adata) -> Prepared:
+    """The cells of a run as the model reads them; a mapped query's batches the model never saw get no batch and
+    the genes it lacks are zeros, as when it was mapped (:mod:`.reference_mapping`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fitted genes are missing.*")
+        return adapter.prepare(adata, missing_genes="zero", unseen_categories="zero")
 
 
 def perturb_parts(model: BetaVAE, prepared: Prepared, uns: dict, n_programmes: int, names: list[str],

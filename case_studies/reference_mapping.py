@@ -1,7 +1,7 @@
 """Score new cells with a saved ``sciencevae cells`` run, without retraining (reference mapping).
 
 The query's counts are matched to the reference model's genes by name (genes the query lacks are filled
-with zeros and reported; none shared is refused), encoded by the reference model, and rotated into the
+with zeros, reported and left out of the model checks; fewer than half shared is refused), encoded by the reference model, and rotated into the
 reference's programmes. The programmes, loadings and enrichment are the reference's; everything computed
 from the cells (association, differential activity, model checks, label matching, figures) is the query's.
 Query batches the reference did not see are encoded without a batch (no correction for them), with a
@@ -30,6 +30,8 @@ from .model_checks import posterior_predictive
 
 __all__ = ["map_to_reference", "check_reference", "REFERENCE_FILES"]
 
+#: The share of the reference model's genes a query must have (the others are filled with zeros).
+MIN_SHARED = 0.5
 #: What a reference run folder must hold.
 REFERENCE_FILES = ("model", "adapter.json", "cells.h5ad", "programmes.csv")
 
@@ -57,13 +59,15 @@ def _reference_loadings(run: Path, adapter: CellsAdapter) -> tuple[np.ndarray, d
 
 
 def _query_genes(query: ad.AnnData, adapter: CellsAdapter) -> list[str]:
-    """The model's genes the query lacks; ``ValueError`` when it has none of them."""
+    """The model's genes the query lacks; ``ValueError`` when it has fewer than :data:`MIN_SHARED` of them."""
     present = set(map(str, modelled_var(query, adapter.layer).index))
     missing = [g for g in adapter.genes if g not in present]
-    if len(missing) == len(adapter.genes):
-        raise ValueError(f"the query has none of the reference model's {len(adapter.genes)} genes (e.g. "
-                         f"{', '.join(adapter.genes[:3])}); name its genes as the reference does (ids or symbols), "
-                         "or give the layer that holds them (--layer)")
+    shared = len(adapter.genes) - len(missing)
+    if shared < MIN_SHARED * len(adapter.genes):
+        some = "none" if not shared else f"only {shared:,} ({shared / len(adapter.genes):.0%})"
+        raise ValueError(f"the query has {some} of the reference model's {len(adapter.genes):,} genes (e.g. "
+                         f"{', '.join(adapter.genes[:3])}); at least {MIN_SHARED:.0%} are needed: name its genes as "
+                         "the reference does (ids or symbols), or give the layer that holds them (--layer)")
     return missing
 
 
@@ -92,7 +96,7 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     trained on. Raises ``ValueError`` (one line) for a folder that is not a cells run, a query sharing no
     gene with it, or a comparison the query's obs cannot make.
     """
-    from .gene_programmes import (ProgrammeResult, _categorical_keys, association, gene_names)
+    from .gene_programmes import ProgrammeResult, _categorical_keys, association, names_or_ids
 
     run = check_reference(reference)
     adapter = CellsAdapter.load(run / "adapter.json")
@@ -110,6 +114,9 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*fitted genes are missing.*")
         prepared = adapter.prepare(query, missing_genes="zero", unseen_categories="zero")
+    if missing:
+        warnings.warn(f"{len(missing):,} of the reference model's {len(adapter.genes):,} genes are missing from the "
+                      "query and were filled with zeros (left out of the model checks)", UserWarning, stacklevel=2)
     model = load(run / "model")
     loadings, ref_uns = _reference_loadings(run, adapter)
     activities = _activities(model.encode(prepared), ref_uns)
@@ -117,14 +124,12 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     settings = {**params, "reference": str(run.resolve()), "genes_missing_in_query": len(missing),
                 "batches_not_in_reference": "; ".join(f"{k}: {', '.join(v)}" for k, v in unseen.items()),
                 "compare": "" if compare is None else ":".join(filter(None, compare)), "sample_key": sample_key or ""}
-    try:  # the reference's gene symbols where the query has that column, else the genes' own names
-        names = gene_names(query, adapter.genes, adapter.layer, params.get("gene_symbols") or None)
-    except ValueError:
-        names = list(adapter.genes)
+    names = names_or_ids(query, adapter, params.get("gene_symbols"))
     uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "descriptions") if key in ref_uns}
     uns.update(params={k: ("" if v is None else v) for k, v in settings.items()},
                kl_per_latent=np.asarray(ref_uns.get("kl_per_latent", [])))
-    checks = posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0))
+    checks = posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0),
+                                  genes_checked=~np.isin(adapter.genes, missing))  # zero-filled genes are not data
     if checks is not None and unseen and "no sign" not in checks.verdict:
         checks = dataclasses.replace(checks, verdict=checks.verdict + " — but the query has batches the reference "
                                      "never saw, whose effects the model cannot simulate: look there first")

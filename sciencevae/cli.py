@@ -332,17 +332,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         print(f"hint: {hint}")
     if res.enrichment is not None and len(res.enrichment):
         print(_enrichment_headline(res.enrichment))
-    if res.differential is not None:
-        print(_differential_headline(res.differential))
-    if res.checks is not None:
-        print(f"model check: {res.checks.verdict} (model_checks.csv, figures/posterior_predictive.png)")
-    print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv"
-          f"{', enrichment.csv' if res.enrichment is not None else ''}"
-          f"{', differential.csv' if res.differential is not None else ''}"
-          f"{', model_checks.csv' if res.checks is not None else ''}"
-          f"{', label_matching.csv' if res.label_scores is not None and len(res.label_scores) else ''}"
-          f"{', selection.csv' if res.selection is not None else ''}, report.html, run.json, adapter.json, "
-          "figures/, model/")
+    _print_analyses(res)
+    print(_written(args.out, res))
     return 0
 
 
@@ -366,12 +357,18 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
     from .case_studies.reference_mapping import check_reference, map_to_reference
 
     _check_out(args.out, [args.input, check_reference(args.reference)], args.overwrite)
+    defaults = build_parser().parse_args(["cells", "x", "--out", "y"])
     chosen = [flag for flag, given in (("--fits", args.fits != 1), ("--batch-key", args.batch_key),
-                                       ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)))
+                                       ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)),
+                                       ("--epochs", args.epochs is not None),
+                                       ("--n-latent", args.n_latent != defaults.n_latent),
+                                       ("--beta", args.beta != defaults.beta),
+                                       ("--likelihood", args.likelihood != defaults.likelihood),
+                                       ("--decoder", args.decoder != defaults.decoder))
               if given]
     if chosen:
-        raise ValueError(f"{', '.join(chosen)} cannot be used with --reference: the model, its batches and the "
-                         "programmes' enrichment come from the reference run")
+        raise ValueError(f"{', '.join(chosen)} cannot be used with --reference: the model, its training, batches and "
+                         "the programmes' enrichment come from the reference run")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = map_to_reference(adata, args.reference, layer=args.layer, compare=args.compare,
@@ -388,13 +385,27 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
                                                                             else ""))
     for warning in caught:
         print(f"note: {warning.message}")
+    _print_analyses(res)
+    print(_written(args.out, res))
+    return 0
+
+
+def _print_analyses(res) -> None:
+    """The differential test's headline and the model check's verdict of a cells run."""
     if res.differential is not None:
         print(_differential_headline(res.differential))
     if res.checks is not None:
         print(f"model check: {res.checks.verdict} (model_checks.csv, figures/posterior_predictive.png)")
-    print(f"wrote {args.out}: cells.h5ad, programmes.csv, association.csv, model_checks.csv, report.html, run.json, "
-          "adapter.json, figures/, model/")
-    return 0
+
+
+def _written(out: Path, res) -> str:
+    """The line naming what a cells run wrote."""
+    optional = (("enrichment.csv", res.enrichment is not None), ("differential.csv", res.differential is not None),
+                ("model_checks.csv", res.checks is not None), ("selection.csv", res.selection is not None),
+                ("label_matching.csv", res.label_scores is not None and len(res.label_scores)))
+    files = ["cells.h5ad", "programmes.csv", "association.csv", *(name for name, written in optional if written),
+             "report.html", "run.json", "adapter.json", "figures/", "model/"]
+    return f"wrote {out}: {', '.join(files)}"
 
 
 def _setting(value: str, kind: type, flag: str = "") -> int | float | str | list:

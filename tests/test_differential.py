@@ -84,8 +84,10 @@ def test_each_group_against_the_rest_and_unlabelled_cells_left_out():
     (dict(groupby="condition", group1="treated"), "has no group 'treated'"),
     (dict(groupby="condition", group1="stim", group2="stim"), "both 'stim'"),
     (dict(groupby="condition", sample_key="patient"), "no obs column 'patient'"),
+    (dict(groupby="count"), "too many to test each against the rest"),
 ])
 def test_bad_requests_are_refused_in_one_line(kwargs, message):
-    acts, obs = _donors(n_donors=2, cells=10)
+    acts, obs = _donors(n_donors=6, cells=10)
+    obs["count"] = np.arange(len(obs))
     with pytest.raises(ValueError, match=message):
         differential(acts, obs, **kwargs)

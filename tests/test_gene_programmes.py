@@ -329,6 +329,8 @@ def test_perturb_from_the_command_line_on_a_saved_run(fitted, tmp_path, capsys):
     assert (tmp_path / "programme_1_shift+2.csv").exists()  # a folder given as --out holds the default name
     with pytest.warns(UserWarning, match="the decoder extrapolates"):
         res.perturb(1, shift=1e3)
+    with pytest.raises(ValueError, match="must be a finite number"):
+        res.perturb(1, shift=float("nan"))
 
 
 def test_a_misfit_after_a_short_training_points_at_the_training_first():
@@ -376,7 +378,10 @@ def test_new_cells_with_missing_genes_and_a_new_batch_are_mapped_from_the_comman
     strongest = association[association["obs_key"] == "cell_type"]["effect_size"].abs().max()
     assert strongest > 2, "the reference's programmes still tell the query's cell types apart"
     assert (pd.read_csv(out / "differential.csv")["test"] == "paired").all()
+    assert main(["perturb", str(out), "--programme", "0", "--shift", "1", "--cells", "batch:new"]) == 0  # a mapped run
+    assert "programme 0 shifted by +1 in batch:new" in capsys.readouterr().out
     for extra, message in ((["--fits", "2"], "--fits cannot be used with --reference"),
+                           (["--epochs", "3", "--n-latent", "4"], "--epochs, --n-latent cannot be used with"),
                            ([], "is not a sciencevae cells run folder")):
         reference = str(tmp_path) if not extra else str(run)
         assert main(["cells", str(path), "--reference", reference, "--out", str(tmp_path / "x"), "--quiet",
@@ -388,3 +393,17 @@ def test_new_cells_with_missing_genes_and_a_new_batch_are_mapped_from_the_comman
     assert main(["cells", str(tmp_path / "renamed.h5ad"), "--reference", str(run), "--out", str(tmp_path / "y"),
                  "--quiet"]) == 2
     assert "has none of the reference model's 500 genes" in capsys.readouterr().err
+    query[:, 260:].copy().write_h5ad(tmp_path / "few.h5ad")  # 200 of the 500 genes (the query lacks 40 already)
+    assert main(["cells", str(tmp_path / "few.h5ad"), "--reference", str(run), "--out", str(tmp_path / "z"),
+                 "--quiet"]) == 2
+    assert "has only 200 (40%) of the reference model's 500 genes" in capsys.readouterr().err
+
+
+def test_a_consensus_programme_is_perturbed_through_the_first_fit_s_member():
+    from sciencevae.case_studies.perturbation import Target, target
+
+    uns = {"consensus": {"members": np.array([[-1, 2], [0, 1]]), "signs": np.array([[0.0, -1.0], [1.0, 1.0]])}}
+    assert target(uns, 1, 2) == Target(programme=1, component=2, sign=-1.0)
+    with pytest.raises(ValueError, match="programme 0 was not found by the run's first fit"):
+        target(uns, 0, 2)
+    assert target({}, 1, 2) == Target(1, 1, 1.0)
