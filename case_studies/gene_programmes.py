@@ -286,7 +286,9 @@ class ProgrammeResult:
             tables[f"Choosing {self.settings['chosen_by_sweep']}: stability against reconstruction"] = self.selection
         tables["Per-latent KL (before rotation, first fit)"] = kl
         if self.enrichment is not None:
-            tables["Enrichment (20 strongest)"] = self.enrichment.drop(columns="genes").head(20)
+            best_q = self.enrichment[["q", "rank_q"]].min(axis=1)  # either test: the top genes or their ranks
+            strongest_sets = self.enrichment.iloc[np.argsort(best_q.to_numpy(), kind="stable")[:20]]
+            tables["Enrichment (20 strongest by either test's q)"] = strongest_sets.drop(columns="genes")
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
         tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
         if self.differential is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from sciencevae.adapters.cells import OBSM_KEY
 from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
@@ -160,6 +160,8 @@ def predictive_plot(table: pd.DataFrame, verdict: str) -> Figure:
         if log:
             ax.set_xscale("log")
             ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # a narrow log range would label its minor ticks on top of each other
+                axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"simulated {label}")
         ax.set_ylabel(f"observed {label}")
     axes[-1].legend(loc="upper left", fontsize=7, markerscale=3)

@@ -338,16 +338,16 @@ def _cmd_cells(args: argparse.Namespace) -> int:
 
 
 def _differential_headline(table) -> str:
-    """One line on the differential activity test: how many programme-group pairs differ at q < 0.05, the
-    strongest."""
+    """One line on the differential activity test: how many programme-group pairs differ at q < 0.05, and of
+    those the one with the largest Cohen's d."""
     if not len(table):
         return "differential activity: no group had enough cells or samples to test (differential.csv is empty)"
     hits = table[table["q"] < 0.05]
     unit = "samples" if table["unit"].iloc[0] == "samples" else "cells"
     if not len(hits):
         return f"differential activity ({unit} as the unit): no programme differs at q < 0.05 (differential.csv)"
-    top = hits.iloc[0]
-    return (f"differential activity ({unit} as the unit): {len(hits)} of {len(table)} tests at q < 0.05; strongest: "
+    top = hits.loc[hits["effect_size"].abs().fillna(0).idxmax()]
+    return (f"differential activity ({unit} as the unit): {len(hits)} of {len(table)} tests at q < 0.05; largest effect: "
             f"programme {top['programme']} in {top['group1']} vs {top['group2']}, difference {top['difference']:+.2f} "
             f"(Cohen's d {top['effect_size']:+.2f}, q = {top['q']:.2g}) (differential.csv)")
 
