@@ -9,11 +9,13 @@ from pathlib import Path
 def growth_mb(script: Path, data: Path) -> float:
     """Run ``python script data``; the script prints its peak memory before and after the work (MiB).
 
-    The child runs with one malloc arena and one BLAS thread: with glibc's per-thread arenas and two BLAS
-    threads the same run's peak varied by ~50 MB from run to run (measured on the case study: +382 to +431 MB
-    on one field), as much as the test's margin; with them, by ~30 MB.
+    The child runs with one malloc arena, a fixed mmap threshold (1 MiB) and one BLAS thread. Otherwise
+    glibc raises its mmap threshold as large arrays are freed, so later arrays of up to 32 MiB come from a
+    heap that is not given back, and the same run's peak varied by up to ~90 MB from run to run (the case
+    study on one field: +251 to +431 MB), more than the test's margin; with these settings three runs agree
+    to 1 MB (+206 MB on the short field, +198 MB on the long one).
     """
-    env = {**os.environ, "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "1048576", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, str(script), str(data)], capture_output=True, text=True, timeout=300,
                             env=env)
     assert result.returncode == 0, result.stderr[-2000:]
