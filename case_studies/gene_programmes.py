@@ -171,12 +171,18 @@ def top_genes(weights: np.ndarray, genes, n_top: int = 20) -> pd.DataFrame:
 def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_top: int = 50,
                min_size: int = 5) -> pd.DataFrame:
     """Per programme, direction and gene set: overlap of the top genes (hypergeometric p, BH q)
-    and a one-sided Mann–Whitney test that the set's loadings are shifted (rank_p, rank_q)."""
+    and a one-sided Mann–Whitney test that the set's loadings are shifted (rank_p, rank_q). Sets with fewer
+    than ``min_size`` modelled genes are left out, with a warning naming them."""
     genes = np.asarray([str(g) for g in genes])
     n_top = min(n_top, len(genes))  # a panel smaller than n_top: every gene is "top"
     universe = set(genes)
     members = {name: np.isin(genes, list(set(s) & universe)) for name, s in gene_sets.items()}
+    small = {name: int(m.sum()) for name, m in members.items() if m.sum() < min_size}
     members = {name: m for name, m in members.items() if m.sum() >= min_size}
+    if members and small:
+        shown = ", ".join(f"{name} ({n})" for name, n in list(small.items())[:5]) + (" ..." if len(small) > 5 else "")
+        warnings.warn(f"{len(small)} of {len(gene_sets)} gene sets have fewer than {min_size} of their genes among the "
+                      f"modelled genes and are left out of the enrichment: {shown}", UserWarning, stacklevel=2)
     if not members:
         warnings.warn(f"no gene set has {min_size} or more of its genes among the {len(genes)} modelled genes, so "
                       "enrichment is empty; if the sets use gene symbols and var_names do not, pass --gene-symbols "
