@@ -23,6 +23,8 @@ import pandas as pd
 from sciencevae import BetaVAE, Prepared
 from sciencevae.data import subset_rows
 
+from .differential import check_comparison
+
 __all__ = ["Target", "target", "perturb", "perturb_run", "prepared_cells", "chosen_cells", "PER_COUNTS"]
 
 #: Library size the expected expression is given at (counts per 10,000).
@@ -135,32 +137,23 @@ def chosen_cells(obs: pd.DataFrame, spec: str | np.ndarray | None) -> np.ndarray
     key, _, group = spec.partition(":")
     if not group:
         raise ValueError(f"cells are chosen as KEY:GROUP (an obs column and one of its groups), got {spec!r}")
-    if key not in obs.columns:
-        raise ValueError(f"no obs column {key!r}; the columns are {', '.join(map(str, obs.columns))}")
-    labels = obs[key].astype(str).to_numpy()
-    if group not in set(labels):
-        raise ValueError(f"obs[{key!r}] has no group {group!r}; its groups are "
-                         f"{', '.join(map(str, pd.unique(labels)[:20]))}")
-    return labels == group
+    check_comparison(obs, key, group)  # the same column and group checks as a comparison's
+    return obs[key].astype(str).to_numpy() == group
 
 
 def perturb_run(run_dir, programme: int, value: float | None = None, shift: float | None = None,
                 cells: str | np.ndarray | None = None) -> pd.DataFrame:
     """:func:`perturb` on a saved ``sciencevae cells`` run folder (its model/, adapter.json and cells.h5ad),
     without retraining; ``cells`` as in :func:`chosen_cells`."""
-    from pathlib import Path
-
     import anndata as ad
 
     from sciencevae.adapters.cells import UNS_KEY, CellsAdapter
     from sciencevae.io import load
 
     from .gene_programmes import names_or_ids
+    from .reference_mapping import check_cells_run
 
-    run = Path(run_dir)
-    needed = [run / "model", run / "adapter.json", run / "cells.h5ad"]
-    if not all(p.exists() for p in needed):
-        raise ValueError(f"{run} is not a sciencevae cells run folder (it needs model/, adapter.json and cells.h5ad)")
+    run = check_cells_run(run_dir)
     adata = ad.read_h5ad(run / "cells.h5ad")
     adapter = CellsAdapter.load(run / "adapter.json")
     uns = adata.uns[UNS_KEY]

@@ -28,7 +28,7 @@ from sciencevae.label_matching import label_matching
 from .differential import comparison, differential
 from .model_checks import posterior_predictive
 
-__all__ = ["map_to_reference", "check_reference", "REFERENCE_FILES"]
+__all__ = ["map_to_reference", "check_cells_run", "REFERENCE_FILES"]
 
 #: The share of the reference model's genes a query must have (the others are filled with zeros).
 MIN_SHARED = 0.5
@@ -36,12 +36,13 @@ MIN_SHARED = 0.5
 REFERENCE_FILES = ("model", "adapter.json", "cells.h5ad", "programmes.csv")
 
 
-def check_reference(run: str | Path) -> Path:
-    """The run folder as a Path; ``ValueError`` (one line) unless it holds :data:`REFERENCE_FILES`."""
+def check_cells_run(run: str | Path) -> Path:
+    """The run folder as a Path; ``ValueError`` (one line) unless it holds :data:`REFERENCE_FILES` (a finished
+    ``sciencevae cells`` run: what mapping onto it and perturbing it read)."""
     run = Path(run)
     missing = [name for name in REFERENCE_FILES if not (run / name).exists()]
     if missing:
-        raise ValueError(f"{run} is not a sciencevae cells run folder to map onto (it lacks {', '.join(missing)}); "
+        raise ValueError(f"{run} is not a sciencevae cells run folder (it lacks {', '.join(missing)}); "
                          "give the --out folder of a `sciencevae cells` run")
     return run
 
@@ -98,7 +99,7 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     """
     from .gene_programmes import ProgrammeResult, _categorical_keys, association, names_or_ids
 
-    run = check_reference(reference)
+    run = check_cells_run(reference)
     adapter = CellsAdapter.load(run / "adapter.json")
     if layer is not None and layer != adapter.layer:
         adapter = dataclasses.replace(adapter, layer=None if layer == "X" else layer)

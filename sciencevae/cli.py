@@ -354,9 +354,9 @@ def _differential_headline(table) -> str:
 
 def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -> int:
     """`cells QUERY --reference RUN_DIR`: score the query with the reference run's model, no training."""
-    from .case_studies.reference_mapping import check_reference, map_to_reference
+    from .case_studies.reference_mapping import check_cells_run, map_to_reference
 
-    _check_out(args.out, [args.input, check_reference(args.reference)], args.overwrite)
+    _check_out(args.out, [args.input, check_cells_run(args.reference)], args.overwrite)
     defaults = build_parser().parse_args(["cells", "x", "--out", "y"])
     chosen = [flag for flag, given in (("--fits", args.fits != 1), ("--batch-key", args.batch_key),
                                        ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)),
