@@ -63,7 +63,7 @@ def compare(observed: dict[str, np.ndarray], simulated: list[dict[str, np.ndarra
     table = pd.DataFrame({"gene": list(genes)})
     for stat in STATISTICS:
         table[f"observed_{stat}"] = observed[stat]
-        table[f"simulated_{stat}"] = np.nanmean([s[stat] for s in simulated], axis=0) if simulated else np.nan
+        table[f"simulated_{stat}"] = _finite_mean(np.array([s[stat] for s in simulated])) if simulated else np.nan
     p = table["simulated_zero_fraction"].to_numpy()
     gap = table["observed_zero_fraction"].to_numpy() - p
     error = np.sqrt(2 * np.clip(p * (1 - p), 1e-12, None) / max(n_cells, 1))  # both sides are samples of n cells
@@ -73,6 +73,15 @@ def compare(observed: dict[str, np.ndarray], simulated: list[dict[str, np.ndarra
     return table
 
 
+def _finite_mean(stack: np.ndarray) -> np.ndarray:
+    """Mean over the first axis of the finite values (NaN where there is none: e.g. the CV of a gene that the
+    model never expresses), without numpy's empty-slice warning."""
+    finite = np.isfinite(stack)
+    count = finite.sum(0)
+    total = np.where(finite, stack, 0.0).sum(0)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
 def _variance_flags(observed: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     """"under" / "over" / "ok" per gene: the observed variance more than ``VARIANCE_RATIO`` times off the
     replicates' mean *and* outside their sampling noise (3 standard deviations of log variance over the
@@ -80,10 +89,13 @@ def _variance_flags(observed: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     hundred cells rests on a handful of counts and is often 1.5x off by chance alone."""
     if not len(replicates):
         return np.full(len(observed), "ok")
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # a gene that never varies has log variance -inf
         logs = np.log(replicates)
-        spread = np.nanstd(np.where(np.isfinite(logs), logs, np.nan), axis=0, ddof=1) if len(replicates) > 1 else 0.0
         gap = np.log(observed) - np.log(replicates.mean(0))
+    finite = np.isfinite(logs)
+    n = finite.sum(0)
+    centred = np.where(finite, logs - np.where(finite, logs, 0.0).sum(0) / np.maximum(n, 1), 0.0)
+    spread = np.sqrt((centred**2).sum(0) / np.maximum(n - 1, 1))  # over the replicates where it is finite
     bound = np.maximum(np.log(VARIANCE_RATIO), 3 * np.nan_to_num(spread) * np.sqrt(2))
     gap = np.where(np.isfinite(gap), gap, 0.0)
     return np.where(gap > bound, "under", np.where(gap < -bound, "over", "ok"))

@@ -384,7 +384,8 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
           f"the model's {len(res.adapter.genes):,} genes in the query" + (f", {missing:,} missing (zeros)" if missing
                                                                             else ""))
     for warning in caught:
-        print(f"note: {warning.message}")
+        if issubclass(warning.category, UserWarning):  # what mapping says to the user, not library noise
+            print(f"note: {warning.message}")
     _print_analyses(res)
     print(_written(args.out, res))
     return 0

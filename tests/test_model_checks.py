@@ -76,3 +76,18 @@ def test_statistics_match_numpy(stat):
     x = np.random.default_rng(4).poisson(2.0, (500, 7)).astype(float)
     expected = {"mean": x.mean(0), "variance": x.var(0), "cv": x.std(0) / x.mean(0), "zero_fraction": (x == 0).mean(0)}
     np.testing.assert_allclose(statistics(x)[stat], expected[stat])
+
+
+def test_genes_that_never_vary_give_no_numpy_warnings():
+    rng = np.random.default_rng(5)
+    observed = rng.poisson(2.0, (300, 4)).astype(float)
+    observed[:, 0] = 0.0  # never expressed: CV undefined, log variance -inf
+    simulated = [rng.poisson(2.0, (300, 4)).astype(float) for _ in range(3)]
+    for s in simulated:
+        s[:, 0] = 0.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = compare(statistics(observed), [statistics(s) for s in simulated], 300, GENES[:4])
+    assert np.isnan(table.loc[0, "simulated_cv"]) and table.loc[0, "variance"] == "ok"
