@@ -35,14 +35,18 @@ from sciencevae.adapters.cells import OBSM_KEY, CellsAdapter, missing_labels, mo
 from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
+from sciencevae.objectives import Objective
 
 from .differential import cohens_d, comparison, differential
+from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, GeneSetPrior, gene_set_prior, guided_notes,
+                     guided_rotation, guided_table, guided_warmup, set_members)
 from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
            "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS", "Fit", "fit_one",
-           "stability_table", "stability_notes", "STABLE", "default_epochs", "train_fits", "describe", "differential"]
+           "stability_table", "stability_notes", "STABLE", "default_epochs", "train_fits", "describe", "differential",
+           "check_guided"]
 
 
 #: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
@@ -58,6 +62,11 @@ DESCRIPTIONS = {
                          "that found the programme and its stability (mean correlation of its members over pairs of "
                          "fits); the varimax rotation of each fit"},
 }
+
+#: uns description of a guided run.
+GUIDED_UNS = ("gene-set-guided programmes: the set guiding each of the first programmes (in order), the number of "
+              "de-novo programmes after them, and each programme's status (active / inactive / corrected); the "
+              "per-programme table with added and dropped genes is guided.csv")
 
 #: obsm description when the programmes are a consensus of several fits.
 CONSENSUS_ACTIVITY = ("programme activity per cell: mean over the fits that found the programme of their rotated "
@@ -157,11 +166,13 @@ def varimax(weights: np.ndarray, max_iter: int = 200, tol: float = 1e-9) -> np.n
 
 
 def top_genes(weights: np.ndarray, genes, n_top: int = 20) -> pd.DataFrame:
-    """Top genes per programme and direction: programme, rank, gene, weight, direction."""
+    """Top genes per programme and direction: programme, rank, gene, weight, direction; a gene with a zero
+    weight (a sparse, gene-set-guided programme) is in neither direction."""
     rows = []
     for j in range(weights.shape[1]):
         order = np.argsort(weights[:, j])
         for direction, picked in (("+", order[::-1][:n_top]), ("-", order[:n_top])):
+            picked = picked[weights[picked, j] != 0]
             for rank, g in enumerate(picked, start=1):
                 rows.append({"programme": j, "rank": rank, "gene": str(genes[g]), "weight": float(weights[g, j]),
                              "direction": direction})
@@ -175,14 +186,7 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
     than ``min_size`` modelled genes are left out, with a warning naming them."""
     genes = np.asarray([str(g) for g in genes])
     n_top = min(n_top, len(genes))  # a panel smaller than n_top: every gene is "top"
-    universe = set(genes)
-    members = {name: np.isin(genes, list(set(s) & universe)) for name, s in gene_sets.items()}
-    small = {name: int(m.sum()) for name, m in members.items() if m.sum() < min_size}
-    members = {name: m for name, m in members.items() if m.sum() >= min_size}
-    if members and small:
-        shown = ", ".join(f"{name} ({n})" for name, n in list(small.items())[:5]) + (" ..." if len(small) > 5 else "")
-        warnings.warn(f"{len(small)} of {len(gene_sets)} gene sets have fewer than {min_size} of their genes among the "
-                      f"modelled genes and are left out of the enrichment: {shown}", UserWarning, stacklevel=2)
+    members, _ = set_members(genes, gene_sets, min_size)
     if not members:
         warnings.warn(f"no gene set has {min_size} or more of its genes among the {len(genes)} modelled genes, so "
                       "enrichment is empty; if the sets use gene symbols and var_names do not, pass --gene-symbols "
@@ -255,6 +259,7 @@ class ProgrammeResult:
     differential: pd.DataFrame | None = None
     checks: PredictiveCheck | None = None
     label_scores: pd.DataFrame | None = None
+    guided: pd.DataFrame | None = None
 
     def save(self, path: str | Path, extra_tables: dict[str, pd.DataFrame] | None = None) -> Path:
         """Write cells.h5ad, programmes.csv, enrichment.csv, association.csv, figures/, model/, adapter.json
@@ -280,12 +285,18 @@ class ProgrammeResult:
             atomic_write_text(self.checks.table.to_csv(index=False), out / "model_checks.csv")
         if self.label_scores is not None and len(self.label_scores):
             atomic_write_text(self.label_scores.to_csv(index=False), out / "label_matching.csv")
+        if self.guided is not None:
+            atomic_write_text(self.guided.to_csv(index=False), out / "guided.csv")
         save_figures(self, out / "figures")
         top = self.programmes[self.programmes["rank"] <= 8]
+        if self.guided is not None:  # an inactive programme's loadings are noise: no top genes to show
+            top = top[top["programme"].isin(self.guided.loc[self.guided["active"], "programme"])]
         genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
         kl = pd.DataFrame({"latent": range(len(self.adata.uns["sciencevae"]["kl_per_latent"])),
                            "kl_nats": self.adata.uns["sciencevae"]["kl_per_latent"]})
         tables = {"Programmes: top genes": genes}
+        if self.guided is not None:
+            tables["Gene-set-guided programmes (genes added to / dropped from each set)"] = self.guided
         if self.stability is not None:
             tables[f"Programme stability across {self.settings['n_fits']} seeds"] = self.stability
         if self.selection is not None:
@@ -305,7 +316,8 @@ class ProgrammeResult:
             tables["Programmes matched to obs labels (one programme per category; 1 = perfect)"] = self.label_scores
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
                      notes=batch_hints(self.association, self.settings.get("batch_key")) +
-                     stability_notes(self.stability) + ([] if self.checks is None else [self.checks.verdict]))
+                     stability_notes(self.stability) + guided_notes(self.guided) +
+                     ([] if self.checks is None else [self.checks.verdict]))
         return out
 
     def perturb(self, programme: int, value: float | None = None, shift: float | None = None,
@@ -321,10 +333,14 @@ class ProgrammeResult:
                              chosen_cells(self.adata.obs, cells))
 
     def programme_table(self) -> pd.DataFrame:
-        """``programmes`` with, for a consensus of several fits, each programme's found / stability / stable."""
+        """``programmes`` with, for a consensus of several fits, each programme's found / stability / stable,
+        and for guided programmes each one's name and status."""
+        table = self.programmes
+        if self.guided is not None:
+            table = table.merge(self.guided[["programme", "name", "status"]], on="programme")
         if self.stability is None:
-            return self.programmes
-        return self.programmes.merge(self.stability[["programme", "found", "stability", "stable"]], on="programme")
+            return table
+        return table.merge(self.stability[["programme", "found", "stability", "stable"]], on="programme")
 
 
 def gene_names(adata: ad.AnnData, genes: list[str], layer: str | None, gene_symbols: str | None) -> list[str]:
@@ -368,11 +384,13 @@ class Inputs:
     gene_sets: dict[str, list[str]] | None
     compare: tuple[str, str | None, str | None] | None = None
     sample_key: str | None = None
+    prior: GeneSetPrior | None = None
 
 
 def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = "nb", batch_key: str | None = None,
                  n_top_genes: int | None = 2000, gene_sets=None, gene_symbols: str | None = None,
-                 compare: str | tuple | None = None, sample_key: str | None = None) -> Inputs:
+                 compare: str | tuple | None = None, sample_key: str | None = None, guided: bool = False,
+                 n_denovo: int = N_DENOVO) -> Inputs:
     """Validate and prepare everything :func:`run` trains on; raises ``ValueError`` (one line) on bad input.
 
     >>> import anndata as ad, numpy as np
@@ -383,10 +401,12 @@ def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = 
     adapter = CellsAdapter.from_adata(adata, layer=layer, likelihood=likelihood, n_top_genes=n_top_genes,
                                       batch_key=batch_key)
     sets = read_gmt(gene_sets) if isinstance(gene_sets, (str, Path)) else gene_sets
+    if guided and not sets:
+        raise ValueError("guided programmes need gene sets: pass --gene-sets FILE.gmt (gene_sets=)")
     compare = comparison(adata.obs, compare, sample_key)
-    return Inputs(adapter=adapter, prepared=adapter.prepare(adata),
-                  names=gene_names(adata, adapter.genes, layer, gene_symbols), gene_sets=sets, compare=compare,
-                  sample_key=sample_key)
+    names = gene_names(adata, adapter.genes, layer, gene_symbols)
+    return Inputs(adapter=adapter, prepared=adapter.prepare(adata), names=names, gene_sets=sets, compare=compare,
+                  sample_key=sample_key, prior=gene_set_prior(names, sets, n_denovo) if guided else None)
 
 
 def default_epochs(n_cells: int) -> int:
@@ -415,12 +435,18 @@ class Fit:
 
 
 def fit_one(prepared: Prepared, n_latent: int, seed: int, rotation: str | None, model_options: dict,
-            fit_options: dict) -> Fit:
-    """Train one β-VAE (``BetaVAE(**model_options)``, ``fit(**fit_options)``) and rotate its programmes."""
+            fit_options: dict, prior: GeneSetPrior | None = None) -> Fit:
+    """Train one β-VAE (``BetaVAE(**model_options)``, ``fit(**fit_options)``) and rotate its programmes; with a
+    gene-set ``prior`` the guided programmes are only oriented (:func:`.guided.guided_rotation`) and the
+    de-novo ones rotated."""
     model = BetaVAE(n_latent=n_latent, seed=seed, **model_options)
     model.fit(prepared, seed=seed, **fit_options)
     raw_weights = gene_weights(model, prepared)
-    turn = varimax(raw_weights) if rotation == "varimax" else np.eye(n_latent)
+    if prior is None:
+        turn = varimax(raw_weights) if rotation == "varimax" else np.eye(n_latent)
+    else:
+        denovo = raw_weights[:, len(prior.names):]
+        turn = guided_rotation(raw_weights, prior, varimax(denovo) if rotation == "varimax" and denovo.size else None)
     return Fit(model=model, weights=raw_weights @ turn, latents=model.encode(prepared) @ turn, rotation=turn)
 
 
@@ -453,7 +479,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
         seed: int = 0, device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50,
         rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1, resume: bool = False, inputs: Inputs | None = None,
-        n_fits: int = 1, compare: str | tuple | None = None, sample_key: str | None = None) -> ProgrammeResult:
+        n_fits: int = 1, compare: str | tuple | None = None, sample_key: str | None = None, guided: bool = False,
+        n_denovo: int = N_DENOVO) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
@@ -486,15 +513,22 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     ``var[gene_symbols]`` when given (e.g. ``"gene_symbol"`` for Ensembl ids;
     ``raw.var`` when ``layer="raw"``). ``inputs``: the result of
     :func:`check_inputs` on the same arguments (skips checking them again).
+
+    ``guided=True``: the gene sets guide the programmes (:mod:`.guided`): one programme per set with at
+    least 5 modelled genes, softly confined to it, then ``n_denovo`` free ones (``n_latent`` is not used);
+    ``res.guided`` (guided.csv) says per programme whether it is active and which genes the data added to
+    or dropped from its set. One fit, decoder ``"linear"``, fixed β.
     """
     adata = read_cells(adata) if isinstance(adata, (str, Path)) else adata
     if inputs is None:
         inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols, compare,
-                              sample_key)
+                              sample_key, guided, n_denovo)
     if rotation not in (None, "varimax"):
         raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
     if n_fits < 1:
         raise ValueError(f"n_fits must be at least 1, got {n_fits}")
+    if guided:
+        check_guided(n_latent, beta, decoder, n_fits)
     epochs = default_epochs(inputs.prepared.X.shape[0]) if epochs is None else epochs
     seeds = [seed + i for i in range(n_fits)]
     latent_grid, beta_grid = _grid(n_latent, N_LATENT_GRID, "n_latent"), _grid(beta, BETA_GRID, "beta")
@@ -505,6 +539,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                           device=device, progress=progress, checkpoint_every=checkpoint_every, resume=resume)
 
     selection = None
+    if inputs.prior is not None:
+        n_latent = inputs.prior.n_latent
     started = time.perf_counter()
     if latent_grid is None and beta_grid is None:
         fits = train(n_latent, beta)
@@ -519,7 +555,10 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
                     n_fits=n_fits, compare=None if inputs.compare is None else ":".join(filter(None, inputs.compare)),
-                    sample_key=inputs.sample_key)
+                    sample_key=inputs.sample_key, guided=inputs.prior is not None)
+    if inputs.prior is not None:
+        settings.update(n_gene_sets=len(inputs.prior.names), n_denovo=inputs.prior.n_denovo,
+                        guide_penalty=GUIDE_PENALTY, denovo_penalty=DENOVO_PENALTY)
     if selection is not None:
         swept = (("n_latent", latent_grid), ("beta", beta_grid))
         settings["chosen_by_sweep"] = ", ".join(name for name, grid in swept if grid)
@@ -528,6 +567,19 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     res.selection = None if selection is None else selection.table
     res.seconds = {"train": trained - started, "describe": time.perf_counter() - trained}
     return res
+
+
+def check_guided(n_latent, beta, decoder: str, n_fits: int) -> None:
+    """Refuse settings that guided programmes do not take, ``ValueError`` in one line: another decoder than
+    ``"linear"``, several fits, ``"auto"`` or a list for ``n_latent`` or ``beta``."""
+    if decoder != "linear":
+        raise ValueError(f"guided programmes need the linear decoder (their loadings are confined to the sets), "
+                         f"got decoder={decoder!r}")
+    if n_fits != 1:
+        raise ValueError("guided programmes are fitted once: drop --fits (n_fits); each programme is named by its set")
+    if isinstance(n_latent, (str, list, tuple, np.ndarray)) or isinstance(beta, (str, list, tuple, np.ndarray)):
+        raise ValueError("guided programmes take one number of programmes (one per gene set, plus --n-denovo) and "
+                         "one beta: drop 'auto' or the lists")
 
 
 def _grid(value, default: tuple, name: str) -> list | None:
@@ -548,6 +600,11 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
     checkpoints into ``checkpoint_dir/seed_<seed>``."""
     model_options = dict(n_features=len(inputs.adapter.genes), likelihood=likelihood, beta=beta, decoder=decoder,
                          hidden=hidden, n_covariates=inputs.adapter.n_covariates)
+    if inputs.prior is not None:
+        model_options["loadings_penalty"] = inputs.prior.penalty()
+        n_cells, batch = inputs.prepared.X.shape[0], fit_options.get("batch_size", 128)
+        model_options["objective"] = Objective(beta=model_options.pop("beta"),
+                                               warmup_steps=guided_warmup(n_cells, fit_options["epochs"], batch))
     fits = []
     for i, fit_seed in enumerate(seeds):
         several = checkpoint_dir is not None and len(seeds) > 1
@@ -555,7 +612,7 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
         options = dict(fit_options, checkpoint_dir=folder)
         if len(seeds) > 1 and options.get("progress", True):
             options["progress"] = f"fit {i + 1}/{len(seeds)}, {n_latent} latents, beta {beta:g}"
-        fits.append(fit_one(inputs.prepared, n_latent, fit_seed, rotation, model_options, options))
+        fits.append(fit_one(inputs.prepared, n_latent, fit_seed, rotation, model_options, options, inputs.prior))
     return fits
 
 
@@ -578,6 +635,12 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
                             "found": found.found, "stability": found.stability, "correlation": found.correlation,
                             "rotations": np.stack([f.rotation for f in fits])}
         uns["descriptions"] = {**DESCRIPTIONS, "obsm": {OBSM_KEY: CONSENSUS_ACTIVITY}}
+    guided = None
+    if inputs.prior is not None:
+        guided = guided_table(weights, latents, uns["kl_per_latent"], inputs.prior, inputs.names)
+        uns["guided"] = {"gene_sets": np.array(inputs.prior.names, dtype=object), "n_denovo": inputs.prior.n_denovo,
+                         "status": guided["status"].to_numpy(dtype=object)}
+        uns["descriptions"] = {**uns["descriptions"], "uns": {**uns["descriptions"]["uns"], "guided": GUIDED_UNS}}
     sets = inputs.gene_sets
     keys = _categorical_keys(adata.obs)
     return ProgrammeResult(
@@ -589,7 +652,7 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
         differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
         checks=_short_training_said(posterior_predictive(model, inputs.prepared, inputs.names,
                                                          seed=settings.get("seed", 0)), settings, len(adata)),
-        label_scores=label_matching(latents, adata.obs, keys, seed=settings.get("seed", 0)),
+        label_scores=label_matching(latents, adata.obs, keys, seed=settings.get("seed", 0)), guided=guided,
     )
 
 

@@ -18,11 +18,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .gene_programmes import ProgrammeResult
 
 __all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "selection_plot", "predictive_plot",
-           "UMAP_MAX_CELLS"]
+           "guided_bars", "shown_programmes", "UMAP_MAX_CELLS"]
 
 
 def programme_label(res: "ProgrammeResult", j: int) -> str:
-    """"programme j", with its stability (and "unstable") for a consensus of several fits."""
+    """"programme j", with its gene set (or de-novo name) and status for guided programmes, and its stability
+    (and "unstable") for a consensus of several fits."""
+    if res.guided is not None:
+        row = res.guided.iloc[j]
+        return f"programme {j}: {row['name']}" + ("" if row["status"] == "active" else f" ({row['status']})")
     if res.stability is None:
         return f"programme {j}"
     row = res.stability.iloc[j]
@@ -56,9 +60,43 @@ def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> 
     return figure
 
 
+def shown_programmes(res: "ProgrammeResult") -> list[int]:
+    """The programmes to draw: all, or for guided programmes the active ones (an inactive one has no genes)."""
+    if res.guided is not None:
+        return [int(j) for j in res.guided.loc[res.guided["active"], "programme"]]
+    return [int(j) for j in sorted(res.programmes["programme"].unique())]
+
+
+def guided_bars(table: pd.DataFrame, max_sets: int = 40) -> Figure:
+    """Per gene-set-guided programme, its genes kept from the set, added to it and dropped from it (the
+    active ones first, by genes changed; at most ``max_sets``), with the count of inactive sets."""
+    guided = table[table["kind"] == "guided"].copy()
+    guided["kept"] = guided["set_size"] - guided["n_dropped"]
+    guided["changed"] = guided["n_added"] + guided["n_dropped"]
+    shown = guided.sort_values(["active", "changed"], ascending=[False, False]).head(max_sets)[::-1]
+    figure = Figure(figsize=(9, 1.2 + 0.28 * max(len(shown), 4)))
+    ax = figure.subplots()
+    y = np.arange(len(shown))
+    ax.barh(y, shown["kept"], color="tab:blue", label="set genes kept")
+    ax.barh(y, shown["n_added"], left=shown["kept"], color="tab:orange", label="genes added by the data")
+    ax.barh(y, -shown["n_dropped"], color="0.65", label="set genes dropped")
+    ax.axvline(0, color="0.3", lw=0.6)
+    ax.set_yticks(y, [f"{n} ({st})" if st != "active" else str(n) for n, st in zip(shown["name"], shown["status"])],
+                  fontsize=7)
+    ax.set_xlabel("genes (dropped to the left)")
+    n_inactive = int((guided["status"] == "inactive").sum())
+    more = f"; {len(guided) - len(shown)} more in guided.csv" if len(guided) > len(shown) else ""
+    ax.set_title(f"gene-set-guided programmes: {len(guided) - n_inactive} of {len(guided)} sets active{more}",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    return figure
+
+
 def top_gene_bars(res: "ProgrammeResult", n_genes: int = 8) -> Figure:
-    """Both ends of every programme: its top ``n_genes`` positive and negative genes."""
-    programmes = sorted(res.programmes["programme"].unique())
+    """Both ends of every programme (for guided programmes, every active one): its top ``n_genes`` positive
+    and negative genes."""
+    programmes = shown_programmes(res)
     figure, axes = panel_grid(len(programmes), 3.4, 0.3 * 2 * n_genes + 0.9)
     for ax, j in zip(axes, programmes):
         rows = res.programmes[(res.programmes["programme"] == j) & (res.programmes["rank"] <= n_genes)]
@@ -101,8 +139,9 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
                         transformer="sklearn")
         sc.tl.umap(tmp, random_state=seed)
     xy = tmp.obsm["X_umap"]
-    figure, axes = panel_grid(latents.shape[1], 3, 2.8)
-    for j, ax in enumerate(axes):
+    programmes = shown_programmes(res)
+    figure, axes = panel_grid(len(programmes), 3, 2.8)
+    for j, ax in zip(programmes, axes):
         points = ax.scatter(xy[:, 0], xy[:, 1], c=latents[rows, j], s=3, cmap="viridis")
         ax.set_title(programme_label(res, j), fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
@@ -177,6 +216,8 @@ def save_figures(res: "ProgrammeResult", folder: str | Path) -> list[Path]:
                save_figure(umap_activity(res, res.settings.get("seed", 0)), folder / "umap_programmes.png")]
     if res.selection is not None:
         written.append(save_figure(selection_plot(res.selection), folder / "selection.png"))
+    if res.guided is not None:
+        written.append(save_figure(guided_bars(res.guided), folder / "guided_programmes.png"))
     if res.checks is not None:
         written.append(save_figure(predictive_plot(res.checks.table, res.checks.verdict),
                                    folder / "posterior_predictive.png"))

@@ -126,7 +126,8 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
                 "batches_not_in_reference": "; ".join(f"{k}: {', '.join(v)}" for k, v in unseen.items()),
                 "compare": "" if compare is None else ":".join(filter(None, compare)), "sample_key": sample_key or ""}
     names = names_or_ids(query, adapter, params.get("gene_symbols"))
-    uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "descriptions") if key in ref_uns}
+    uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "guided", "descriptions")
+           if key in ref_uns}
     uns.update(params={k: ("" if v is None else v) for k, v in settings.items()},
                kl_per_latent=np.asarray(ref_uns.get("kl_per_latent", [])))
     checks = posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0),

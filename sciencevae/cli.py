@@ -297,11 +297,12 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         return _map_cells(args, adata, seconds, started)
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
                    gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None, compare=args.compare,
-                   sample_key=args.sample_key)
+                   sample_key=args.sample_key, guided=args.guided, n_denovo=args.n_denovo)
     if args.fits < 1:
         raise ValueError(f"--fits must be at least 1, got {args.fits}")
     n_latent, beta = _setting(args.n_latent, int, "--n-latent"), _setting(args.beta, float, "--beta")
     _check_run_flags(n_latent, beta, args.epochs)
+    _check_guided_flags(args, beta)
     if not all(isinstance(v, (int, float)) for v in (n_latent, beta)) and args.fits < 2:
         raise ValueError("--n-latent / --beta auto or a list compare stability across seeds: add --fits 2 or more "
                          "(3 or more gives steadier stabilities)")
@@ -321,6 +322,11 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     for programme, rows in top.groupby("programme"):
         ends = {d: ", ".join(rows.loc[rows["direction"] == d, "gene"]) for d in ("+", "-")}
         stable = "" if res.stability is None else f" (stability {res.stability['stability'][programme]:.2f})"
+        if res.guided is not None:
+            row = res.guided.iloc[programme]
+            if row["status"] == "inactive":
+                continue  # said in the notes: an inactive programme has no genes
+            stable = f" ({row['name']}, {row['status']})"
         print(f"programme {programme}{stable}: + {ends['+']} | - {ends['-']}")
     if res.selection is not None:
         best = res.selection[res.selection["chosen"]].iloc[0]
@@ -335,6 +341,21 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     _print_analyses(res)
     print(_written(args.out, res))
     return 0
+
+
+def _check_guided_flags(args: argparse.Namespace, beta) -> None:
+    """Refuse flags that --guided does not take, and --n-denovo without it (one line each)."""
+    from .case_studies.gene_programmes import check_guided
+    from .case_studies.guided import N_DENOVO
+
+    if not args.guided:
+        if args.n_denovo != N_DENOVO:
+            raise ValueError("--n-denovo sets the free programmes of --guided: add --guided (and --gene-sets)")
+        return
+    if args.n_latent != build_parser().parse_args(["cells", "x", "--out", "y"]).n_latent:
+        raise ValueError("--n-latent is not used with --guided (one programme per gene set, plus --n-denovo free "
+                         "ones): drop it")
+    check_guided(1, beta, args.decoder, args.fits)
 
 
 def _differential_headline(table) -> str:
@@ -360,6 +381,7 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
     defaults = build_parser().parse_args(["cells", "x", "--out", "y"])
     chosen = [flag for flag, given in (("--fits", args.fits != 1), ("--batch-key", args.batch_key),
                                        ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)),
+                                       ("--guided", args.guided),
                                        ("--epochs", args.epochs is not None),
                                        ("--n-latent", args.n_latent != defaults.n_latent),
                                        ("--beta", args.beta != defaults.beta),
@@ -392,7 +414,11 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
 
 
 def _print_analyses(res) -> None:
-    """The differential test's headline and the model check's verdict of a cells run."""
+    """Notes on guided programmes, the differential test's headline and the model check's verdict of a cells run."""
+    from .case_studies.guided import guided_notes
+
+    for note in guided_notes(res.guided):
+        print(f"note: {note} (guided.csv)")
     if res.differential is not None:
         print(_differential_headline(res.differential))
     if res.checks is not None:
@@ -403,7 +429,8 @@ def _written(out: Path, res) -> str:
     """The line naming what a cells run wrote."""
     optional = (("enrichment.csv", res.enrichment is not None), ("differential.csv", res.differential is not None),
                 ("model_checks.csv", res.checks is not None), ("selection.csv", res.selection is not None),
-                ("label_matching.csv", res.label_scores is not None and len(res.label_scores)))
+                ("label_matching.csv", res.label_scores is not None and len(res.label_scores)),
+                ("guided.csv", res.guided is not None))
     files = ["cells.h5ad", "programmes.csv", "association.csv", *(name for name, written in optional if written),
              "report.html", "run.json", "adapter.json", "figures/", "model/"]
     return f"wrote {out}: {', '.join(files)}"
@@ -602,7 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--likelihood", default="nb", choices=sorted(LIKELIHOODS))
     cells.add_argument("--decoder", default="linear", choices=["linear", "mlp"])
     cells.add_argument("--batch-key", help="obs column of the batch (a covariate)")
-    cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment")
+    cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment (and --guided)")
+    cells.add_argument("--guided", action="store_true",
+                       help="the gene sets guide the programmes: one per set (5+ modelled genes), softly confined to "
+                            "it, plus --n-denovo free ones; guided.csv says which are active and the genes the data "
+                            "added to or dropped from each set")
+    cells.add_argument("--n-denovo", type=int, default=5, metavar="N",
+                       help="free programmes after the guided ones (with --guided; default 5)")
     cells.add_argument("--gene-symbols", help="var column with the gene symbols the gene sets use")
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
     cells.add_argument("--drop-empty-cells", action="store_true",

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["linear_factors", "count_programmes", "cell_programmes", "hard_programmes", "Sprites", "monthly_field",
-           "daily_field"]
+__all__ = ["linear_factors", "count_programmes", "cell_programmes", "hard_programmes", "given_gene_sets", "Sprites",
+           "monthly_field", "daily_field"]
 
 
 def linear_factors(
@@ -373,3 +373,41 @@ def hard_programmes(
     names = [f"identity_{i}" for i in range(n_identities)] + [a[0] for a in HARD_ACTIVITIES]
     return {"counts": sp.csr_matrix(counts.astype(np.float32)), "identity": identity, "usage": usage,
             "batch": batch, "membership": membership, "lfc": lfc, "library": library, "names": names}
+
+
+def given_gene_sets(membership: np.ndarray, names: list[str], genes: list[str], incomplete: str = "identity_2",
+                    noisy: str = "interferon", uncovered: str = "identity_5", seed: int = 0
+                    ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Gene sets for the programmes of a simulation as a curated database would give them, some of them wrong:
+    the test of gene-set-guided programmes.
+
+    Every programme gets its true genes as a set, except that ``incomplete`` gets half of them, ``noisy``
+    three fifths of them plus as many genes of no programme as it lost, ``uncovered`` no set at all, and a
+    ``decoy`` set of genes in no programme (as many as the largest programme) is added.
+
+    Returns the sets (name -> gene names; names of programmes, plus ``"decoy"``) and what each set is
+    (``"correct"``, ``"incomplete"``, ``"noisy"``, ``"decoy"``).
+
+    >>> sim = hard_programmes(50, n_genes=400)
+    >>> sets, kind = given_gene_sets(sim["membership"], sim["names"], [f"g{i}" for i in range(400)])
+    >>> len(sets), kind["interferon"], kind["decoy"], "identity_5" in sets
+    (9, 'noisy', 'decoy', False)
+    """
+    rng = np.random.default_rng(seed)
+    genes = np.asarray(genes)
+    free = np.flatnonzero(~membership.any(axis=1))
+    sets, kind = {}, {}
+    for p, name in enumerate(names):
+        own = np.flatnonzero(membership[:, p])
+        if name == uncovered:
+            continue
+        if name == incomplete:
+            own, kind[name] = rng.choice(own, len(own) // 2, replace=False), "incomplete"
+        elif name == noisy:
+            kept = rng.choice(own, round(0.6 * len(own)), replace=False)
+            own, kind[name] = np.r_[kept, rng.choice(free, len(own) - len(kept), replace=False)], "noisy"
+        else:
+            kind[name] = "correct"
+        sets[name] = sorted(genes[own].tolist())
+    sets["decoy"], kind["decoy"] = sorted(genes[rng.choice(free, int(membership.sum(0).max()), replace=False)]), "decoy"
+    return sets, kind

@@ -53,6 +53,7 @@ class ModelConfig:
     encoder: str = "mlp"
     image_shape: tuple[int, ...] | None = None
     conv_channels: int = 32
+    penalised_loadings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_latent"):
@@ -67,6 +68,8 @@ class ModelConfig:
             raise ValueError(f"decoder must be 'mlp', 'linear' or 'conv', got {self.decoder!r}")
         if self.encoder not in ("mlp", "conv"):
             raise ValueError(f"encoder must be 'mlp' or 'conv', got {self.encoder!r}")
+        if self.penalised_loadings and self.decoder != "linear":
+            raise ValueError(f"penalised loadings need decoder='linear', got {self.decoder!r}")
         self._check_image_shape()
         if not isinstance(self.likelihood_options, dict):
             raise ValueError("likelihood_options must be a dict")
@@ -115,12 +118,19 @@ class VAEModule(nn.Module):
             self.encoder = GaussianEncoder(c.n_features, c.n_latent, c.hidden, seen)
         reversed_hidden = tuple(reversed(c.hidden))
         if c.decoder == "linear":
-            self.decoder = LinearDecoder(c.n_latent, n_out, c.n_covariates)
+            self.decoder = LinearDecoder(c.n_latent, n_out, c.n_covariates,
+                                         c.n_features if c.penalised_loadings else 0)
         elif c.decoder == "conv":
             self.decoder = ConvDecoder(c.image_shape, c.n_latent, self.likelihood.n_heads, reversed_hidden,
                                        c.conv_channels, c.n_covariates)
         else:
             self.decoder = MLPDecoder(c.n_latent, n_out, reversed_hidden, c.n_covariates)
+
+    def proximal_step(self, step_size) -> None:
+        """After an optimiser step: the proximal step of the loadings' L1 penalty, if any (``step_size``:
+        :meth:`LinearDecoder.proximal_step`)."""
+        if self.config.penalised_loadings:
+            self.decoder.proximal_step(step_size)
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> ElboTerms:
         """Same as :meth:`terms` (``forward`` is what DistributedDataParallel hooks)."""
@@ -249,6 +259,13 @@ class BetaVAE:
         (C, H, W) of image rows (flattened row-major); needed by conv networks.
     conv_channels
         Channels of every conv layer.
+    penalised_loadings
+        The linear decoder carries an L1 penalty per loading (set by ``loadings_penalty``, or loaded).
+    loadings_penalty
+        (n_features, n_latent), >= 0: each loading's L1 penalty in nats per sample per unit loading
+        (the loss is per sample), applied as a proximal step after every optimiser step (soft threshold
+        by Adam's step size x penalty: :func:`~sciencevae.train.adam_step_size`). A gene-set prior: 0 inside
+        a programme's set, > 0 outside (expiMap's soft mask). Needs ``decoder="linear"``.
 
     Examples
     --------
@@ -275,6 +292,8 @@ class BetaVAE:
         encoder: str = "mlp",
         image_shape: tuple[int, ...] | None = None,
         conv_channels: int = 32,
+        penalised_loadings: bool = False,
+        loadings_penalty: np.ndarray | None = None,
     ):
         self.config = ModelConfig(
             n_features=n_features,
@@ -288,6 +307,7 @@ class BetaVAE:
             encoder=encoder,
             image_shape=None if image_shape is None else tuple(image_shape),
             conv_channels=conv_channels,
+            penalised_loadings=penalised_loadings or loadings_penalty is not None,
         )
         if isinstance(objective, Objective):
             if beta != 1.0 and beta != objective.beta:
@@ -299,6 +319,8 @@ class BetaVAE:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.module = VAEModule(self.config)
+        if loadings_penalty is not None:
+            self.module.decoder.set_penalty(torch.as_tensor(np.asarray(loadings_penalty, dtype=np.float32)))
         self.train_config: TrainConfig | None = None
         self.history: pd.DataFrame | None = None
 

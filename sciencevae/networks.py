@@ -73,15 +73,49 @@ class MLPDecoder(nn.Module):
 class LinearDecoder(nn.Module):
     """z (+ covariates) -> W z + b: the columns of W are the latents' loadings.
 
+    With ``n_penalised`` features, an L1 penalty per loading (the ``penalty`` buffer, features x latents, set
+    with :meth:`set_penalty`) is applied by :meth:`proximal_step` after each optimiser step: a gene-set prior
+    (expiMap's soft mask, Lotfollahi et al. 2023) is a penalty of 0 inside a programme's set and > 0 outside.
+
     >>> dec = LinearDecoder(2, 6)
     >>> dec.loadings(n_features=6).shape
     torch.Size([6, 2])
     """
 
-    def __init__(self, n_latent: int, n_output: int, n_covariates: int = 0):
+    def __init__(self, n_latent: int, n_output: int, n_covariates: int = 0, n_penalised: int = 0):
         super().__init__()
         self.n_latent = n_latent
         self.linear = nn.Linear(n_latent + n_covariates, n_output)
+        self.penalised = n_penalised > 0
+        if self.penalised:
+            self.register_buffer("penalty", torch.zeros(n_penalised, n_latent))
+
+    def set_penalty(self, penalty: torch.Tensor) -> None:
+        """Set the L1 penalty per loading (features x latents, >= 0, in units of the loss per unit loading).
+
+        A latent's penalised loadings start at 0 when some of its loadings are free (a gene-set-guided
+        programme starts inside its set); a latent penalised throughout keeps its random start.
+        """
+        if not self.penalised or penalty.shape != self.penalty.shape:
+            raise ValueError(f"the penalty must have shape {tuple(getattr(self, 'penalty', torch.zeros(0)).shape)}, "
+                             f"got {tuple(penalty.shape)}")
+        if not bool(torch.all(penalty >= 0)):
+            raise ValueError("loading penalties must be >= 0")
+        with torch.no_grad():
+            self.penalty.copy_(penalty)
+            confined = (penalty == 0).any(dim=0, keepdim=True) & (penalty > 0)  # a column's free loadings first
+            self.loadings(len(penalty)).masked_fill_(confined, 0.0)
+
+    @torch.no_grad()
+    def proximal_step(self, step_size) -> None:
+        """Soft-threshold each penalised loading by its step size x its penalty (the proximal operator of
+        the L1 penalty after a gradient step); ``step_size(parameter)`` gives the optimiser's step per unit
+        gradient of each weight (:func:`sciencevae.train.adam_step_size`)."""
+        if self.penalised:
+            n = len(self.penalty)
+            w = self.loadings(n)
+            threshold = step_size(self.linear.weight)[:n, : self.n_latent] * self.penalty
+            w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0.0))
 
     def forward(self, z: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
         return self.linear(_with_covariates(z, covariates))

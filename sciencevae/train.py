@@ -161,6 +161,22 @@ class LeanFusedAdam(torch.optim.Adam):
         return None
 
 
+def adam_step_size(optimizer: torch.optim.Optimizer):
+    """Per parameter, the size of Adam's last step per unit gradient, lr / (sqrt(v̂) + eps), as a function of
+    the parameter: the step of a proximal operator applied after Adam's step (a preconditioned proximal
+    gradient step, Yun, Lozano & Yang 2021, "Adaptive proximal gradient methods for structured neural
+    networks"), so that an L1 penalty keeps its meaning in units of the loss."""
+    group = optimizer.param_groups[0]
+    beta2 = group["betas"][1]
+
+    def size(parameter: torch.Tensor) -> torch.Tensor:
+        state = optimizer.state[parameter]
+        second = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+        return group["lr"] / (second.sqrt() + group["eps"])
+
+    return size
+
+
 @dataclass
 class _State:
     epoch: int = 0
@@ -192,6 +208,9 @@ def _batch_row(module: nn.Module, objective: Objective, batch, step: int, noise:
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         optimizer.step()
+        inner = getattr(module, "module", module)  # under DistributedDataParallel, the wrapped VAEModule
+        if hasattr(inner, "proximal_step"):
+            inner.proximal_step(adam_step_size(optimizer))
     row = torch.cat([torch.stack([parts["loss"], parts["reconstruction"], parts["kl"]]), parts["kl_per_latent"]])
     return row.detach() * batch.x.shape[0]
 
