@@ -38,8 +38,8 @@ from sciencevae.label_matching import label_matching
 from sciencevae.objectives import Objective
 
 from .differential import cohens_d, comparison, differential
-from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, GeneSetPrior, gene_set_prior, guided_notes,
-                     guided_rotation, guided_table, guided_warmup, set_members)
+from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, GeneSetPrior, count_scale, gene_set_prior,
+                     guided_notes, guided_rotation, guided_table, guided_warmup, set_members)
 from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
@@ -601,7 +601,7 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
     model_options = dict(n_features=len(inputs.adapter.genes), likelihood=likelihood, beta=beta, decoder=decoder,
                          hidden=hidden, n_covariates=inputs.adapter.n_covariates)
     if inputs.prior is not None:
-        model_options["loadings_penalty"] = inputs.prior.penalty()
+        model_options["loadings_penalty"] = inputs.prior.penalty(scale=count_scale(inputs.prepared.X))
         n_cells, batch = inputs.prepared.X.shape[0], fit_options.get("batch_size", 128)
         model_options["objective"] = Objective(beta=model_options.pop("beta"),
                                                warmup_steps=guided_warmup(n_cells, fit_options["epochs"], batch))
@@ -646,7 +646,7 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
     return ProgrammeResult(
         model=model, adapter=inputs.adapter, adata=inputs.adapter.write_back(adata, latents, weights, uns),
         weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
-        enrichment=None if sets is None else enrichment(weights, inputs.names, sets, n_top),
+        enrichment=None if sets is None else _active_only(enrichment(weights, inputs.names, sets, n_top), guided),
         association=association(latents, adata.obs, keys), settings=settings,
         stability=stability, differential=None if inputs.compare is None else
         differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
@@ -654,6 +654,14 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
                                                          seed=settings.get("seed", 0)), settings, len(adata)),
         label_scores=label_matching(latents, adata.obs, keys, seed=settings.get("seed", 0)), guided=guided,
     )
+
+
+def _active_only(table: pd.DataFrame, guided: pd.DataFrame | None) -> pd.DataFrame:
+    """The enrichment rows of active programmes: an inactive guided programme's loadings are noise confined to
+    its set, so its own set would be "enriched" by construction."""
+    if guided is None:
+        return table
+    return table[table["programme"].isin(guided.loc[guided["active"], "programme"])].reset_index(drop=True)
 
 
 def _short_training_said(checks: PredictiveCheck | None, settings: dict, n_cells: int) -> PredictiveCheck | None:

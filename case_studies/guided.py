@@ -2,7 +2,7 @@
 
 Programme k of ``n_sets`` guided ones is softly confined to gene set k: the
 linear decoder's loadings of genes outside the set carry an L1 penalty
-(:data:`GUIDE_PENALTY`), those inside none, so a set's genes explain the data
+(:data:`GUIDE_PENALTY`, times :func:`count_scale`), those inside none, so a set's genes explain the data
 for free and a gene outside enters only when the data insist (the soft mask
 of expiMap, Lotfollahi et al. 2023, Nat Cell Biol 25:337). ``n_denovo`` free
 programmes follow for what no set covers; their loadings pay the same penalty
@@ -36,7 +36,8 @@ import pandas as pd
 from sciencevae.consensus import orient
 
 __all__ = ["GeneSetPrior", "gene_set_prior", "set_members", "guided_rotation", "guided_table", "guided_notes",
-           "GUIDE_PENALTY", "DENOVO_PENALTY", "IN_PROGRAMME", "N_DENOVO", "ACTIVE_VARIANCE", "guided_warmup"]
+           "count_scale", "guided_warmup", "GUIDE_PENALTY", "DENOVO_PENALTY", "IN_PROGRAMME", "N_DENOVO",
+           "ACTIVE_VARIANCE"]
 
 #: L1 penalty on a guided programme's loadings of genes outside its set (nats per cell per unit loading).
 GUIDE_PENALTY = 0.1
@@ -49,8 +50,9 @@ IN_PROGRAMME = 0.2
 #: cells included, reach 0.5-1.3; a decoy set fitted noise to 0.10 on 1,500 cells. Burda et al.'s 0.01 (the
 #: collapse criterion of :mod:`sciencevae.diagnostics`) says only that a latent is not entirely unused.
 ACTIVE_VARIANCE = 0.2
-#: De-novo programmes by default.
-N_DENOVO = 5
+#: De-novo programmes by default: on CellBench (5 cell lines, 48 Hallmark and cell-cycle sets) 5 were too few for
+#: the cell lines, sex, mitochondrial and cancer-testis programmes, which then bent guided ones; 10 held them.
+N_DENOVO = 10
 
 
 def set_members(genes, gene_sets: dict[str, list[str]], min_size: int = 5
@@ -92,12 +94,31 @@ class GeneSetPrior:
     def n_latent(self) -> int:
         return len(self.names) + self.n_denovo
 
-    def penalty(self, outside: float = GUIDE_PENALTY, denovo: float = DENOVO_PENALTY) -> np.ndarray:
+    def penalty(self, outside: float = GUIDE_PENALTY, denovo: float = DENOVO_PENALTY,
+                scale: np.ndarray | None = None) -> np.ndarray:
         """(genes, n_latent) L1 penalty per loading: 0 inside a guided programme's set, ``outside`` outside
-        it; for de-novo programmes ``outside`` on genes some set claims and ``denovo`` on the others."""
+        it; for de-novo programmes ``outside`` on genes some set claims and ``denovo`` on the others; each
+        gene's row times ``scale`` (genes,) when given (:func:`count_scale`)."""
         claimed = self.membership.any(axis=1, keepdims=True)
         free = np.where(claimed, outside, denovo)
-        return np.c_[np.where(self.membership, 0.0, outside), np.repeat(free, self.n_denovo, axis=1)].astype(np.float32)
+        out = np.c_[np.where(self.membership, 0.0, outside), np.repeat(free, self.n_denovo, axis=1)]
+        if scale is not None:
+            out = out * scale[:, None]
+        return out.astype(np.float32)
+
+
+def count_scale(counts) -> np.ndarray:
+    """(genes,) the square root of each gene's mean count over the mean over genes: the scale of each gene's
+    penalty. A loading's gradient noise grows so with the gene's counts, so a highly expressed gene (the
+    mitochondrial ones) needs as much evidence as a rare one to join a set; without it, on CellBench,
+    mitochondrial genes took over the G2M-checkpoint programme (and with the mean count itself, not its
+    square root, rare genes joined sets freely).
+
+    >>> count_scale(np.array([[1.0, 4.0], [1.0, 4.0]])).round(3).tolist()
+    [0.632, 1.265]
+    """
+    mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
+    return np.sqrt(mean / max(mean.mean(), 1e-12))
 
 
 def gene_set_prior(genes, gene_sets: dict[str, list[str]], n_denovo: int = N_DENOVO,
@@ -163,15 +184,16 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
                  n_listed: int = 20) -> pd.DataFrame:
     """One row per programme (guided first, then de novo): programme, name (the set, or ``de_novo_<i>``),
     kind, set_size_given, set_size (genes of the set among the modelled genes), activity_variance (of the
-    posterior means over cells), kl_nats, active (activity_variance >= :data:`ACTIVE_VARIANCE`), n_genes (genes in the programme: loading at least
-    :data:`IN_PROGRAMME` of its largest), n_added / added (genes in the programme, not in the set; at most
+    posterior means over cells), kl_nats, active (activity_variance >= :data:`ACTIVE_VARIANCE`), n_genes
+    (genes in the programme: loading at least :data:`IN_PROGRAMME` of its largest), n_added / added (genes in the programme, not in the set; at most
     ``n_listed``, largest first), n_dropped / dropped (set genes not in the programme), in_set_share (share
     of the programme's genes in its set) and status: ``inactive`` (it holds no genes, so all of its set is
     dropped); ``corrected`` (fewer than half of its genes in its set); ``refined`` (genes added or dropped,
     most in the set); ``active`` (exactly its set).
 
     ``weights`` (genes x programmes) and ``latents`` (cells x programmes) are oriented
-    (:func:`guided_rotation`); ``kl`` is per latent before rotation (the rotation only flips guided signs).
+    (:func:`guided_rotation`); ``kl`` is per latent before rotation, reported for the guided programmes
+    (whose rotation only flips signs; NaN for the de-novo ones, which are rotated among themselves).
     """
     genes = np.asarray([str(g) for g in genes])
     variance = latents.var(axis=0)
@@ -188,7 +210,8 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
         rows.append({"programme": j, "name": prior.names[j] if guided else f"de_novo_{j - len(prior.names)}",
                      "kind": "guided" if guided else "de novo",
                      "set_size_given": prior.given[j] if guided else 0, "set_size": int(member.sum()),
-                     "activity_variance": float(variance[j]), "kl_nats": float(kl[j]), "active": active,
+                     "activity_variance": float(variance[j]), "kl_nats": float(kl[j]) if guided else np.nan,
+                     "active": active,
                      "status": status, "n_genes": int(strong.sum()),
                      "n_added": int(np.sum(strong & ~member)) if guided else 0,
                      "added": _listed(genes, w, strong & ~member, n_listed) if guided else "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,10 @@ __all__ = ["save_figures", "group_heatmap", "top_gene_bars", "umap_activity", "s
 def programme_label(res: "ProgrammeResult", j: int) -> str:
     """"programme j", with its gene set (or de-novo name) and status for guided programmes, and its stability
     (and "unstable") for a consensus of several fits."""
-    if res.guided is not None:
+    if res.guided is not None:  # the set's name on its own lines: set names run long
         row = res.guided.iloc[j]
-        return f"programme {j}: {row['name']}" + ("" if row["status"] == "active" else f" ({row['status']})")
+        status = "" if row["status"] == "active" else f" ({row['status']})"
+        return f"programme {j}{status}\n" + textwrap.fill(str(row["name"]), 34)
     if res.stability is None:
         return f"programme {j}"
     row = res.stability.iloc[j]
@@ -68,13 +70,14 @@ def shown_programmes(res: "ProgrammeResult") -> list[int]:
 
 
 def guided_bars(table: pd.DataFrame, max_sets: int = 40) -> Figure:
-    """Per gene-set-guided programme, its genes kept from the set, added to it and dropped from it (the
-    active ones first, by genes changed; at most ``max_sets``), with the count of inactive sets."""
+    """Per active gene-set-guided programme (at most ``max_sets``, most changed first), its genes kept from
+    the set, added to it and dropped from it; the inactive sets are counted in the title."""
     guided = table[table["kind"] == "guided"].copy()
     guided["kept"] = guided["set_size"] - guided["n_dropped"]
     guided["changed"] = guided["n_added"] + guided["n_dropped"]
-    shown = guided.sort_values(["active", "changed"], ascending=[False, False]).head(max_sets)[::-1]
-    figure = Figure(figsize=(9, 1.2 + 0.28 * max(len(shown), 4)))
+    active = guided[guided["active"]]
+    shown = active.sort_values("changed", ascending=False).head(max_sets)[::-1]
+    figure = Figure(figsize=(9, 1.4 + 0.28 * max(len(shown), 4)))
     ax = figure.subplots()
     y = np.arange(len(shown))
     ax.barh(y, shown["kept"], color="tab:blue", label="set genes kept")
@@ -84,11 +87,13 @@ def guided_bars(table: pd.DataFrame, max_sets: int = 40) -> Figure:
     ax.set_yticks(y, [f"{n} ({st})" if st != "active" else str(n) for n, st in zip(shown["name"], shown["status"])],
                   fontsize=7)
     ax.set_xlabel("genes (dropped to the left)")
-    n_inactive = int((guided["status"] == "inactive").sum())
-    more = f"; {len(guided) - len(shown)} more in guided.csv" if len(guided) > len(shown) else ""
-    ax.set_title(f"gene-set-guided programmes: {len(guided) - n_inactive} of {len(guided)} sets active{more}",
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if not len(shown):
+        ax.text(0.5, 0.5, "no gene set is active in these data", ha="center", va="center", transform=ax.transAxes)
+    more = f", {len(active) - len(shown)} more active" if len(active) > len(shown) else ""
+    ax.set_title(f"gene-set-guided programmes: {len(active)} of {len(guided)} sets active "
+                 f"({len(guided) - len(active)} inactive{more}: guided.csv)", fontsize=9)
+    if len(shown):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     return figure
 

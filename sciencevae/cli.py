@@ -572,6 +572,8 @@ def _resuming(args: argparse.Namespace) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .case_studies.guided import N_DENOVO
+
     parser = argparse.ArgumentParser(
         prog="sciencevae",
         description="β-VAEs for scientific data: disentangled knobs for climate fields and single-cell counts.",
@@ -634,8 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the gene sets guide the programmes: one per set (5+ modelled genes), softly confined to "
                             "it, plus --n-denovo free ones; guided.csv says which are active and the genes the data "
                             "added to or dropped from each set")
-    cells.add_argument("--n-denovo", type=int, default=5, metavar="N",
-                       help="free programmes after the guided ones (with --guided; default 5)")
+    cells.add_argument("--n-denovo", type=int, default=N_DENOVO, metavar="N",
+                       help=f"free programmes after the guided ones (with --guided; default {N_DENOVO})")
     cells.add_argument("--gene-symbols", help="var column with the gene symbols the gene sets use")
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
     cells.add_argument("--drop-empty-cells", action="store_true",

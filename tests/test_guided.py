@@ -144,6 +144,8 @@ def test_guided_programmes_name_correct_sets_mend_wrong_ones_and_find_the_uncove
     best = max(roc_auc_score(uncovered, res.weights[:, j]) for j in denovo.loc[denovo["active"], "programme"])
     assert best >= 0.9
     assert res.adata.uns["sciencevae"]["guided"]["gene_sets"].tolist() == list(res.guided["name"][:len(sets)])
+    # an inactive programme's loadings are confined noise: its own set is not reported as enriched
+    assert set(res.enrichment["programme"]) <= set(res.guided.loc[res.guided["active"], "programme"])
 
 
 def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_path, capsys):
