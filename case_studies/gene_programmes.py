@@ -528,6 +528,9 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     if n_fits < 1:
         raise ValueError(f"n_fits must be at least 1, got {n_fits}")
     if guided:
+        if n_latent != 10:  # the default: one programme per set plus n_denovo replace it
+            raise ValueError("n_latent is not used with guided programmes (one per gene set, plus n_denovo free "
+                             "ones): leave it out")
         check_guided(n_latent, beta, decoder, n_fits)
     epochs = default_epochs(inputs.prepared.X.shape[0]) if epochs is None else epochs
     seeds = [seed + i for i in range(n_fits)]
@@ -642,26 +645,32 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
                          "status": guided["status"].to_numpy(dtype=object)}
         uns["descriptions"] = {**uns["descriptions"], "uns": {**uns["descriptions"]["uns"], "guided": GUIDED_UNS}}
     sets = inputs.gene_sets
+    # guided: the tests, associations and label matching are of the active programmes (an inactive one's
+    # activity is noise, and its loadings are noise confined to its set: its own set would look enriched)
+    shown = np.ones(weights.shape[1], bool) if guided is None else guided["active"].to_numpy(dtype=bool)
+    if inputs.prior is not None and sets is not None:
+        sets = {name: sets[name] for name in inputs.prior.names}  # the small ones were named once, left out
     keys = _categorical_keys(adata.obs)
     return ProgrammeResult(
         model=model, adapter=inputs.adapter, adata=inputs.adapter.write_back(adata, latents, weights, uns),
         weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
-        enrichment=None if sets is None else _active_only(enrichment(weights, inputs.names, sets, n_top), guided),
-        association=association(latents, adata.obs, keys), settings=settings,
+        enrichment=None if sets is None else _renumbered(enrichment(weights[:, shown], inputs.names, sets, n_top),
+                                                         shown),
+        association=_renumbered(association(latents[:, shown], adata.obs, keys), shown), settings=settings,
         stability=stability, differential=None if inputs.compare is None else
-        differential(latents, adata.obs, *inputs.compare, sample_key=inputs.sample_key),
+        _renumbered(differential(latents[:, shown], adata.obs, *inputs.compare, sample_key=inputs.sample_key), shown),
         checks=_short_training_said(posterior_predictive(model, inputs.prepared, inputs.names,
                                                          seed=settings.get("seed", 0)), settings, len(adata)),
-        label_scores=label_matching(latents, adata.obs, keys, seed=settings.get("seed", 0)), guided=guided,
+        label_scores=label_matching(np.where(shown, latents, np.nan), adata.obs, keys, seed=settings.get("seed", 0)),
+        guided=guided,
     )
 
 
-def _active_only(table: pd.DataFrame, guided: pd.DataFrame | None) -> pd.DataFrame:
-    """The enrichment rows of active programmes: an inactive guided programme's loadings are noise confined to
-    its set, so its own set would be "enriched" by construction."""
-    if guided is None:
+def _renumbered(table: pd.DataFrame, shown: np.ndarray) -> pd.DataFrame:
+    """A per-programme table computed on the ``shown`` columns, with their programme numbers."""
+    if shown.all() or not len(table):
         return table
-    return table[table["programme"].isin(guided.loc[guided["active"], "programme"])].reset_index(drop=True)
+    return table.assign(programme=np.flatnonzero(shown)[table["programme"].to_numpy(dtype=int)])
 
 
 def _short_training_said(checks: PredictiveCheck | None, settings: dict, n_cells: int) -> PredictiveCheck | None:

@@ -15,9 +15,10 @@ After training, each guided programme is oriented so that its set's genes
 load positively, and described (:func:`guided_table`): whether it is active in
 these data (the variance over cells of its posterior means is at least
 :data:`ACTIVE_VARIANCE`), the genes it added to its set and
-dropped from it (a gene is in a programme when its loading is at least
-:data:`IN_PROGRAMME` of the programme's largest), and whether the data
-corrected the set (fewer than half of the programme's genes are in the set).
+dropped from it (a gene is in a programme when the programme raises it: its
+loading is at least :data:`IN_PROGRAMME` of the programme's largest), and whether the data
+refined the set (genes added or dropped) or corrected it (fewer than half of
+the programme's genes are in the set).
 
 >>> prior = gene_set_prior(["a", "b", "c", "d", "e", "f"], {"S": ["a", "b", "x"]}, n_denovo=1, min_size=2)
 >>> prior.names, prior.given, prior.penalty().shape
@@ -185,7 +186,8 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
     """One row per programme (guided first, then de novo): programme, name (the set, or ``de_novo_<i>``),
     kind, set_size_given, set_size (genes of the set among the modelled genes), activity_variance (of the
     posterior means over cells), kl_nats, active (activity_variance >= :data:`ACTIVE_VARIANCE`), n_genes
-    (genes in the programme: loading at least :data:`IN_PROGRAMME` of its largest), n_added / added (genes in the programme, not in the set; at most
+    (genes the programme raises: loading at least :data:`IN_PROGRAMME` of its largest; genes it lowers, with
+    negative loadings, are neither kept nor added), n_added / added (genes in the programme, not in the set; at most
     ``n_listed``, largest first), n_dropped / dropped (set genes not in the programme), in_set_share (share
     of the programme's genes in its set) and status: ``inactive`` (it holds no genes, so all of its set is
     dropped); ``corrected`` (fewer than half of its genes in its set); ``refined`` (genes added or dropped,
@@ -200,7 +202,7 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
     rows = []
     for j in range(prior.n_latent):
         w = weights[:, j]
-        strong = np.abs(w) >= IN_PROGRAMME * np.abs(w).max() if np.abs(w).max() > 0 else np.zeros(len(w), bool)
+        strong = w >= IN_PROGRAMME * w.max() if w.max() > 0 else np.zeros(len(w), bool)  # the raised genes
         guided = j < len(prior.names)
         member = prior.membership[:, j] if guided else np.zeros(len(w), bool)
         active = bool(variance[j] >= ACTIVE_VARIANCE)

@@ -176,6 +176,11 @@ def perturb_parts(model: BetaVAE, prepared: Prepared, uns: dict, n_programmes: i
                   programme: int, value: float | None, shift: float | None, cells: np.ndarray | None) -> pd.DataFrame:
     """:func:`perturb` with the target and rotation read from a run's ``uns["sciencevae"]``."""
     where = target(uns, programme, n_programmes)
+    status = np.asarray(uns.get("guided", {}).get("status", []), dtype=object)
+    if programme < len(status) and status[programme] == "inactive":
+        warnings.warn(f"programme {programme} is inactive in this run (guided.csv): its activity does not vary "
+                      "between cells and its loadings are noise, so the changes mean little", UserWarning,
+                      stacklevel=2)
     found = uns.get("consensus")
     rotation = np.asarray(found["rotations"])[0] if found is not None else np.asarray(uns["rotation"])
     return perturb(model, prepared, rotation, where, names, value=value, shift=shift, cells=cells)

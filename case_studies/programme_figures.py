@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ def programme_label(res: "ProgrammeResult", j: int) -> str:
     if res.guided is not None:  # the set's name on its own lines: set names run long
         row = res.guided.iloc[j]
         status = "" if row["status"] == "active" else f" ({row['status']})"
-        return f"programme {j}{status}\n" + textwrap.fill(str(row["name"]), 34)
+        return f"programme {j}{status}\n" + wrapped(str(row["name"]))
     if res.stability is None:
         return f"programme {j}"
     row = res.stability.iloc[j]
@@ -60,6 +59,22 @@ def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> 
     ax.set_title(f"programme activity by {key} (numbers: group mean activity)", fontsize=9)
     figure.colorbar(image, ax=ax, label="Cohen's d, group vs other cells")
     return figure
+
+
+def wrapped(name: str, width: int = 34) -> str:
+    """A long set name on several lines of at most ``width`` characters, broken after underscores (a
+    longer piece keeps its own line).
+
+    >>> wrapped("HALLMARK_EPITHELIAL_MESENCHYMAL_TRANSITION")
+    'HALLMARK_EPITHELIAL_MESENCHYMAL_\\nTRANSITION'
+    """
+    pieces = [token + "_" for token in name.split("_")[:-1]] + [name.split("_")[-1]]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
 
 
 def shown_programmes(res: "ProgrammeResult") -> list[int]:

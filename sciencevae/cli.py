@@ -382,6 +382,7 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
     chosen = [flag for flag, given in (("--fits", args.fits != 1), ("--batch-key", args.batch_key),
                                        ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)),
                                        ("--guided", args.guided),
+                                       ("--n-denovo", args.n_denovo != defaults.n_denovo),
                                        ("--epochs", args.epochs is not None),
                                        ("--n-latent", args.n_latent != defaults.n_latent),
                                        ("--beta", args.beta != defaults.beta),

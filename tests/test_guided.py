@@ -144,8 +144,11 @@ def test_guided_programmes_name_correct_sets_mend_wrong_ones_and_find_the_uncove
     best = max(roc_auc_score(uncovered, res.weights[:, j]) for j in denovo.loc[denovo["active"], "programme"])
     assert best >= 0.9
     assert res.adata.uns["sciencevae"]["guided"]["gene_sets"].tolist() == list(res.guided["name"][:len(sets)])
-    # an inactive programme's loadings are confined noise: its own set is not reported as enriched
-    assert set(res.enrichment["programme"]) <= set(res.guided.loc[res.guided["active"], "programme"])
+    # an inactive programme's loadings are confined noise: it is left out of the tests and associations
+    active = set(res.guided.loc[res.guided["active"], "programme"])
+    assert set(res.enrichment["programme"]) <= active and set(res.association["programme"]) <= active
+    with pytest.warns(UserWarning, match="is inactive in this run"):
+        res.perturb(int(table.loc["decoy", "programme"]), shift=1.0)
 
 
 def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_path, capsys):
@@ -173,3 +176,7 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     assert {"name", "status"} <= set(pd.read_csv(out / "programmes.csv").columns)
     assert (out / "figures" / "guided_programmes.png").exists()
     assert "Gene-set-guided programmes" in (out / "report.html").read_text()
+    assert main(["cells", str(path), "--reference", str(out), "--n-denovo", "3", "--out", str(tmp_path / "m")]) == 2
+    assert "--n-denovo cannot be used with --reference" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="n_latent is not used with guided programmes"):
+        gp.run(adata, gene_sets=sets, guided=True, n_latent=12, n_top_genes=None, epochs=1, progress=False)
