@@ -63,6 +63,13 @@ def _cells(run: Path) -> tuple[xr.Dataset, dict]:
     used = modelled.var["sciencevae_used"].to_numpy(bool)  # loadings of the genes the model read, no others
     coords = {"cell": adata.obs_names.to_numpy(str), "gene": modelled.var_names.to_numpy(str)[used],
               "programme": programmes}
+    guided = adata.uns["sciencevae"].get("guided")
+    if guided is not None:  # a guided run's programmes carry their set's name (de_novo_<i> after them)
+        sets = [str(n) for n in guided["gene_sets"]]
+        names = sets + [f"de_novo_{i}" for i in range(len(programmes) - len(sets))]
+        coords["programme_name"] = ("programme", np.array(names, dtype=str))
+        coords["programme_status"] = ("programme", np.asarray(guided["status"]).astype(str))
+        settings["programme_names"] = names
     symbols = settings.get("gene_symbols")
     if symbols and symbols in modelled.var:
         coords["gene_symbol"] = ("gene", modelled.var[symbols].astype(str).to_numpy()[used])

@@ -3,6 +3,8 @@ simulation where some given sets are wrong, incomplete or missing (case_studies/
 
 from __future__ import annotations
 
+import json
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -176,6 +178,9 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     assert {"name", "status"} <= set(pd.read_csv(out / "programmes.csv").columns)
     assert (out / "figures" / "guided_programmes.png").exists()
     assert "Gene-set-guided programmes" in (out / "report.html").read_text()
+    assert main(["export", str(out), "--format", "csv", "--out", str(tmp_path / "export")]) == 0
+    provenance = json.loads((tmp_path / "export" / "provenance.json").read_text())
+    assert provenance["settings"]["programme_names"] == table["name"].tolist()  # activity_<j> is the j-th name
     assert main(["cells", str(path), "--reference", str(out), "--n-denovo", "3", "--out", str(tmp_path / "m")]) == 2
     assert "--n-denovo cannot be used with --reference" in capsys.readouterr().err
     with pytest.raises(ValueError, match="n_latent is not used with guided programmes"):
