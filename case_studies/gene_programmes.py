@@ -65,7 +65,7 @@ DESCRIPTIONS = {
 
 #: uns description of a guided run.
 GUIDED_UNS = ("gene-set-guided programmes: the set guiding each of the first programmes (in order), the number of "
-              "de-novo programmes after them, and each programme's status (active / inactive / corrected); the "
+              "de-novo programmes after them, and each programme's status (active / refined / corrected / inactive); the "
               "per-programme table with added and dropped genes is guided.csv")
 
 #: obsm description when the programmes are a consensus of several fits.
@@ -528,9 +528,6 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     if n_fits < 1:
         raise ValueError(f"n_fits must be at least 1, got {n_fits}")
     if guided:
-        if n_latent != 10:  # the default: one programme per set plus n_denovo replace it
-            raise ValueError("n_latent is not used with guided programmes (one per gene set, plus n_denovo free "
-                             "ones): leave it out")
         check_guided(n_latent, beta, decoder, n_fits)
     epochs = default_epochs(inputs.prepared.X.shape[0]) if epochs is None else epochs
     seeds = [seed + i for i in range(n_fits)]
@@ -573,16 +570,19 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
 
 
 def check_guided(n_latent, beta, decoder: str, n_fits: int) -> None:
-    """Refuse settings that guided programmes do not take, ``ValueError`` in one line: another decoder than
-    ``"linear"``, several fits, ``"auto"`` or a list for ``n_latent`` or ``beta``."""
+    """Refuse settings that guided programmes do not take, ``ValueError`` in one line: an ``n_latent`` other
+    than the default 10 (or None: not given), another decoder than ``"linear"``, several fits, ``"auto"`` or
+    a list for ``beta``."""
+    if n_latent is not None and not (isinstance(n_latent, int) and n_latent == 10):
+        raise ValueError("n_latent is not used with guided programmes (one per gene set, plus n_denovo free "
+                         "ones): leave it out")
     if decoder != "linear":
         raise ValueError(f"guided programmes need the linear decoder (their loadings are confined to the sets), "
                          f"got decoder={decoder!r}")
     if n_fits != 1:
         raise ValueError("guided programmes are fitted once: drop --fits (n_fits); each programme is named by its set")
-    if isinstance(n_latent, (str, list, tuple, np.ndarray)) or isinstance(beta, (str, list, tuple, np.ndarray)):
-        raise ValueError("guided programmes take one number of programmes (one per gene set, plus --n-denovo) and "
-                         "one beta: drop 'auto' or the lists")
+    if isinstance(beta, (str, list, tuple, np.ndarray)):
+        raise ValueError("guided programmes take one beta: drop 'auto' or the list")
 
 
 def _grid(value, default: tuple, name: str) -> list | None:

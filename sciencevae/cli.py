@@ -355,7 +355,7 @@ def _check_guided_flags(args: argparse.Namespace, beta) -> None:
     if args.n_latent != build_parser().parse_args(["cells", "x", "--out", "y"]).n_latent:
         raise ValueError("--n-latent is not used with --guided (one programme per gene set, plus --n-denovo free "
                          "ones): drop it")
-    check_guided(1, beta, args.decoder, args.fits)
+    check_guided(None, beta, args.decoder, args.fits)  # --n-latent: refused above
 
 
 def _differential_headline(table) -> str:
