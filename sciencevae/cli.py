@@ -327,7 +327,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
             if row["status"] == "inactive":
                 continue  # said in the notes: an inactive programme has no genes
             stable = f" ({row['name']}, {row['status']})"
-        print(f"programme {programme}{stable}: + {ends['+']} | - {ends['-']}")
+        lowered = f" | - {ends['-']}" if ends["-"] else ""  # a guided programme may lower no gene
+        print(f"programme {programme}{stable}: + {ends['+']}{lowered}")
     if res.selection is not None:
         best = res.selection[res.selection["chosen"]].iloc[0]
         print(f"chose n_latent={best['n_latent']}, beta={best['beta']:g}: {best['n_stable']} stable programmes, the "
