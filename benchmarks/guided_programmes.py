@@ -69,7 +69,7 @@ def run_ours(seed: int, args: argparse.Namespace) -> dict:
 
     sim, sets, kind, adata = simulation(seed, args.cells, args.genes)
     started = time.perf_counter()
-    res = gp.run(adata, batch_key="batch", gene_sets=sets, guided=True, n_denovo=N_FREE, n_top_genes=None,
+    res = gp.run(adata, batch_key="batch", gene_sets=sets, guided=True, n_denovo=args.n_free, n_top_genes=None,
                  progress=False, seed=seed)
     seconds = time.perf_counter() - started
     table = res.guided
@@ -85,6 +85,7 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--genes", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-free", type=int, default=N_FREE, help="free (de-novo) programmes of both methods")
     parser.add_argument("--spectra-python", help="python of an environment with scSpectra: adds Spectra")
     parser.add_argument("--spectra-epochs", type=int, default=10000, help="Spectra's num_epochs (its default)")
     return parser.parse_args()
@@ -97,7 +98,7 @@ def main() -> None:
     if args.spectra_python:
         command = [args.spectra_python, str(Path(__file__).with_name("spectra_guided.py")), "--cells", str(args.cells),
                    "--genes", str(args.genes), "--threads", str(args.threads), "--spectra-epochs",
-                   str(args.spectra_epochs), "--seeds", *map(str, args.seeds)]
+                   str(args.spectra_epochs), "--n-free", str(args.n_free), "--seeds", *map(str, args.seeds)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     table = pd.DataFrame(rows)

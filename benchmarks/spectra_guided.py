@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guided_programmes import N_FREE, arguments, scores, simulation  # noqa: E402
+from guided_programmes import arguments, scores, simulation  # noqa: E402
 
 
 def run_spectra(seed: int, args) -> dict:
@@ -36,7 +36,7 @@ def run_spectra(seed: int, args) -> dict:
     started = time.perf_counter()
     sc.pp.normalize_total(adata)
     sc.pp.log1p(adata)
-    model = Spectra.est_spectra(adata, sets, L=len(sets) + N_FREE, use_highly_variable=False, use_cell_types=False,
+    model = Spectra.est_spectra(adata, sets, L=len(sets) + args.n_free, use_highly_variable=False, use_cell_types=False,
                                 num_epochs=args.spectra_epochs, verbose=False)
     seconds = time.perf_counter() - started
     factors = np.asarray(model.factors)  # factors x genes

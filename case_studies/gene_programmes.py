@@ -38,8 +38,8 @@ from sciencevae.label_matching import label_matching
 from sciencevae.objectives import Objective
 
 from .differential import cohens_d, comparison, differential
-from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, GeneSetPrior, count_scale, gene_set_prior,
-                     guided_notes, guided_rotation, guided_table, guided_warmup, set_members)
+from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, PENALTY_START, GeneSetPrior, count_scale,
+                     gene_set_prior, guided_notes, guided_rotation, guided_table, guided_warmup, set_members)
 from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
@@ -320,11 +320,11 @@ class ProgrammeResult:
                      ([] if self.checks is None else [self.checks.verdict]))
         return out
 
-    def perturb(self, programme: int, value: float | None = None, shift: float | None = None,
+    def perturb(self, programme: int | str, value: float | None = None, shift: float | None = None,
                 cells: str | np.ndarray | None = None) -> pd.DataFrame:
-        """Set (``value``) or shift (``shift``) programme ``programme``'s activity in ``cells`` (``"KEY:GROUP"``,
-        a bool array, or all) and return every gene's expected expression before and after
-        (:func:`.perturbation.perturb`)."""
+        """Set (``value``) or shift (``shift``) programme ``programme``'s activity (its number, or in a guided
+        run its name: a gene set or ``de_novo_<k>``) in ``cells`` (``"KEY:GROUP"``, a bool array, or all) and
+        return every gene's expected expression before and after (:func:`.perturbation.perturb`)."""
         from .perturbation import chosen_cells, perturb_parts, prepared_cells
 
         names = names_or_ids(self.adata, self.adapter, self.settings.get("gene_symbols"))
@@ -337,7 +337,8 @@ class ProgrammeResult:
         and for guided programmes each one's name and status."""
         table = self.programmes
         if self.guided is not None:
-            table = table.merge(self.guided[["programme", "name", "status"]], on="programme")
+            table = table.drop(columns=["name", "status"], errors="ignore").merge(  # a mapped run's has them
+                self.guided[["programme", "name", "status"]], on="programme")
         if self.stability is None:
             return table
         return table.merge(self.stability[["programme", "found", "stability", "stable"]], on="programme")
@@ -558,7 +559,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                     sample_key=inputs.sample_key, guided=inputs.prior is not None)
     if inputs.prior is not None:
         settings.update(n_gene_sets=len(inputs.prior.names), n_denovo=inputs.prior.n_denovo,
-                        guide_penalty=GUIDE_PENALTY, denovo_penalty=DENOVO_PENALTY)
+                        guide_penalty=GUIDE_PENALTY, denovo_penalty=DENOVO_PENALTY, penalty_start=PENALTY_START)
     if selection is not None:
         swept = (("n_latent", latent_grid), ("beta", beta_grid))
         settings["chosen_by_sweep"] = ", ".join(name for name, grid in swept if grid)
@@ -604,7 +605,9 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
     model_options = dict(n_features=len(inputs.adapter.genes), likelihood=likelihood, beta=beta, decoder=decoder,
                          hidden=hidden, n_covariates=inputs.adapter.n_covariates)
     if inputs.prior is not None:
-        model_options["loadings_penalty"] = inputs.prior.penalty(scale=count_scale(inputs.prepared.X))
+        scale = count_scale(inputs.prepared.X)
+        model_options["loadings_penalty"] = inputs.prior.penalty(scale=scale)
+        model_options["loadings_penalty_start"] = inputs.prior.penalty(scale=scale, start=PENALTY_START)
         n_cells, batch = inputs.prepared.X.shape[0], fit_options.get("batch_size", 128)
         model_options["objective"] = Objective(beta=model_options.pop("beta"),
                                                warmup_steps=guided_warmup(n_cells, fit_options["epochs"], batch))

@@ -9,7 +9,10 @@ programmes follow for what no set covers; their loadings pay the same penalty
 on genes some set already claims and a smaller one (:data:`DENOVO_PENALTY`)
 on the others, so that a de-novo programme never takes over a set's
 programme, and an uncovered programme goes to a de-novo one rather than
-bending a guided one.
+bending a guided one. Over the KL warm-up (:func:`guided_warmup`) the penalties
+fall from :data:`PENALTY_START` times their strength to theirs (but a de-novo
+programme's on unclaimed genes), so that each programme first settles inside
+its set.
 
 After training, each guided programme is oriented so that its set's genes
 load positively, and described (:func:`guided_table`): whether it is active in
@@ -37,11 +40,17 @@ import pandas as pd
 from sciencevae.consensus import orient
 
 __all__ = ["GeneSetPrior", "gene_set_prior", "set_members", "guided_rotation", "guided_table", "guided_notes",
-           "count_scale", "guided_warmup", "GUIDE_PENALTY", "DENOVO_PENALTY", "IN_PROGRAMME", "N_DENOVO",
+           "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY", "IN_PROGRAMME", "N_DENOVO",
            "ACTIVE_VARIANCE"]
 
 #: L1 penalty on a guided programme's loadings of genes outside its set (nats per cell per unit loading).
 GUIDE_PENALTY = 0.1
+#: The penalties start this many times stronger and fall to theirs over the KL warm-up
+#: (:meth:`GeneSetPrior.penalty`, :meth:`sciencevae.objectives.Objective.penalty_anneal`): on the hard
+#: simulation at 10,000 cells, without it an incomplete set's programme went into another set's latent;
+#: with de-novo programmes' free genes penalised so too, their latents could die before they found the
+#: uncovered programme.
+PENALTY_START = 3.0
 #: L1 penalty on a de-novo programme's loadings of genes no given set claims (claimed genes: GUIDE_PENALTY).
 DENOVO_PENALTY = 0.03
 #: A gene is in a programme when its loading is at least this share of the programme's largest loading.
@@ -96,13 +105,20 @@ class GeneSetPrior:
         return len(self.names) + self.n_denovo
 
     def penalty(self, outside: float = GUIDE_PENALTY, denovo: float = DENOVO_PENALTY,
-                scale: np.ndarray | None = None) -> np.ndarray:
+                scale: np.ndarray | None = None, start: float = 1.0) -> np.ndarray:
         """(genes, n_latent) L1 penalty per loading: 0 inside a guided programme's set, ``outside`` outside
         it; for de-novo programmes ``outside`` on genes some set claims and ``denovo`` on the others; each
-        gene's row times ``scale`` (genes,) when given (:func:`count_scale`)."""
+        gene's row times ``scale`` (genes,) when given (:func:`count_scale`). ``start``: the penalty at the
+        first step (:data:`PENALTY_START`), every one times ``start`` but a de-novo programme's on genes no
+        set claims, which stay free to find what the sets miss.
+
+        >>> prior = GeneSetPrior(["S"], np.array([[True], [False]]), [1], n_denovo=1)
+        >>> prior.penalty(start=3.0).astype(float).round(2).tolist()
+        [[0.0, 0.3], [0.3, 0.03]]
+        """
         claimed = self.membership.any(axis=1, keepdims=True)
-        free = np.where(claimed, outside, denovo)
-        out = np.c_[np.where(self.membership, 0.0, outside), np.repeat(free, self.n_denovo, axis=1)]
+        free = np.where(claimed, outside * start, denovo)
+        out = np.c_[np.where(self.membership, 0.0, outside * start), np.repeat(free, self.n_denovo, axis=1)]
         if scale is not None:
             out = out * scale[:, None]
         return out.astype(np.float32)

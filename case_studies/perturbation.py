@@ -61,6 +61,30 @@ def target(uns: dict, programme: int, n_programmes: int) -> Target:
     return Target(programme, component, float(np.asarray(found["signs"])[0, programme]))
 
 
+def programme_number(uns: dict, programme: int | str) -> int:
+    """The number of ``programme``: a number (programmes.csv numbering) as it is, or in a guided run the
+    name of a gene set or of a de-novo programme (``de_novo_<k>``; guided.csv ``name``).
+
+    Raises ``ValueError`` (one line) for a name the run does not have.
+
+    >>> programme_number({"guided": {"gene_sets": ["IFN", "G2M"], "n_denovo": 2}}, "de_novo_1")
+    3
+    """
+    if isinstance(programme, (int, np.integer)) or str(programme).strip().lstrip("-").isdigit():
+        return int(programme)
+    guided = uns.get("guided")
+    if guided is None:
+        raise ValueError(f"programme {programme!r} is not a number, and only a guided run (--guided) names its "
+                         "programmes: give the programme's number (programmes.csv)")
+    names = [str(n) for n in np.asarray(guided["gene_sets"], dtype=object)]
+    names += [f"de_novo_{k}" for k in range(int(guided["n_denovo"]))]
+    if programme not in names:
+        close = [n for n in names if str(programme).lower() in n.lower()][:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else " (guided.csv lists them)"
+        raise ValueError(f"this run has no programme named {programme!r}{hint}")
+    return names.index(programme)
+
+
 def perturb(model: BetaVAE, prepared: Prepared, rotation: np.ndarray, where: Target, genes: list[str],
             value: float | None = None, shift: float | None = None, cells: np.ndarray | None = None,
             batch_size: int = 4096) -> pd.DataFrame:
@@ -141,7 +165,7 @@ def chosen_cells(obs: pd.DataFrame, spec: str | np.ndarray | None) -> np.ndarray
     return obs[key].astype(str).to_numpy() == group
 
 
-def perturb_run(run_dir, programme: int, value: float | None = None, shift: float | None = None,
+def perturb_run(run_dir, programme: int | str, value: float | None = None, shift: float | None = None,
                 cells: str | np.ndarray | None = None) -> pd.DataFrame:
     """:func:`perturb` on a saved ``sciencevae cells`` run folder (its model/, adapter.json and cells.h5ad),
     without retraining; ``cells`` as in :func:`chosen_cells`."""
@@ -173,8 +197,11 @@ def prepared_cells(adapter, adata) -> Prepared:
 
 
 def perturb_parts(model: BetaVAE, prepared: Prepared, uns: dict, n_programmes: int, names: list[str],
-                  programme: int, value: float | None, shift: float | None, cells: np.ndarray | None) -> pd.DataFrame:
-    """:func:`perturb` with the target and rotation read from a run's ``uns["sciencevae"]``."""
+                  programme: int | str, value: float | None, shift: float | None, cells: np.ndarray | None
+                  ) -> pd.DataFrame:
+    """:func:`perturb` with the target and rotation read from a run's ``uns["sciencevae"]``; ``programme`` a
+    number or a guided run's programme name (:func:`programme_number`)."""
+    programme = programme_number(uns, programme)
     where = target(uns, programme, n_programmes)
     status = np.asarray(uns.get("guided", {}).get("status", []), dtype=object)
     if programme < len(status) and status[programme] == "inactive":

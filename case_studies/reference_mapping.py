@@ -36,6 +36,16 @@ MIN_SHARED = 0.5
 REFERENCE_FILES = ("model", "adapter.json", "cells.h5ad", "programmes.csv")
 
 
+def _reference_guided(run: Path) -> pd.DataFrame | None:
+    """The guided.csv of a guided reference run (None for another run), as the run's ``res.guided``."""
+    path = run / "guided.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    return table.assign(added=table["added"].fillna(""), dropped=table["dropped"].fillna(""),
+                        active=table["active"].astype(str).str.lower().eq("true"))
+
+
 def check_cells_run(run: str | Path) -> Path:
     """The run folder as a Path; ``ValueError`` (one line) unless it holds :data:`REFERENCE_FILES` (a finished
     ``sciencevae cells`` run: what mapping onto it and perturbing it read)."""
@@ -97,7 +107,7 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     trained on. Raises ``ValueError`` (one line) for a folder that is not a cells run, a query sharing no
     gene with it, or a comparison the query's obs cannot make.
     """
-    from .gene_programmes import ProgrammeResult, _categorical_keys, association, names_or_ids
+    from .gene_programmes import ProgrammeResult, _categorical_keys, _renumbered, association, names_or_ids
 
     run = check_cells_run(reference)
     adapter = CellsAdapter.load(run / "adapter.json")
@@ -136,15 +146,19 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
         checks = dataclasses.replace(checks, verdict=checks.verdict + " — but the query has batches the reference "
                                      "never saw, whose effects the model cannot simulate: look there first")
     keys = _categorical_keys(query.obs)
-    scored = np.isfinite(activities).all(0)
+    guided = _reference_guided(run)
+    # the programmes tested: those the saved fit scores, and of a guided reference the active ones only
+    shown = np.isfinite(activities).all(0)
+    if guided is not None:
+        shown &= guided["active"].to_numpy(dtype=bool)
     enrichment = run / "enrichment.csv"
     return ProgrammeResult(
         model=model, adapter=adapter, adata=adapter.write_back(query, activities, loadings, uns), weights=loadings,
         rotation=np.asarray(ref_uns["rotation"]), programmes=pd.read_csv(run / "programmes.csv"),
         enrichment=pd.read_csv(enrichment) if enrichment.exists() else None,
-        association=association(activities, query.obs, keys), settings=settings,
-        differential=None if compare is None else differential(activities[:, scored], query.obs, *compare,
-                                                               sample_key=sample_key).assign(
-            programme=lambda t: np.flatnonzero(scored)[t["programme"]]),
-        checks=checks, label_scores=label_matching(activities, query.obs, keys),
+        association=_renumbered(association(activities[:, shown], query.obs, keys), shown), settings=settings,
+        differential=None if compare is None else _renumbered(
+            differential(activities[:, shown], query.obs, *compare, sample_key=sample_key), shown),
+        checks=checks, label_scores=label_matching(np.where(shown, activities, np.nan), query.obs, keys),
+        guided=guided,
     )

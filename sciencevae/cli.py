@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 import warnings
@@ -499,7 +500,7 @@ def _cmd_perturb(args: argparse.Namespace) -> int:
 
     table = perturb_run(args.run_dir, args.programme, value=args.set, shift=args.shift, cells=args.cells)
     how = f"set{args.set:g}" if args.set is not None else f"shift{args.shift:+g}"
-    name = f"programme_{args.programme}_{how}.csv"
+    name = f"programme_{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(args.programme))}_{how}.csv"  # a set name: G2/M
     out = args.run_dir / "perturbations" / name if args.out is None else args.out / name if args.out.is_dir() \
         else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -673,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     perturb = commands.add_parser("perturb", help="set or shift a programme of a cells run; every gene's change")
     perturb.add_argument("run_dir", type=Path, help="a run folder from `sciencevae cells`")
-    perturb.add_argument("--programme", type=int, required=True, help="the programme (programmes.csv numbering)")
+    perturb.add_argument("--programme", required=True,
+                         help="the programme: its number (programmes.csv), or in a guided run its name (guided.csv)")
     change = perturb.add_mutually_exclusive_group(required=True)
     change.add_argument("--set", type=float, help="set the programme's activity to this value")
     change.add_argument("--shift", type=float, help="add this to the programme's activity")

@@ -126,11 +126,11 @@ class VAEModule(nn.Module):
         else:
             self.decoder = MLPDecoder(c.n_latent, n_out, reversed_hidden, c.n_covariates)
 
-    def proximal_step(self, step_size) -> None:
-        """After an optimiser step: the proximal step of the loadings' L1 penalty, if any (``step_size``:
-        :meth:`LinearDecoder.proximal_step`)."""
+    def proximal_step(self, step_size, anneal: float = 0.0) -> None:
+        """After an optimiser step: the proximal step of the loadings' L1 penalty, if any (``step_size``,
+        ``anneal``: :meth:`LinearDecoder.proximal_step`)."""
         if self.config.penalised_loadings:
-            self.decoder.proximal_step(step_size)
+            self.decoder.proximal_step(step_size, anneal)
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> ElboTerms:
         """Same as :meth:`terms` (``forward`` is what DistributedDataParallel hooks)."""
@@ -266,6 +266,10 @@ class BetaVAE:
         (the loss is per sample), applied as a proximal step after every optimiser step (soft threshold
         by Adam's step size x penalty: :func:`~sciencevae.train.adam_step_size`). A gene-set prior: 0 inside
         a programme's set, > 0 outside (expiMap's soft mask). Needs ``decoder="linear"``.
+    loadings_penalty_start
+        (n_features, n_latent), >= ``loadings_penalty``: the penalty at the first step, falling linearly to
+        ``loadings_penalty`` over the objective's KL warm-up (:meth:`Objective.penalty_anneal`); None: no
+        schedule.
 
     Examples
     --------
@@ -294,6 +298,7 @@ class BetaVAE:
         conv_channels: int = 32,
         penalised_loadings: bool = False,
         loadings_penalty: np.ndarray | None = None,
+        loadings_penalty_start: np.ndarray | None = None,
     ):
         self.config = ModelConfig(
             n_features=n_features,
@@ -320,7 +325,9 @@ class BetaVAE:
             torch.manual_seed(seed)
             self.module = VAEModule(self.config)
         if loadings_penalty is not None:
-            self.module.decoder.set_penalty(torch.as_tensor(np.asarray(loadings_penalty, dtype=np.float32)))
+            start = None if loadings_penalty_start is None else torch.as_tensor(
+                np.asarray(loadings_penalty_start, dtype=np.float32))
+            self.module.decoder.set_penalty(torch.as_tensor(np.asarray(loadings_penalty, dtype=np.float32)), start)
         self.train_config: TrainConfig | None = None
         self.history: pd.DataFrame | None = None
 

@@ -89,32 +89,47 @@ class LinearDecoder(nn.Module):
         self.penalised = n_penalised > 0
         if self.penalised:
             self.register_buffer("penalty", torch.zeros(n_penalised, n_latent))
+            self.register_buffer("penalty_start", torch.zeros(n_penalised, n_latent))
 
-    def set_penalty(self, penalty: torch.Tensor) -> None:
-        """Set the L1 penalty per loading (features x latents, >= 0, in units of the loss per unit loading).
+    def set_penalty(self, penalty: torch.Tensor, start: torch.Tensor | None = None) -> None:
+        """Set the L1 penalty per loading (features x latents, >= 0, in units of the loss per unit loading)
+        and its value at the first step (``start``, >= ``penalty``; None: the same), from which it falls
+        over the KL warm-up (:meth:`proximal_step`).
 
         A latent's penalised loadings start at 0 when some of its loadings are free (a gene-set-guided
         programme starts inside its set); a latent penalised throughout keeps its random start.
         """
-        if not self.penalised or penalty.shape != self.penalty.shape:
+        start = penalty if start is None else start
+        if not self.penalised or penalty.shape != self.penalty.shape or start.shape != penalty.shape:
             raise ValueError(f"the penalty must have shape {tuple(getattr(self, 'penalty', torch.zeros(0)).shape)}, "
-                             f"got {tuple(penalty.shape)}")
+                             f"got {tuple(penalty.shape)} (start {tuple(start.shape)})")
         if not bool(torch.all(penalty >= 0)):
             raise ValueError("loading penalties must be >= 0")
+        if not bool(torch.all(start >= penalty)):
+            raise ValueError("a loading penalty's start must be >= the penalty (it falls over the warm-up)")
         with torch.no_grad():
             self.penalty.copy_(penalty)
+            self.penalty_start.copy_(start)
             confined = (penalty == 0).any(dim=0, keepdim=True) & (penalty > 0)  # a column's free loadings first
             self.loadings(len(penalty)).masked_fill_(confined, 0.0)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.penalised and prefix + "penalty_start" not in state_dict and prefix + "penalty" in state_dict:
+            state_dict[prefix + "penalty_start"] = state_dict[prefix + "penalty"]  # saved before the schedule
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
-    def proximal_step(self, step_size) -> None:
-        """Soft-threshold each penalised loading by its step size x its penalty (the proximal operator of
-        the L1 penalty after a gradient step); ``step_size(parameter)`` gives the optimiser's step per unit
-        gradient of each weight (:func:`sciencevae.train.adam_step_size`)."""
+    def proximal_step(self, step_size, anneal: float = 0.0) -> None:
+        """Soft-threshold each penalised loading by its step size x its penalty (the proximal operator of the
+        L1 penalty after a gradient step); ``step_size(parameter)`` gives the optimiser's step per unit
+        gradient of each weight (:func:`sciencevae.train.adam_step_size`). The penalty is
+        ``penalty + anneal * (penalty_start - penalty)``: ``anneal`` falls from 1 to 0 over the KL warm-up
+        (:meth:`sciencevae.objectives.Objective.penalty_anneal`)."""
         if self.penalised:
             n = len(self.penalty)
             w = self.loadings(n)
-            threshold = step_size(self.linear.weight)[:n, : self.n_latent] * self.penalty
+            penalty = self.penalty if anneal == 0.0 else torch.lerp(self.penalty, self.penalty_start, anneal)
+            threshold = step_size(self.linear.weight)[:n, : self.n_latent] * penalty
             w.copy_(torch.sign(w) * torch.clamp(w.abs() - threshold, min=0.0))
 
     def forward(self, z: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:

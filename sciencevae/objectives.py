@@ -25,6 +25,10 @@ Objectives
     (weights 1/(NM)) is biased when posteriors are tight: its TC is offset by
     up to L log N - log M, so compare MWS values only with each other.
 
+A loadings penalty with a stronger start (gene-set-guided programmes,
+:meth:`sciencevae.networks.LinearDecoder.set_penalty`) falls linearly to its own over the same warm-up
+(:meth:`Objective.penalty_anneal`): a continuation, as in homotopy methods for the lasso.
+
 Schedules are computed from the step counter; nothing is mutated in training.
 """
 
@@ -170,6 +174,15 @@ class Objective:
     def kl_weight(self, step: int) -> float:
         """KL warm-up factor w(t) in [0, 1]."""
         return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
+
+    def penalty_anneal(self, step: int) -> float:
+        """How far a loadings penalty still is at its start value, in [0, 1]: 1 at step 0, falling linearly
+        to 0 at the end of the warm-up (0 throughout without one).
+
+        >>> Objective(warmup_steps=10).penalty_anneal(4)
+        0.6
+        """
+        return 0.0 if self.warmup_steps == 0 else max(0.0, 1.0 - step / self.warmup_steps)
 
     def capacity(self, step: int) -> float:
         """Capacity C(t) in nats (capacity objective)."""

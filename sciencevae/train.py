@@ -210,7 +210,7 @@ def _batch_row(module: nn.Module, objective: Objective, batch, step: int, noise:
         optimizer.step()
         inner = getattr(module, "module", module)  # under DistributedDataParallel, the wrapped VAEModule
         if hasattr(inner, "proximal_step"):
-            inner.proximal_step(adam_step_size(optimizer))
+            inner.proximal_step(adam_step_size(optimizer), objective.penalty_anneal(step))
     row = torch.cat([torch.stack([parts["loss"], parts["reconstruction"], parts["kl"]]), parts["kl_per_latent"]])
     return row.detach() * batch.x.shape[0]
 

@@ -318,7 +318,8 @@ def test_perturb_from_the_command_line_on_a_saved_run(fitted, tmp_path, capsys):
     assert list(written.columns) == ["gene", "before", "after", "difference", "log2_fold_change"]
     for bad, message in ((["--programme", "9", "--shift", "1"], "programme 9 is not in this run"),
                          (["--programme", "0", "--set", "1", "--cells", "cell_type:type9"], "no group 'type9'"),
-                         (["--programme", "0", "--set", "1", "--cells", "tissue:x"], "no obs column 'tissue'")):
+                         (["--programme", "0", "--set", "1", "--cells", "tissue:x"], "no obs column 'tissue'"),
+                         (["--programme", "cycling", "--shift", "1"], "only a guided run (--guided) names")):
         assert main(["perturb", str(run), *bad]) == 2
         assert message in capsys.readouterr().err
     assert main(["perturb", str(tmp_path), "--programme", "0", "--shift", "1"]) == 2

@@ -16,10 +16,12 @@ from sciencevae import BetaVAE
 from sciencevae.case_studies import gene_programmes as gp
 from sciencevae.case_studies.guided import (GeneSetPrior, gene_set_prior, guided_notes, guided_rotation, guided_table,
                                             guided_warmup)
+from sciencevae.case_studies.perturbation import perturb_run
 from sciencevae.cli import main
 from sciencevae.datasets import given_gene_sets, hard_programmes
 from sciencevae.io import load
 from sciencevae.networks import LinearDecoder
+from sciencevae.objectives import Objective
 from sciencevae.train import adam_step_size
 
 
@@ -34,6 +36,26 @@ def test_proximal_step_soft_thresholds_only_penalised_loadings():
     assert torch.allclose(decoder.linear.weight, torch.tensor([[0.5, -0.4], [0.0, 0.0], [2.0, -2.0]]))
     with pytest.raises(ValueError, match=">= 0"):
         decoder.set_penalty(-torch.ones(3, 2))
+
+
+def test_penalty_falls_from_its_start_to_its_own_over_the_warmup():
+    decoder = LinearDecoder(1, 2, n_penalised=2)
+    decoder.set_penalty(torch.tensor([[0.0], [1.0]]), start=torch.tensor([[0.0], [3.0]]))
+    objective = Objective(warmup_steps=100)
+    assert [objective.penalty_anneal(s) for s in (0, 50, 100, 500)] == [1.0, 0.5, 0.0, 0.0]
+    assert Objective().penalty_anneal(0) == 0.0  # no warm-up, no schedule
+    for anneal, left in ((1.0, 9.7), (0.5, 9.8), (0.0, 9.9)):  # penalty 3, 2, 1; step 0.1
+        with torch.no_grad():
+            decoder.linear.weight.copy_(torch.tensor([[5.0], [10.0]]))
+        decoder.proximal_step(lambda p: torch.full_like(p, 0.1), anneal)
+        assert torch.allclose(decoder.linear.weight, torch.tensor([[5.0], [left]]))
+    with pytest.raises(ValueError, match="start must be >="):
+        decoder.set_penalty(torch.ones(2, 1), start=torch.zeros(2, 1))
+    # a model saved before the schedule loads with no stronger start
+    state = {k: v for k, v in decoder.state_dict().items() if k != "penalty_start"}
+    fresh = LinearDecoder(1, 2, n_penalised=2)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.penalty_start, fresh.penalty)
 
 
 def test_adam_step_size_is_the_step_adam_took_per_unit_gradient():
@@ -53,11 +75,12 @@ def test_penalised_model_saves_and_loads(tmp_path):
     penalty = np.zeros((6, 2), np.float32)
     penalty[3:, 0] = 0.5
     model = BetaVAE(n_features=6, n_latent=2, likelihood="poisson", decoder="linear", hidden=(8,),
-                    loadings_penalty=penalty)
+                    loadings_penalty=penalty, loadings_penalty_start=2 * penalty, objective=Objective(warmup_steps=5))
     model.fit(np.random.default_rng(0).poisson(3.0, (60, 6)).astype(np.float32), epochs=2, progress=False)
     loaded = load(model.save(tmp_path / "m"))
     assert loaded.config.penalised_loadings
     assert np.allclose(loaded.module.decoder.penalty.numpy(), penalty)
+    assert np.allclose(loaded.module.decoder.penalty_start.numpy(), 2 * penalty)
     assert np.allclose(loaded.loadings, model.loadings)
     with pytest.raises(ValueError, match="need decoder='linear'"):
         BetaVAE(n_features=6, n_latent=2, decoder="mlp", loadings_penalty=penalty)
@@ -181,6 +204,23 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     assert main(["export", str(out), "--format", "csv", "--out", str(tmp_path / "export")]) == 0
     provenance = json.loads((tmp_path / "export" / "provenance.json").read_text())
     assert provenance["settings"]["programme_names"] == table["name"].tolist()  # activity_<j> is the j-th name
+    # perturb a programme by its set's name: the same as by its number, saved under a file-safe name
+    name = table.loc[0, "name"]
+    assert main(["perturb", str(out), "--programme", name, "--shift", "1", "--out", str(tmp_path)]) == 0
+    by_number = perturb_run(out, 0, shift=1.0)
+    written = pd.read_csv(tmp_path / f"programme_{name}_shift+1.csv")
+    np.testing.assert_allclose(written["log2_fold_change"], by_number["log2_fold_change"], rtol=1e-6)
+    assert main(["perturb", str(out), "--programme", "de_novo_1", "--shift", "1", "--out", str(tmp_path)]) == 0
+    assert main(["perturb", str(out), "--programme", "identity", "--shift", "1"]) == 2
+    assert "no programme named 'identity'; did you mean identity_0" in capsys.readouterr().err
+    # mapped onto a guided reference: its names and statuses come along, tests cover its active programmes
+    assert main(["cells", str(path), "--reference", str(out), "--out", str(tmp_path / "mapped"), "--quiet"]) == 0
+    mapped = pd.read_csv(tmp_path / "mapped" / "programmes.csv")
+    named = dict(zip(table["programme"], table["name"]))
+    assert (mapped["name"] == mapped["programme"].map(named)).all() and "name_x" not in mapped.columns
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "mapped" / "guided.csv"), table)
+    tested = set(pd.read_csv(tmp_path / "mapped" / "association.csv")["programme"])
+    assert tested <= set(table.loc[table["active"], "programme"])
     assert main(["cells", str(path), "--reference", str(out), "--n-denovo", "3", "--out", str(tmp_path / "m")]) == 2
     assert "--n-denovo cannot be used with --reference" in capsys.readouterr().err
     with pytest.raises(ValueError, match="n_latent is not used with guided programmes"):
