@@ -9,10 +9,9 @@ programmes follow for what no set covers; their loadings pay the same penalty
 on genes some set already claims and a smaller one (:data:`DENOVO_PENALTY`)
 on the others, so that a de-novo programme never takes over a set's
 programme, and an uncovered programme goes to a de-novo one rather than
-bending a guided one. Over the KL warm-up (:func:`guided_warmup`) the penalties
-fall from :data:`PENALTY_START` times their strength to theirs (but a de-novo
-programme's on unclaimed genes), so that each programme first settles inside
-its set.
+bending a guided one. Over the KL warm-up (:func:`guided_warmup`) a guided
+programme's penalty falls from :data:`PENALTY_START` times its strength to its
+own, so that each programme first settles inside its set.
 
 After training, each guided programme is oriented so that its set's genes
 load positively, and described (:func:`guided_table`): whether it is active in
@@ -40,16 +39,17 @@ import pandas as pd
 from sciencevae.consensus import orient
 
 __all__ = ["GeneSetPrior", "gene_set_prior", "set_members", "guided_rotation", "guided_table", "guided_notes",
-           "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY", "IN_PROGRAMME", "N_DENOVO",
-           "ACTIVE_VARIANCE"]
+           "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY", "IN_PROGRAMME",
+           "MOVES_WITH", "N_DENOVO", "ACTIVE_VARIANCE"]
 
 #: L1 penalty on a guided programme's loadings of genes outside its set (nats per cell per unit loading).
 GUIDE_PENALTY = 0.1
-#: The penalties start this many times stronger and fall to theirs over the KL warm-up
-#: (:meth:`GeneSetPrior.penalty`, :meth:`sciencevae.objectives.Objective.penalty_anneal`): on the hard
-#: simulation at 10,000 cells, without it an incomplete set's programme went into another set's latent;
-#: with de-novo programmes' free genes penalised so too, their latents could die before they found the
-#: uncovered programme.
+#: A guided programme's penalty outside its set starts this many times stronger and falls to its own over
+#: the KL warm-up (:meth:`GeneSetPrior.penalty`, :meth:`sciencevae.objectives.Objective.penalty_anneal`): on
+#: the hard simulation at 10,000 cells, without it an incomplete set's programme went into another set's
+#: latent. The de-novo programmes' penalties do not start stronger: so penalised, their latents could die
+#: before they found the uncovered programme (simulation), and on CellBench Hallmark sets took up the cell
+#: lines (ten sets active instead of six, ESTROGEN_RESPONSE for keratins).
 PENALTY_START = 3.0
 #: L1 penalty on a de-novo programme's loadings of genes no given set claims (claimed genes: GUIDE_PENALTY).
 DENOVO_PENALTY = 0.03
@@ -60,6 +60,10 @@ IN_PROGRAMME = 0.2
 #: cells included, reach 0.5-1.3; a decoy set fitted noise to 0.10 on 1,500 cells. Burda et al.'s 0.01 (the
 #: collapse criterion of :mod:`sciencevae.diagnostics`) says only that a latent is not entirely unused.
 ACTIVE_VARIANCE = 0.2
+#: A de-novo programme moves with a guided one when their activities correlate at least this much over cells
+#: (Pearson): the set likely lacks the de-novo programme's genes (on the hard simulation at 10,000 cells, half
+#: of an incomplete set's programme went to a de-novo one at r = 0.64; other pairs stayed within 0.25).
+MOVES_WITH = 0.5
 #: De-novo programmes by default: on CellBench (5 cell lines, 48 Hallmark and cell-cycle sets) 5 were too few for
 #: the cell lines, sex, mitochondrial and cancer-testis programmes, which then bent guided ones; 10 held them.
 N_DENOVO = 10
@@ -108,16 +112,16 @@ class GeneSetPrior:
                 scale: np.ndarray | None = None, start: float = 1.0) -> np.ndarray:
         """(genes, n_latent) L1 penalty per loading: 0 inside a guided programme's set, ``outside`` outside
         it; for de-novo programmes ``outside`` on genes some set claims and ``denovo`` on the others; each
-        gene's row times ``scale`` (genes,) when given (:func:`count_scale`). ``start``: the penalty at the
-        first step (:data:`PENALTY_START`), every one times ``start`` but a de-novo programme's on genes no
-        set claims, which stay free to find what the sets miss.
+        gene's row times ``scale`` (genes,) when given (:func:`count_scale`). ``start`` (the penalty at the
+        first step, :data:`PENALTY_START`): a guided programme's penalty outside its set times ``start``; the
+        de-novo programmes' as they are, free from the start to find what the sets miss.
 
         >>> prior = GeneSetPrior(["S"], np.array([[True], [False]]), [1], n_denovo=1)
         >>> prior.penalty(start=3.0).astype(float).round(2).tolist()
-        [[0.0, 0.3], [0.3, 0.03]]
+        [[0.0, 0.1], [0.3, 0.03]]
         """
         claimed = self.membership.any(axis=1, keepdims=True)
-        free = np.where(claimed, outside * start, denovo)
+        free = np.where(claimed, outside, denovo)
         out = np.c_[np.where(self.membership, 0.0, outside * start), np.repeat(free, self.n_denovo, axis=1)]
         if scale is not None:
             out = out * scale[:, None]
@@ -205,9 +209,11 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
     (genes the programme raises: loading at least :data:`IN_PROGRAMME` of its largest; genes it lowers, with
     negative loadings, are neither kept nor added), n_added / added (genes in the programme, not in the set; at most
     ``n_listed``, largest first), n_dropped / dropped (set genes not in the programme), in_set_share (share
-    of the programme's genes in its set) and status: ``inactive`` (it holds no genes, so all of its set is
+    of the programme's genes in its set), status: ``inactive`` (it holds no genes, so all of its set is
     dropped); ``corrected`` (fewer than half of its genes in its set); ``refined`` (genes added or dropped,
-    most in the set); ``active`` (exactly its set).
+    most in the set); ``active`` (exactly its set), and for an active de-novo programme moves_with: the
+    active guided programme whose activity correlates with its own at r >= :data:`MOVES_WITH` ("" if none;
+    the set likely lacks the de-novo programme's genes).
 
     ``weights`` (genes x programmes) and ``latents`` (cells x programmes) are oriented
     (:func:`guided_rotation`); ``kl`` is per latent before rotation, reported for the guided programmes
@@ -235,7 +241,21 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
                      "added": _listed(genes, w, strong & ~member, n_listed) if guided else "",
                      "n_dropped": int(np.sum(member & ~strong)),
                      "dropped": _listed(genes, w, member & ~strong, n_listed), "in_set_share": in_set})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.assign(moves_with=_moves_with(latents, table, len(prior.names)))
+
+
+def _moves_with(latents: np.ndarray, table: pd.DataFrame, n_sets: int) -> list[str]:
+    """Per programme, the active guided programme an active de-novo one moves with (``""`` if none)."""
+    active = table["active"].to_numpy(dtype=bool)
+    out = [""] * len(table)
+    guided = np.flatnonzero(active[:n_sets])
+    for j in np.flatnonzero(active[n_sets:]) + n_sets:
+        if len(guided):
+            r = np.array([np.corrcoef(latents[:, j], latents[:, g])[0, 1] for g in guided])
+            if np.nanmax(r) >= MOVES_WITH:
+                out[j] = str(table.loc[guided[np.nanargmax(r)], "name"])
+    return out
 
 
 def guided_notes(table: pd.DataFrame | None) -> list[str]:
@@ -253,6 +273,9 @@ def guided_notes(table: pd.DataFrame | None) -> list[str]:
             listed = ", ".join(hit["name"].astype(str).head(10)) + (" ..." if len(hit) > 10 else "")
             notes.append(f"{len(hit)} of {len(guided)} gene sets are {words}: {listed}")
     denovo = table[(table["kind"] == "de novo") & table["active"]]
+    for _, row in denovo[denovo["moves_with"] != ""].iterrows():
+        notes.append(f"{row['name']} moves with {row['moves_with']} (their activities correlate over cells): "
+                     f"{row['moves_with']}'s set may lack {row['name']}'s genes")
     if len(denovo):
         notes.append(f"{len(denovo)} de-novo programme{'s' if len(denovo) > 1 else ''} "
                      f"({', '.join(denovo['name'])}) found what no given set covers")

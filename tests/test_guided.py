@@ -122,7 +122,12 @@ def test_table_statuses_on_known_loadings():
     notes = guided_notes(table)
     assert any("inactive" in n and "silent" in n for n in notes) and any("corrected" in n and "moved" in n
                                                                          for n in notes)
-    assert any("de_novo_0" in n for n in notes)
+    assert any("de_novo_0" in n for n in notes) and not any("moves with" in n for n in notes)
+    # a de-novo programme active in the same cells as a guided one moves with it: its set may lack its genes
+    latents[:, 4] = latents[:, 1] + 0.5 * rng.normal(size=100)
+    table = guided_table(w, latents, np.ones(5), prior, [f"g{i}" for i in range(12)])
+    assert table["moves_with"].tolist() == ["", "", "", "", "refined"]
+    assert any("de_novo_0 moves with refined" in n for n in guided_notes(table))
 
 
 def test_rotation_orients_guided_programmes_to_their_sets():
