@@ -276,7 +276,8 @@ def guided_notes(table: pd.DataFrame | None) -> list[str]:
     for _, row in denovo[denovo["moves_with"] != ""].iterrows():
         notes.append(f"{row['name']} moves with {row['moves_with']} (their activities correlate over cells): "
                      f"{row['moves_with']}'s set may lack {row['name']}'s genes")
-    if len(denovo):
-        notes.append(f"{len(denovo)} de-novo programme{'s' if len(denovo) > 1 else ''} "
-                     f"({', '.join(denovo['name'])}) found what no given set covers")
+    free = denovo[denovo["moves_with"] == ""]
+    if len(free):
+        notes.append(f"{len(free)} de-novo programme{'s' if len(free) > 1 else ''} "
+                     f"({', '.join(free['name'])}) found what no given set covers")
     return notes
