@@ -19,8 +19,9 @@ these data (the variance over cells of its posterior means is at least
 :data:`ACTIVE_VARIANCE`), the genes it added to its set and
 dropped from it (a gene is in a programme when the programme raises it: its
 loading is at least :data:`IN_PROGRAMME` of the programme's largest), and whether the data
-refined the set (genes added or dropped) or corrected it (fewer than half of
-the programme's genes are in the set).
+refined the set (genes added or dropped), corrected it (fewer than half of
+the programme's genes are in the set) or replaced it (none are: the set's name
+does not describe the programme).
 
 >>> prior = gene_set_prior(["a", "b", "c", "d", "e", "f"], {"S": ["a", "b", "x"]}, n_denovo=1, min_size=2)
 >>> prior.names, prior.given, prior.penalty().shape
@@ -198,6 +199,8 @@ def _status(active: bool, guided: bool, in_set: float, changed: bool) -> str:
         return "inactive"
     if not guided:
         return "active"
+    if in_set == 0:
+        return "replaced"
     return "corrected" if in_set < 0.5 else ("refined" if changed else "active")
 
 
@@ -210,7 +213,8 @@ def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior
     negative loadings, are neither kept nor added), n_added / added (genes in the programme, not in the set; at most
     ``n_listed``, largest first), n_dropped / dropped (set genes not in the programme), in_set_share (share
     of the programme's genes in its set), status: ``inactive`` (it holds no genes, so all of its set is
-    dropped); ``corrected`` (fewer than half of its genes in its set); ``refined`` (genes added or dropped,
+    dropped); ``replaced`` (none of its genes in its set: the set's name does not describe it);
+    ``corrected`` (fewer than half of its genes in its set); ``refined`` (genes added or dropped,
     most in the set); ``active`` (exactly its set), and for an active de-novo programme moves_with: the
     active guided programme whose activity correlates with its own at r >= :data:`MOVES_WITH` ("" if none;
     the set likely lacks the de-novo programme's genes).
@@ -259,7 +263,7 @@ def _moves_with(latents: np.ndarray, table: pd.DataFrame, n_sets: int) -> list[s
 
 
 def guided_notes(table: pd.DataFrame | None) -> list[str]:
-    """Plain-words notes on guided programmes the data did not support or corrected."""
+    """Plain-words notes on guided programmes the data did not support, corrected or replaced."""
     if table is None:
         return []
     notes = []
@@ -267,7 +271,9 @@ def guided_notes(table: pd.DataFrame | None) -> list[str]:
     for status, words in (("inactive", "inactive in these data (their programme does not vary between cells, or "
                                        "another programme explains it)"),
                           ("corrected", "corrected by the data (fewer than half of each programme's genes are in "
-                                        "its set: see added/dropped in guided.csv)")):
+                                        "its set: see added/dropped in guided.csv)"),
+                          ("replaced", "replaced by the data (none of each programme's genes are in its set: do not "
+                                       "read the programme by the set's name)")):
         hit = guided[guided["status"] == status]
         if len(hit):
             listed = ", ".join(hit["name"].astype(str).head(10)) + (" ..." if len(hit) > 10 else "")

@@ -116,6 +116,11 @@ def test_table_statuses_on_known_loadings():
     latents[:, 3] *= 0.3                         # variance 0.09: below ACTIVE_VARIANCE, inactive
     table = guided_table(w, latents, np.ones(5), prior, [f"g{i}" for i in range(12)])
     assert table["status"].tolist() == ["active", "refined", "corrected", "inactive", "active"]
+    w2 = w.copy()
+    w2[:, 2], w2[0, 2] = 0.0, 1.0                # none of its genes in its set: replaced
+    replaced = guided_table(w2, latents, np.ones(5), prior, [f"g{i}" for i in range(12)])
+    assert replaced["status"][2] == "replaced" and any("replaced" in n and "moved" in n
+                                                        for n in guided_notes(replaced))
     refined = table.iloc[1]
     assert (refined["added"], refined["dropped"], refined["n_genes"]) == ("g0", "g7", 4)
     assert table.iloc[3]["n_dropped"] == 4 and table.iloc[3]["n_genes"] == 0
@@ -202,7 +207,7 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     printed = capsys.readouterr().out
     assert "guided.csv" in printed
     table = pd.read_csv(out / "guided.csv")
-    assert len(table) == len(sets) + 2 and set(table["status"]) <= {"active", "refined", "corrected", "inactive"}
+    assert len(table) == len(sets) + 2 and set(table["status"]) <= {"active", "refined", "corrected", "replaced", "inactive"}
     assert {"name", "status"} <= set(pd.read_csv(out / "programmes.csv").columns)
     assert (out / "figures" / "guided_programmes.png").exists()
     assert "Gene-set-guided programmes" in (out / "report.html").read_text()
