@@ -39,7 +39,8 @@ from sciencevae.objectives import Objective
 
 from .differential import cohens_d, comparison, differential
 from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, PENALTY_START, GeneSetPrior, count_scale,
-                     gene_set_prior, guided_notes, guided_rotation, guided_table, guided_warmup, set_members)
+                     gene_set_prior, guided_consensus, guided_notes, guided_rotation, guided_table, guided_warmup,
+                     set_members)
 from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
@@ -303,9 +304,13 @@ class ProgrammeResult:
             tables[f"Choosing {self.settings['chosen_by_sweep']}: stability against reconstruction"] = self.selection
         tables["Per-latent KL (before rotation, first fit)"] = kl
         if self.enrichment is not None:
-            best_q = self.enrichment[["q", "rank_q"]].min(axis=1)  # either test: the top genes or their ranks
-            strongest_sets = self.enrichment.iloc[np.argsort(best_q.to_numpy(), kind="stable")[:20]]
-            tables["Enrichment (20 strongest by either test's q)"] = strongest_sets.drop(columns="genes")
+            others = other_sets(self.enrichment)
+            best_q = others[["q", "rank_q"]].min(axis=1)  # either test: the top genes or their ranks
+            strongest_sets = others.iloc[np.argsort(best_q.to_numpy(), kind="stable")[:20]]
+            title = "Enrichment (20 strongest by either test's q" + (
+                "; a guided programme against its own set left out: enrichment.csv has it)"
+                if "own_set" in self.enrichment else ")")
+            tables[title] = strongest_sets.drop(columns=["genes", "own_set"], errors="ignore")
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
         tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
         if self.differential is not None:
@@ -316,7 +321,8 @@ class ProgrammeResult:
             tables["Programmes matched to obs labels (one programme per category; 1 = perfect)"] = self.label_scores
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
                      notes=batch_hints(self.association, self.settings.get("batch_key")) +
-                     stability_notes(self.stability) + guided_notes(self.guided) +
+                     stability_notes(self.stability, self.guided) +
+                     guided_notes(self.guided, of_reference="reference" in self.settings) +
                      ([] if self.checks is None else [self.checks.verdict]))
         return out
 
@@ -461,8 +467,16 @@ def stability_table(found: Consensus, seeds: list[int]) -> pd.DataFrame:
     return table
 
 
-def stability_notes(table: pd.DataFrame | None) -> list[str]:
-    """Plain-words notes on the programmes that are not stable."""
+def other_sets(table: pd.DataFrame) -> pd.DataFrame:
+    """The enrichment rows but a guided programme's against its own set (enriched by construction)."""
+    return table if "own_set" not in table else table[~table["own_set"].astype(bool)]
+
+
+def stability_notes(table: pd.DataFrame | None, guided: pd.DataFrame | None = None) -> list[str]:
+    """Plain-words notes on the programmes that are not stable (of a guided run, the active ones: an inactive
+    set's programme is said to be inactive)."""
+    if table is not None and guided is not None:
+        table = table[table["programme"].isin(guided.loc[guided["active"], "programme"])]
     if table is None or table["stable"].all():
         return []
     weak = table[~table["stable"]]
@@ -529,7 +543,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     if n_fits < 1:
         raise ValueError(f"n_fits must be at least 1, got {n_fits}")
     if guided:
-        check_guided(n_latent, beta, decoder, n_fits)
+        check_guided(n_latent, beta, decoder)
     epochs = default_epochs(inputs.prepared.X.shape[0]) if epochs is None else epochs
     seeds = [seed + i for i in range(n_fits)]
     latent_grid, beta_grid = _grid(n_latent, N_LATENT_GRID, "n_latent"), _grid(beta, BETA_GRID, "beta")
@@ -570,18 +584,16 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     return res
 
 
-def check_guided(n_latent, beta, decoder: str, n_fits: int) -> None:
+def check_guided(n_latent, beta, decoder: str) -> None:
     """Refuse settings that guided programmes do not take, ``ValueError`` in one line: an ``n_latent`` other
-    than the default 10 (or None: not given), another decoder than ``"linear"``, several fits, ``"auto"`` or
-    a list for ``beta``."""
+    than the default 10 (or None: not given), another decoder than ``"linear"``, ``"auto"`` or a list for
+    ``beta``."""
     if n_latent is not None and not (isinstance(n_latent, int) and n_latent == 10):
         raise ValueError("n_latent is not used with guided programmes (one per gene set, plus n_denovo free "
                          "ones): leave it out")
     if decoder != "linear":
         raise ValueError(f"guided programmes need the linear decoder (their loadings are confined to the sets), "
                          f"got decoder={decoder!r}")
-    if n_fits != 1:
-        raise ValueError("guided programmes are fitted once: drop --fits (n_fits); each programme is named by its set")
     if isinstance(beta, (str, list, tuple, np.ndarray)):
         raise ValueError("guided programmes take one beta: drop 'auto' or the list")
 
@@ -634,7 +646,8 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
     if len(fits) == 1:
         weights, latents = fits[0].weights, fits[0].latents
     else:
-        found = consensus([f.weights for f in fits])
+        found = (consensus([f.weights for f in fits]) if inputs.prior is None else
+                 guided_consensus([f.weights for f in fits], [f.latents for f in fits], len(inputs.prior.names)))
         weights, latents = found.loadings, found.activities([f.latents for f in fits])
         stability = stability_table(found, seeds)
         uns["consensus"] = {"seeds": np.array(seeds), "members": found.members, "signs": found.signs,
@@ -642,9 +655,10 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
                             "rotations": np.stack([f.rotation for f in fits])}
         uns["descriptions"] = {**DESCRIPTIONS, "obsm": {OBSM_KEY: CONSENSUS_ACTIVITY}}
     guided = None
-    if inputs.prior is not None:
-        guided = guided_table(weights, latents, uns["kl_per_latent"], inputs.prior, inputs.names)
-        uns["guided"] = {"gene_sets": np.array(inputs.prior.names, dtype=object), "n_denovo": inputs.prior.n_denovo,
+    if inputs.prior is not None:  # a consensus keeps the de-novo programmes two fits share
+        prior = dataclasses.replace(inputs.prior, n_denovo=weights.shape[1] - len(inputs.prior.names))
+        guided = guided_table(weights, latents, uns["kl_per_latent"], prior, inputs.names)
+        uns["guided"] = {"gene_sets": np.array(prior.names, dtype=object), "n_denovo": prior.n_denovo,
                          "status": guided["status"].to_numpy(dtype=object)}
         uns["descriptions"] = {**uns["descriptions"], "uns": {**uns["descriptions"]["uns"], "guided": GUIDED_UNS}}
     sets = inputs.gene_sets
@@ -654,11 +668,13 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
     if inputs.prior is not None and sets is not None:
         sets = {name: sets[name] for name in inputs.prior.names}  # the small ones were named once, left out
     keys = _categorical_keys(adata.obs)
+    enriched = None if sets is None else _renumbered(enrichment(weights[:, shown], inputs.names, sets, n_top), shown)
+    if enriched is not None and guided is not None:  # a guided programme against its own set: true by construction
+        enriched["own_set"] = enriched["gene_set"].to_numpy() == guided["name"].to_numpy()[enriched["programme"]]
     return ProgrammeResult(
         model=model, adapter=inputs.adapter, adata=inputs.adapter.write_back(adata, latents, weights, uns),
         weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
-        enrichment=None if sets is None else _renumbered(enrichment(weights[:, shown], inputs.names, sets, n_top),
-                                                         shown),
+        enrichment=enriched,
         association=_renumbered(association(latents[:, shown], adata.obs, keys), shown), settings=settings,
         stability=stability, differential=None if inputs.compare is None else
         _renumbered(differential(latents[:, shown], adata.obs, *inputs.compare, sample_key=inputs.sample_key), shown),

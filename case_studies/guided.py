@@ -37,9 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sciencevae.consensus import orient
+from sciencevae.consensus import Consensus, consensus, orient
 
 __all__ = ["GeneSetPrior", "gene_set_prior", "set_members", "guided_rotation", "guided_table", "guided_notes",
+           "guided_consensus",
            "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY", "IN_PROGRAMME",
            "MOVES_WITH", "N_DENOVO", "ACTIVE_VARIANCE"]
 
@@ -204,6 +205,57 @@ def _status(active: bool, guided: bool, in_set: float, changed: bool) -> str:
     return "corrected" if in_set < 0.5 else ("refined" if changed else "active")
 
 
+def guided_consensus(loadings: list[np.ndarray], latents: list[np.ndarray], n_sets: int) -> Consensus:
+    """The consensus of several guided fits (``loadings[i]``: genes x programmes, ``latents[i]``: cells x
+    programmes of fit i, oriented by :func:`guided_rotation`; the first ``n_sets`` programmes guided).
+
+    A guided programme is its set's in every fit, so its members are its own column: its loadings are the
+    median over fits, ``found`` the share of fits in which it is active (activity variance at least
+    :data:`ACTIVE_VARIANCE`), and its stability the mean over pairs of fits of the correlation of its
+    loadings (0 for a pair where it is inactive in either fit: the set's programme was not found there).
+    The de-novo programmes are clustered across fits as in an unguided run
+    (:func:`sciencevae.consensus.consensus`) and follow the guided ones; those no two fits share are dropped.
+
+    >>> rng = np.random.default_rng(0)
+    >>> w = [np.c_[np.r_[np.ones(5), np.zeros(5)] + rng.normal(0, .1, 10), rng.normal(0, 1, 10)] for _ in range(3)]
+    >>> z = [np.c_[rng.normal(size=50), rng.normal(size=50) * 0.1] for _ in range(3)]
+    >>> found = guided_consensus(w, z, n_sets=1)
+    >>> found.loadings.shape, found.found.tolist(), bool(found.stability[0] > 0.9)
+    ((10, 1), [1.0], True)
+    """
+    n_fits = len(loadings)
+    stack = np.stack([np.asarray(w, dtype=float)[:, :n_sets] for w in loadings])  # fits, genes, sets
+    active = np.stack([np.asarray(z)[:, :n_sets].var(axis=0) >= ACTIVE_VARIANCE for z in latents])
+    median = np.median(stack, axis=0)
+    correlation = np.array([[_pearson(stack[f, :, j], median[:, j]) for j in range(n_sets)] for f in range(n_fits)])
+    stability = np.zeros(n_sets)
+    for j in range(n_sets):
+        pairs = [_pearson(stack[f, :, j], stack[g, :, j]) if active[f, j] and active[g, j] else 0.0
+                 for f in range(n_fits) for g in range(n_fits) if f != g]
+        stability[j] = np.mean(np.maximum(pairs, 0.0))
+    members, signs = np.tile(np.arange(n_sets), (n_fits, 1)), np.ones((n_fits, n_sets))
+    parts = [(members, signs, median, correlation, stability)]
+    if loadings[0].shape[1] > n_sets:
+        try:
+            free = consensus([np.asarray(w)[:, n_sets:] for w in loadings])
+        except ValueError:  # no de-novo programme found again
+            free = None
+        if free is not None:
+            parts.append((np.where(free.members >= 0, free.members + n_sets, -1), free.signs, free.loadings,
+                          free.correlation, free.stability))
+    members, signs, median, correlation, stability = (np.concatenate(x, axis=-1) for x in zip(*parts))
+    found = np.r_[active.mean(axis=0), (members[:, n_sets:] >= 0).mean(axis=0)]
+    return Consensus(loadings=median, members=members, signs=signs, correlation=correlation, found=found,
+                     stability=stability)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two vectors; 0 when either is constant (an all-zero loading column)."""
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def guided_table(weights: np.ndarray, latents: np.ndarray, kl: np.ndarray, prior: GeneSetPrior, genes,
                  n_listed: int = 20) -> pd.DataFrame:
     """One row per programme (guided first, then de novo): programme, name (the set, or ``de_novo_<i>``),
@@ -262,11 +314,14 @@ def _moves_with(latents: np.ndarray, table: pd.DataFrame, n_sets: int) -> list[s
     return out
 
 
-def guided_notes(table: pd.DataFrame | None) -> list[str]:
-    """Plain-words notes on guided programmes the data did not support, corrected or replaced."""
+def guided_notes(table: pd.DataFrame | None, of_reference: bool = False) -> list[str]:
+    """Plain-words notes on guided programmes the data did not support, corrected or replaced; for a run mapped
+    onto a guided reference (``of_reference``) each says that it is about the reference's data."""
     if table is None:
         return []
     notes = []
+    if of_reference:
+        return [f"in the reference run: {note}" for note in guided_notes(table)]
     guided = table[table["kind"] == "guided"]
     for status, words in (("inactive", "inactive in these data (their programme does not vary between cells, or "
                                        "another programme explains it)"),

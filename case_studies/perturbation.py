@@ -201,11 +201,12 @@ def perturb_parts(model: BetaVAE, prepared: Prepared, uns: dict, n_programmes: i
                   ) -> pd.DataFrame:
     """:func:`perturb` with the target and rotation read from a run's ``uns["sciencevae"]``; ``programme`` a
     number or a guided run's programme name (:func:`programme_number`)."""
-    programme = programme_number(uns, programme)
+    given, programme = programme, programme_number(uns, programme)
     where = target(uns, programme, n_programmes)
     status = np.asarray(uns.get("guided", {}).get("status", []), dtype=object)
     if programme < len(status) and status[programme] == "inactive":
-        warnings.warn(f"programme {programme} is inactive in this run (guided.csv): its activity does not vary "
+        name = f"programme {programme}" if str(given) == str(programme) else f"{given} (programme {programme})"
+        warnings.warn(f"{name} is inactive in this run (guided.csv): its activity does not vary "
                       "between cells and its loadings are noise, so the changes mean little", UserWarning,
                       stacklevel=2)
     found = uns.get("consensus")

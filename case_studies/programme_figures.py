@@ -27,7 +27,8 @@ def programme_label(res: "ProgrammeResult", j: int) -> str:
     if res.guided is not None:  # the set's name on its own lines: set names run long
         row = res.guided.iloc[j]
         status = "" if row["status"] == "active" else f" ({row['status']})"
-        return f"programme {j}{status}\n" + wrapped(str(row["name"]))
+        stability = "" if res.stability is None else f", stability {res.stability['stability'].iloc[j]:.2f}"
+        return f"programme {j}{status}{stability}\n" + wrapped(str(row["name"]))
     if res.stability is None:
         return f"programme {j}"
     row = res.stability.iloc[j]

@@ -21,6 +21,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from sciencevae import __version__
 from sciencevae.adapters.cells import UNS_KEY, VARM_KEY, CellsAdapter, modelled_var
 from sciencevae.io import load
 from sciencevae.label_matching import label_matching
@@ -42,8 +43,9 @@ def _reference_guided(run: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     table = pd.read_csv(path)
-    return table.assign(added=table["added"].fillna(""), dropped=table["dropped"].fillna(""),
-                        active=table["active"].astype(str).str.lower().eq("true"))
+    text = {column: table[column].fillna("").astype(str) for column in ("added", "dropped", "moves_with")
+            if column in table}  # empty cells read back as NaN
+    return table.assign(**text, active=table["active"].astype(str).str.lower().eq("true"))
 
 
 def check_cells_run(run: str | Path) -> Path:
@@ -138,7 +140,7 @@ def map_to_reference(query: ad.AnnData, reference: str | Path, layer: str | None
     names = names_or_ids(query, adapter, params.get("gene_symbols"))
     uns = {key: ref_uns[key] for key in ("likelihood", "rotation", "consensus", "guided", "descriptions")
            if key in ref_uns}
-    uns.update(params={k: ("" if v is None else v) for k, v in settings.items()},
+    uns.update(params={k: ("" if v is None else v) for k, v in settings.items()}, sciencevae_version=__version__,
                kl_per_latent=np.asarray(ref_uns.get("kl_per_latent", [])))
     checks = posterior_predictive(model, prepared, names, seed=int(params.get("seed", 0) or 0),
                                   genes_checked=~np.isin(adapter.genes, missing))  # zero-filled genes are not data

@@ -322,24 +322,25 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     top = res.programmes[res.programmes["rank"] <= 5]
     for programme, rows in top.groupby("programme"):
         ends = {d: ", ".join(rows.loc[rows["direction"] == d, "gene"]) for d in ("+", "-")}
-        stable = "" if res.stability is None else f" (stability {res.stability['stability'][programme]:.2f})"
+        said = [] if res.stability is None else [f"stability {res.stability['stability'][programme]:.2f}"]
         if res.guided is not None:
             row = res.guided.iloc[programme]
             if row["status"] == "inactive":
                 continue  # said in the notes: an inactive programme has no genes
-            stable = f" ({row['name']}, {row['status']})"
+            said = [str(row["name"]), str(row["status"]), *said]
         lowered = f" | - {ends['-']}" if ends["-"] else ""  # a guided programme may lower no gene
-        print(f"programme {programme}{stable}: + {ends['+']}{lowered}")
+        label = " (" + ", ".join(said) + ")" if said else ""
+        print(f"programme {programme}{label}: + {ends['+']}{lowered}")
     if res.selection is not None:
         best = res.selection[res.selection["chosen"]].iloc[0]
         print(f"chose n_latent={best['n_latent']}, beta={best['beta']:g}: {best['n_stable']} stable programmes, the "
               "most in the sweep (selection.csv, figures/selection.png)")
-    for note in gene_programmes.stability_notes(res.stability):
+    for note in gene_programmes.stability_notes(res.stability, res.guided):
         print(f"note: {note}")
     for hint in gene_programmes.batch_hints(res.association, args.batch_key):
         print(f"hint: {hint}")
     if res.enrichment is not None and len(res.enrichment):
-        print(_enrichment_headline(res.enrichment))
+        print(_enrichment_headline(gene_programmes.other_sets(res.enrichment)))
     _print_analyses(res)
     print(_written(args.out, res))
     return 0
@@ -357,7 +358,7 @@ def _check_guided_flags(args: argparse.Namespace, beta) -> None:
     if args.n_latent != build_parser().parse_args(["cells", "x", "--out", "y"]).n_latent:
         raise ValueError("--n-latent is not used with --guided (one programme per gene set, plus --n-denovo free "
                          "ones): drop it")
-    check_guided(None, beta, args.decoder, args.fits)  # --n-latent: refused above
+    check_guided(None, beta, args.decoder)  # --n-latent: refused above
 
 
 def _differential_headline(table) -> str:
@@ -420,7 +421,7 @@ def _print_analyses(res) -> None:
     """Notes on guided programmes, the differential test's headline and the model check's verdict of a cells run."""
     from .case_studies.guided import guided_notes
 
-    for note in guided_notes(res.guided):
+    for note in guided_notes(res.guided, of_reference="reference" in res.settings):
         print(f"note: {note} (guided.csv)")
     if res.differential is not None:
         print(_differential_headline(res.differential))
@@ -462,6 +463,8 @@ def _enrichment_headline(table: pd.DataFrame, alpha: float = 0.05) -> str:
     >>> _enrichment_headline(table)
     'strongest enrichment: programme 1 (-) B (rank test q=0.01)'
     """
+    if not len(table):  # a guided run whose only enrichments are its programmes' own sets
+        return "no gene set is enriched but the guided programmes' own sets (enrichment.csv)"
     best_q = table.loc[table["q"].idxmin()]
     best_rank = table.loc[table["rank_q"].idxmin()]
     best, test, q = ((best_q, "top genes", best_q.q) if best_q.q <= best_rank.rank_q

@@ -182,8 +182,35 @@ def test_guided_programmes_name_correct_sets_mend_wrong_ones_and_find_the_uncove
     # an inactive programme's loadings are confined noise: it is left out of the tests and associations
     active = set(res.guided.loc[res.guided["active"], "programme"])
     assert set(res.enrichment["programme"]) <= active and set(res.association["programme"]) <= active
+    own = res.enrichment[res.enrichment["own_set"]]  # by construction: left out of the headline and report
+    assert len(own) and (own["gene_set"].to_numpy() == res.guided["name"].to_numpy()[own["programme"]]).all()
+    assert not gp.other_sets(res.enrichment)["own_set"].any()
     with pytest.warns(UserWarning, match="is inactive in this run"):
         res.perturb(int(table.loc["decoy", "programme"]), shift=1.0)
+
+
+def test_guided_consensus_of_fits_scores_each_sets_programme_by_its_stability(tmp_path):
+    """Several guided fits: each set's programme is matched to itself across fits; a correct set's programme
+    is found in every fit and stable, the decoy's in none; names and stabilities reach every output."""
+    sim, sets, kind, adata = _simulation(seed=0)
+    res = gp.run(adata, batch_key="batch", gene_sets=sets, guided=True, n_denovo=4, n_top_genes=None,
+                 progress=False, seed=0, n_fits=2)
+    table, stability = res.guided.set_index("name"), res.stability.set_index("programme")
+    for name in ("identity_0", "identity_1", "identity_3", "cycling"):
+        j = int(table.loc[name, "programme"])
+        assert stability.loc[j, "found"] == 1.0 and stability.loc[j, "stability"] >= 0.8, name
+        truth = sim["membership"][:, sim["names"].index(name)]
+        assert roc_auc_score(truth, res.weights[:, j]) >= 0.95, name
+    decoy = int(table.loc["decoy", "programme"])
+    assert stability.loc[decoy, "found"] == 0.0 and table.loc["decoy", "status"] == "inactive"
+    assert res.adata.uns["sciencevae"]["guided"]["n_denovo"] == len(res.guided) - len(sets)
+    assert not any(f"{decoy} (" in n for n in gp.stability_notes(res.stability, res.guided))  # said inactive
+    res.save(tmp_path / "run")
+    saved = pd.read_csv(tmp_path / "run" / "programmes.csv")
+    assert {"name", "status", "stability", "stable"} <= set(saved.columns)
+    named = res.perturb("cycling", shift=1.0)  # the saved model is the first fit's: its own cycling latent
+    truth = sim["membership"][:, sim["names"].index("cycling")]
+    assert roc_auc_score(truth, named.set_index("gene").loc[list(adata.var_names), "log2_fold_change"]) >= 0.95
 
 
 def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_path, capsys):
@@ -193,8 +220,8 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     adata.write_h5ad(path)
     gmt.write_text("".join(f"{n}\tsim\t" + "\t".join(g) + "\n" for n, g in sets.items()))
     base = ["cells", str(path), "--gene-sets", str(gmt), "--n-top-genes", "0", "--quiet"]
-    for extra, message in ((["--fits", "2"], "fitted once"), (["--n-latent", "8"], "--n-latent is not used"),
-                           (["--decoder", "mlp"], "need the linear decoder")):
+    for extra, message in ((["--n-latent", "8"], "--n-latent is not used"),
+                           (["--decoder", "mlp"], "need the linear decoder"), (["--beta", "auto"], "one beta")):
         assert main(base + ["--out", str(tmp_path / "bad"), "--guided", *extra]) == 2
         assert message in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "bad"), "--n-denovo", "3"]) == 2
@@ -231,6 +258,8 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "mapped" / "guided.csv"), table)
     tested = set(pd.read_csv(tmp_path / "mapped" / "association.csv")["programme"])
     assert tested <= set(table.loc[table["active"], "programme"])
+    printed = capsys.readouterr().out
+    assert "moves with nan" not in printed and "note: in the reference run: " in printed  # the reference's data
     assert main(["cells", str(path), "--reference", str(out), "--n-denovo", "3", "--out", str(tmp_path / "m")]) == 2
     assert "--n-denovo cannot be used with --reference" in capsys.readouterr().err
     with pytest.raises(ValueError, match="n_latent is not used with guided programmes"):
