@@ -209,10 +209,11 @@ def guided_consensus(loadings: list[np.ndarray], latents: list[np.ndarray], n_se
     """The consensus of several guided fits (``loadings[i]``: genes x programmes, ``latents[i]``: cells x
     programmes of fit i, oriented by :func:`guided_rotation`; the first ``n_sets`` programmes guided).
 
-    A guided programme is its set's in every fit, so its members are its own column: its loadings are the
-    median over fits, ``found`` the share of fits in which it is active (activity variance at least
-    :data:`ACTIVE_VARIANCE`), and its stability the mean over pairs of fits of the correlation of its
-    loadings (0 for a pair where it is inactive in either fit: the set's programme was not found there).
+    A guided programme is its set's in every fit, so its members are its own column in the fits where it is
+    active (activity variance at least :data:`ACTIVE_VARIANCE`; every fit when fewer than two): its loadings
+    are the median over fits, its activity the mean over its members, ``found`` the share of fits in which it
+    is active, and its stability the mean over pairs of fits of the correlation of its loadings (0 for a pair
+    where it is inactive in either fit: the set's programme was not found there).
     The de-novo programmes are clustered across fits as in an unguided run
     (:func:`sciencevae.consensus.consensus`) and follow the guided ones; those no two fits share are dropped.
 
@@ -233,7 +234,11 @@ def guided_consensus(loadings: list[np.ndarray], latents: list[np.ndarray], n_se
         pairs = [_pearson(stack[f, :, j], stack[g, :, j]) if active[f, j] and active[g, j] else 0.0
                  for f in range(n_fits) for g in range(n_fits) if f != g]
         stability[j] = np.mean(np.maximum(pairs, 0.0))
-    members, signs = np.tile(np.arange(n_sets), (n_fits, 1)), np.ones((n_fits, n_sets))
+    # its activity is the mean over the fits where it is active (where it is in fewer than two, over all:
+    # mostly noise, so it comes out inactive, as a programme no two fits share is dropped from a consensus)
+    counted = active | (active.sum(axis=0, keepdims=True) < min(2, n_fits))
+    members = np.where(counted, np.arange(n_sets), -1)
+    signs = np.where(counted, 1.0, 0.0)
     parts = [(members, signs, median, correlation, stability)]
     if loadings[0].shape[1] > n_sets:
         try:
