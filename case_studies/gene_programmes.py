@@ -66,8 +66,8 @@ DESCRIPTIONS = {
 
 #: uns description of a guided run.
 GUIDED_UNS = ("gene-set-guided programmes: the set guiding each of the first programmes (in order), the number of "
-              "de-novo programmes after them, and each programme's status (active / refined / corrected / replaced / inactive); the "
-              "per-programme table with added and dropped genes is guided.csv")
+              "de-novo programmes after them, and each programme's status (active / refined / corrected / replaced / "
+              "inactive); the per-programme table with added and dropped genes is guided.csv")
 
 #: obsm description when the programmes are a consensus of several fits.
 CONSENSUS_ACTIVITY = ("programme activity per cell: mean over the fits that found the programme of their rotated "

@@ -40,9 +40,8 @@ import pandas as pd
 from sciencevae.consensus import Consensus, consensus, orient
 
 __all__ = ["GeneSetPrior", "gene_set_prior", "set_members", "guided_rotation", "guided_table", "guided_notes",
-           "guided_consensus",
-           "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY", "IN_PROGRAMME",
-           "MOVES_WITH", "N_DENOVO", "ACTIVE_VARIANCE"]
+           "guided_consensus", "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY",
+           "IN_PROGRAMME", "MOVES_WITH", "N_DENOVO", "ACTIVE_VARIANCE"]
 
 #: L1 penalty on a guided programme's loadings of genes outside its set (nats per cell per unit loading).
 GUIDE_PENALTY = 0.1
@@ -313,9 +312,9 @@ def _moves_with(latents: np.ndarray, table: pd.DataFrame, n_sets: int) -> list[s
     guided = np.flatnonzero(active[:n_sets])
     for j in np.flatnonzero(active[n_sets:]) + n_sets:
         if len(guided):
-            r = np.array([np.corrcoef(latents[:, j], latents[:, g])[0, 1] for g in guided])
-            if np.nanmax(r) >= MOVES_WITH:
-                out[j] = str(table.loc[guided[np.nanargmax(r)], "name"])
+            r = np.array([_pearson(latents[:, j], latents[:, g]) for g in guided])
+            if r.max() >= MOVES_WITH:
+                out[j] = str(table.loc[guided[r.argmax()], "name"])
     return out
 
 
@@ -324,9 +323,9 @@ def guided_notes(table: pd.DataFrame | None, of_reference: bool = False) -> list
     onto a guided reference (``of_reference``) each says that it is about the reference's data."""
     if table is None:
         return []
-    notes = []
     if of_reference:
         return [f"in the reference run: {note}" for note in guided_notes(table)]
+    notes = []
     guided = table[table["kind"] == "guided"]
     for status, words in (("inactive", "inactive in these data (their programme does not vary between cells, or "
                                        "another programme explains it)"),
