@@ -9,7 +9,8 @@ Per run type:
 - climate run (``latents.nc``): ``latents`` (time x latent: z, z_std),
   ``knobs`` (time x knob scores, with roles) and ``maps`` (knob x grid);
 - cells run (``cells.h5ad``): ``latents`` (cell x programme activity) and
-  ``loadings`` (gene x programme, the genes the model read: ``raw`` for a run on it);
+  ``loadings`` (gene x programme, the genes the model read: ``raw`` for a run on it); a guided run's
+  programme names and statuses are coordinates (zarr) or ``programme_labels`` (parquet, csv);
 - fit run (``latents.csv``): ``latents`` (sample x latent).
 """
 
@@ -125,7 +126,21 @@ def _tables(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
             frame = part.to_dataframe().reset_index().set_index(list(dims))
             frame = frame[[c for c in frame.columns if c in names or c in grid_coords]]
         tables["_".join(names) if len(names) <= 2 else "_".join(dims)] = frame
+    tables.update(_column_labels(ds, groups))
     return tables
+
+
+def _column_labels(ds: xr.Dataset, groups: dict[tuple, list[str]]) -> dict[str, pd.DataFrame]:
+    """``<dim>_labels``: the labels of a dimension that wide tables spread over their columns (e.g. a guided
+    run's programme_name and programme_status), one row per column, so that no one has to match them by
+    position."""
+    spread = {dims[1] for dims, names in groups.items() if len(dims) == 2 and len(names) == 1}
+    out = {}
+    for dim in sorted(spread):
+        labels = {str(c): coord.values for c, coord in ds.coords.items() if coord.dims == (dim,) and c != dim}
+        if labels:
+            out[f"{dim}_labels"] = pd.DataFrame(labels, index=pd.Index(ds[dim].values, name=dim))
+    return out
 
 
 def _iso_times(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, str]]:

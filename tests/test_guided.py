@@ -241,6 +241,9 @@ def test_cli_guided_run_writes_its_table_and_refuses_what_it_does_not_take(tmp_p
     assert main(["export", str(out), "--format", "csv", "--out", str(tmp_path / "export")]) == 0
     provenance = json.loads((tmp_path / "export" / "provenance.json").read_text())
     assert provenance["settings"]["programme_names"] == table["name"].tolist()  # activity_<j> is the j-th name
+    labels = pd.read_csv(tmp_path / "export" / "programme_labels.csv")
+    assert labels["programme_name"].tolist() == table["name"].tolist()
+    assert labels["programme_status"].tolist() == table["status"].tolist()
     # perturb a programme by its set's name: the same as by its number, saved under a file-safe name
     name = table.loc[0, "name"]
     assert main(["perturb", str(out), "--programme", name, "--shift", "1", "--out", str(tmp_path)]) == 0
