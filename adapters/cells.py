@@ -2,12 +2,14 @@
 
 Counts come from ``X``, a layer or ``raw`` and are validated for the
 likelihood (non-negative integers for count models); a CSR matrix stays CSR.
-Optional highly-variable-gene selection (scanpy's ``seurat_v3`` on counts),
+Optional highly-variable-gene selection (``seurat_v3`` on counts, the genes scanpy chooses),
 a batch key and other categorical / continuous obs columns as covariates.
 New data (a query) is mapped onto the fitted genes by name. Results are
 written back in scanpy style on a copy: ``obsm["X_sciencevae"]``,
 ``varm["sciencevae_loadings"]``, ``uns["sciencevae"]``; counts are never
-altered.
+altered. The matrix is read a chunk of cells at a time (:mod:`.cells_chunks`), so an AnnData opened with
+``read_h5ad(path, backed="r")`` is checked and prepared without loading it whole: only the modelled genes'
+counts are held in memory.
 
 >>> import anndata as ad, numpy as np
 >>> adata = ad.AnnData(np.random.default_rng(0).poisson(2.0, size=(30, 8)).astype(np.float32))
@@ -31,16 +33,22 @@ import scipy.sparse as sp
 from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_counts, integer_distance,
                              round_counts, rounding_message)
 from sciencevae.io import atomic_write_text
-from sciencevae.threads import keep_torch_threads
 
-__all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "COUNT_LIKELIHOODS"]
+from .cells_chunks import gather_columns, gene_stats, is_backed, row_chunks, seurat_v3
+
+__all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "write_cells_h5ad",
+           "COUNT_LIKELIHOODS"]
 
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 OBSM_KEY, VARM_KEY, UNS_KEY = "X_sciencevae", "sciencevae_loadings", "sciencevae"
 
 
 def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
-    """Read .h5ad (optionally backed), .zarr, a 10x mtx folder or a 10x .h5 file."""
+    """Read .h5ad, .zarr, a 10x mtx folder or a 10x .h5 file.
+
+    ``backed=True``: an .h5ad's X and raw.X stay on disk (anndata's ``backed="r"``; its layers are still
+    read) and are read a chunk of cells at a time by :class:`CellsAdapter`; the other formats are read whole.
+    """
     import scanpy as sc
 
     path = Path(path)
@@ -61,7 +69,8 @@ def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
 
 
 def _matrix(adata: ad.AnnData, layer: str | None) -> tuple[np.ndarray | sp.csr_matrix, pd.Index]:
-    """The chosen matrix (in memory, CSR kept) and its gene names (unique, else an error)."""
+    """The chosen matrix (CSR kept; a backed CSR matrix stays on disk) and its gene names (unique, else an
+    error)."""
     if layer == "raw":
         if adata.raw is None:
             raise ValueError("layer='raw' was asked for but the AnnData has no .raw")
@@ -73,9 +82,10 @@ def _matrix(adata: ad.AnnData, layer: str | None) -> tuple[np.ndarray | sp.csr_m
             raise ValueError(f"layer {layer!r} does not exist; the AnnData has layers {sorted(adata.layers)} (or use X / raw)")
         X, genes = adata.layers[layer], adata.var_names
     _check_unique(genes, "raw.var_names" if layer == "raw" else "var_names")
-    if hasattr(X, "to_memory"):  # backed datasets
+    if getattr(X, "format", None) == "csc" and hasattr(X, "to_memory"):  # by gene on disk: rows cannot be read
         X = X.to_memory()
-    X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+    if not is_backed(X):
+        X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
     return X, genes
 
 
@@ -164,24 +174,25 @@ class CellsAdapter:
             raise ValueError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
         _check_unique(adata.obs_names, "obs_names")
         X, genes = _matrix(adata, layer)
-        if likelihood in COUNT_LIKELIHOODS:
-            X, _ = _validated_counts(adata, X, layer)
-            totals = np.asarray(X.sum(axis=1)).ravel()
-            if np.any(totals == 0):
-                raise ValueError(
-                    f"{int(np.sum(totals == 0))} cells have no counts at all; drop them: --drop-empty-cells on "
-                    "the command line, drop_empty_cells(adata) in Python (or sc.pp.filter_cells(adata, min_counts=1))"
-                )
+        counting = likelihood in COUNT_LIKELIHOODS
+        by_batch = batch_key if n_top_genes is not None else None
+        codes, names = _batch_codes(adata, by_batch) if by_batch else (np.zeros(adata.n_obs, np.int64), ["all"])
+        stats = gene_stats(X, codes, len(names), check=_count_check(adata, layer) if counting else None)
+        if counting and np.any(stats.totals == 0):
+            raise ValueError(
+                f"{int(np.sum(stats.totals == 0))} cells have no counts at all; drop them: --drop-empty-cells on "
+                "the command line, drop_empty_cells(adata) in Python (or sc.pp.filter_cells(adata, min_counts=1))"
+            )
         keys = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
         categorical = {k: _categories(adata, k) for k in keys}
         continuous = {k: _moments(adata, k) for k in continuous_covariate_keys or []}
-        keep = _cells_per_gene(X) > 0
+        keep = stats.cells_per_gene > 0
         if not keep.all():
             warnings.warn(f"{int((~keep).sum())} genes have no counts in any cell and are left out", UserWarning,
                           stacklevel=2)
         chosen = np.flatnonzero(keep)
         if n_top_genes is not None and n_top_genes < len(chosen):
-            chosen = chosen[_highly_variable(X[:, chosen], adata.obs, batch_key, n_top_genes)]
+            chosen = chosen[_highly_variable(X, stats, codes, names, chosen, by_batch, n_top_genes)]
         _warn_spike_ins(genes[chosen])
         return cls(genes=[str(g) for g in genes[chosen]], layer=layer, likelihood=likelihood, binarize=binarize,
                    categorical=categorical, continuous=continuous)
@@ -211,7 +222,7 @@ class CellsAdapter:
         if missing:
             warnings.warn(f"{len(missing)} fitted genes are missing and were filled with zeros", UserWarning,
                           stacklevel=2)
-        X = _take_columns(X, index)
+        X = gather_columns(X, index, _take_columns) if is_backed(X) else _take_columns(X, index)
         if self.likelihood in COUNT_LIKELIHOODS:
             X, example = _validated_counts(adata, X, self.layer)
             if example is not None:
@@ -242,19 +253,20 @@ class CellsAdapter:
         return np.concatenate(blocks, axis=1) if blocks else None
 
     def write_back(self, adata: ad.AnnData, latents: np.ndarray, loadings: np.ndarray | None, uns: dict) -> ad.AnnData:
-        """A new AnnData: ``adata``'s matrices (X, layers, raw) shared, not copied, with its own obs / var /
-        obsm / varm / uns to which the results are added; ``adata`` itself is not changed.
+        """A new AnnData: ``adata``'s matrices (X, layers, raw) shared, not copied (a backed matrix stays on
+        disk: :func:`write_cells_h5ad` copies it file to file), with its own obs / var / obsm / varm / uns to
+        which the results are added; ``adata`` itself is not changed.
 
         Loadings go to ``varm["sciencevae_loadings"]`` (0 for genes not
         modelled); when the model read ``raw``, every modelled gene's loading
         is also in ``raw.varm`` (raw may hold genes that ``var`` lacks).
         """
-        out = adata.to_memory() if adata.isbacked else _sharing_matrices(adata)
+        out = _sharing_matrices(adata)
         out.obsm[OBSM_KEY] = np.asarray(latents, dtype=np.float32)
         if loadings is not None:
             _put_loadings(out, self.genes, loadings)
             if self.layer == "raw" and out.raw is not None:
-                raw = out.raw.to_adata()
+                raw = ad.AnnData(X=out.raw.X, var=out.raw.var.copy(), varm=dict(out.raw.varm))  # X shared
                 _put_loadings(raw, self.genes, loadings)
                 out.raw = raw
         out.uns[UNS_KEY] = {**uns, "adapter": json.dumps(asdict(self))}
@@ -275,9 +287,51 @@ class CellsAdapter:
 def _sharing_matrices(adata: ad.AnnData) -> ad.AnnData:
     """An AnnData holding ``adata``'s matrices themselves (an atlas's counts are not copied) and shallow
     copies of its annotations, so that adding obsm / varm / uns / var columns leaves ``adata`` as it was."""
+    raw = adata.raw
+    if adata.isbacked and raw is not None:  # a backed Raw cannot be shared as it is: its matrix is on disk
+        raw = ad.AnnData(X=raw.X, var=raw.var.copy(), varm=dict(raw.varm))
     return ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(), uns=dict(adata.uns),
                       obsm=dict(adata.obsm), varm=dict(adata.varm), layers=dict(adata.layers),
-                      obsp=dict(adata.obsp), varp=dict(adata.varp), raw=adata.raw)
+                      obsp=dict(adata.obsp), varp=dict(adata.varp), raw=raw)
+
+
+def write_cells_h5ad(adata: ad.AnnData, path: str | Path) -> None:
+    """``adata.write_h5ad(path, compression="gzip")``, except that a matrix read from disk (a backed ``X`` or
+    ``raw.X``, e.g. from :meth:`CellsAdapter.write_back` on a backed input) is copied file to file by HDF5 as
+    it is stored, never loaded: the memory stays that of the annotations. Same layout as anndata's own
+    writer (anndata.io.write_elem), so ``read_h5ad`` reads it back."""
+    raw_X = None if adata.raw is None else adata.raw.X
+    if not (is_backed(adata.X) or is_backed(raw_X)):
+        adata.write_h5ad(path, compression="gzip")
+        return
+    import h5py
+    from anndata.io import write_elem
+
+    gzip = {"compression": "gzip"}
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        if adata.X is not None:
+            _write_matrix(f, "X", adata.X, gzip)
+        for key in ("obs", "var", "obsm", "varm", "obsp", "varp", "layers"):
+            value = getattr(adata, key)
+            write_elem(f, key, value if isinstance(value, pd.DataFrame) else dict(value), dataset_kwargs=gzip)
+        write_elem(f, "uns", dict(adata.uns))
+        if adata.raw is not None:
+            raw = f.create_group("raw")
+            raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
+            _write_matrix(raw, "X", raw_X, gzip)
+            write_elem(raw, "var", adata.raw.var, dataset_kwargs=gzip)
+            write_elem(raw, "varm", dict(adata.raw.varm), dataset_kwargs=gzip)
+
+
+def _write_matrix(group, key: str, X, dataset_kwargs: dict) -> None:
+    """A backed matrix copied inside HDF5 (its group or dataset, as stored); one in memory written by anndata."""
+    from anndata.io import write_elem
+
+    if is_backed(X):
+        group.copy(getattr(X, "group", X), key)
+    else:
+        write_elem(group, key, X, dataset_kwargs=dataset_kwargs)
 
 
 def _warn_spike_ins(genes: pd.Index) -> None:
@@ -291,7 +345,8 @@ def _warn_spike_ins(genes: pd.Index) -> None:
 
 def drop_empty_cells(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
     """The cells with at least one count in the matrix ``layer`` names, with a warning saying how many
-    were dropped (a copy; ``adata`` itself when none is empty).
+    were dropped (a copy in memory; ``adata`` itself when none is empty). A backed AnnData is read a chunk of
+    cells at a time.
 
     >>> import anndata as ad, numpy as np
     >>> adata = ad.AnnData(np.array([[0.0, 0.0], [1.0, 2.0]], dtype=np.float32))
@@ -299,12 +354,12 @@ def drop_empty_cells(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
     1
     """
     X, _ = _matrix(adata, layer)
-    keep = np.asarray(X.sum(axis=1)).ravel() > 0
+    keep = np.concatenate([np.asarray(part.sum(axis=1)).ravel() > 0 for _, part in row_chunks(X)])
     if keep.all():
         return adata
     warnings.warn(f"{int((~keep).sum())} of {adata.n_obs} cells have no counts in {_where(layer)} and were dropped",
                   UserWarning, stacklevel=2)
-    return adata[keep].copy()
+    return adata[keep].to_memory() if adata.isbacked else adata[keep].copy()
 
 
 def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> None:
@@ -315,6 +370,12 @@ def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> 
     full[index[present]] = loadings[present]
     adata.varm[VARM_KEY] = full
     adata.var["sciencevae_used"] = np.isin(adata.var_names, genes)
+
+
+def _count_check(adata: ad.AnnData, layer: str | None):
+    """The count check of one chunk of the matrix ``layer`` names, for :func:`.cells_chunks.gene_stats`
+    (refusals point to raw / a layer holding counts)."""
+    return lambda part: _validated_counts(adata, part, layer)[1]
 
 
 def _validated_counts(adata: ad.AnnData, X, layer: str | None):
@@ -389,14 +450,6 @@ def _obs(adata: ad.AnnData, key: str) -> pd.Series:
     return adata.obs[key]
 
 
-def _cells_per_gene(X) -> np.ndarray:
-    """Non-zero entries per column (n_genes,); for CSR without stored zeros from its column indices, with
-    no temporary the size of X."""
-    if sp.issparse(X) and np.count_nonzero(X.data) == X.nnz:
-        return np.bincount(X.indices, minlength=X.shape[1])
-    return np.asarray((X != 0).sum(axis=0)).ravel()
-
-
 def _take_columns(X, index: np.ndarray):
     """Columns ``index`` of X (CSR kept); -1 becomes a zero column."""
     if np.array_equal(index, np.arange(X.shape[1])):  # every column in order: no copy
@@ -423,31 +476,29 @@ def _binarized(X: sp.csr_matrix) -> sp.csr_matrix:
 MIN_BATCH_CELLS = 2
 
 
-def _highly_variable(X, obs: pd.DataFrame, batch_key: str | None, n_top_genes: int) -> np.ndarray:
-    """Indices of the seurat_v3 highly variable genes of a count matrix (input untouched).
+def _batch_codes(adata: ad.AnnData, batch_key: str) -> tuple[np.ndarray, list[str]]:
+    """Each cell's batch as an integer (batches in sorted order) and the batch names."""
+    names, codes = np.unique(_obs(adata, batch_key).astype(str).to_numpy(), return_inverse=True)
+    return codes.astype(np.int64), [str(n) for n in names]
+
+
+def _highly_variable(X, stats, codes: np.ndarray, batches: list[str], columns: np.ndarray, batch_key: str | None,
+                     n_top_genes: int) -> np.ndarray:
+    """Positions in ``columns`` of the seurat_v3 highly variable genes of a count matrix
+    (:func:`.cells_chunks.seurat_v3`: the genes scanpy chooses; one more pass over X).
 
     Raises ``ValueError`` for a batch with fewer than :data:`MIN_BATCH_CELLS`
-    cells and when scanpy's loess fit fails (few cells or genes).
+    cells and when the loess fit fails (few cells or genes).
     """
-    import scanpy as sc
-
     fix = "pass --n-top-genes 0 (n_top_genes=None) to model all genes"
-    if batch_key:
-        sizes = obs[batch_key].astype(str).value_counts()
-        small = sizes[sizes < MIN_BATCH_CELLS]
-        if len(small):
-            raise ValueError(f"batch {small.index[0]!r} of obs column {batch_key!r} has {int(small.iloc[0])} cell; "
-                             f"highly variable genes per batch need at least {MIN_BATCH_CELLS}: merge it into "
-                             f"another batch or {fix}")
-    # float: scanpy squares the counts in their own dtype, and int16 counts above 181 overflow (silently)
-    counts = X.astype(np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    tmp = ad.AnnData(X=counts, obs=obs[[batch_key]].copy() if batch_key else pd.DataFrame(index=obs.index))
-    tmp.var_names = [f"g{i}" for i in range(X.shape[1])]
+    small = np.flatnonzero(stats.n_cells < MIN_BATCH_CELLS)
+    if batch_key and len(small):
+        raise ValueError(f"batch {batches[small[0]]!r} of obs column {batch_key!r} has {int(stats.n_cells[small[0]])} "
+                         f"cell; highly variable genes per batch need at least {MIN_BATCH_CELLS}: merge it into "
+                         f"another batch or {fix}")
     try:
-        with keep_torch_threads():  # scanpy's numba kernels would leave torch at the CPU count
-            sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key)
+        return seurat_v3(X, stats, codes, columns, n_top_genes)
     except ValueError as err:
         reason = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
-        raise ValueError(f"highly variable genes (scanpy seurat_v3) could not be chosen ({reason.strip()}); "
+        raise ValueError(f"highly variable genes (seurat_v3) could not be chosen ({reason.strip()}); "
                          f"{fix}{', or merge small batches' if batch_key else ''}") from None
-    return np.flatnonzero(tmp.var["highly_variable"].to_numpy())

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-CHUNK_CELLS = 50_000
+#: Entries (cells x genes) simulated at once: 50,000 cells of 2,000 genes.
+CHUNK_ENTRIES = 100_000_000
 #: The child process: the command's own entry point, then its peak resident memory (KiB on Linux).
 CHILD = ("import resource, sys; from sciencevae.cli import main; code = main(sys.argv[1:]); "
          "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
@@ -70,7 +71,7 @@ def atlas_chunk(rng: np.random.Generator, n_cells: int, base: np.ndarray, loadin
 
 def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 0.07, seed: int = 0) -> Path:
     """A synthetic h5ad of ``n_cells`` x ``n_genes`` counts with about ``density`` non-zeros, built in chunks
-    of ``CHUNK_CELLS`` cells (memory: the CSR matrix plus one dense chunk)."""
+    of ``CHUNK_ENTRIES`` entries (memory: the CSR matrix plus one dense chunk)."""
     rng = np.random.default_rng(seed)
     base = rng.normal(np.log(-np.log1p(-density)) - 0.75, 1.2, size=n_genes)
     loadings = np.zeros((10, n_genes))
@@ -79,8 +80,9 @@ def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 
         loadings[k, genes] = rng.uniform(0.5, 1.5, size=60)
     batch_shift = np.where(rng.random(n_genes) < 0.1, rng.normal(0, 0.7, n_genes), 0.0)
     blocks, batches = [], []
-    for start in range(0, n_cells, CHUNK_CELLS):
-        block, batch = atlas_chunk(rng, min(CHUNK_CELLS, n_cells - start), base, loadings, batch_shift)
+    chunk_cells = max(1000, CHUNK_ENTRIES // n_genes)
+    for start in range(0, n_cells, chunk_cells):
+        block, batch = atlas_chunk(rng, min(chunk_cells, n_cells - start), base, loadings, batch_shift)
         blocks.append(block)
         batches.append(batch)
     X = sp.vstack(blocks, format="csr")

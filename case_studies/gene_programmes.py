@@ -31,7 +31,8 @@ import torch
 from scipy.stats import false_discovery_control, hypergeom, mannwhitneyu
 
 from sciencevae import BetaVAE, Prepared, __version__
-from sciencevae.adapters.cells import OBSM_KEY, CellsAdapter, missing_labels, modelled_var, read_cells
+from sciencevae.adapters.cells import (OBSM_KEY, CellsAdapter, missing_labels, modelled_var, read_cells,
+                                       write_cells_h5ad)
 from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
@@ -273,7 +274,7 @@ class ProgrammeResult:
         self.model.save(out / "model")
         self.adapter.save(out / "adapter.json")
         with atomic_path(out / "cells.h5ad") as tmp:
-            self.adata.write_h5ad(tmp, compression="gzip")  # the counts are copied: keep the file small
+            write_cells_h5ad(self.adata, tmp)  # the counts are copied (gzip; a backed input's file to file)
         atomic_write_text(self.programme_table().to_csv(index=False), out / "programmes.csv")
         atomic_write_text(self.association.to_csv(index=False), out / "association.csv")
         if self.enrichment is not None:
@@ -534,7 +535,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     ``res.guided`` (guided.csv) says per programme whether it is active and which genes the data added to
     or dropped from its set. One fit, decoder ``"linear"``, fixed β.
     """
-    adata = read_cells(adata) if isinstance(adata, (str, Path)) else adata
+    adata = read_cells(adata, backed=True) if isinstance(adata, (str, Path)) else adata
     if inputs is None:
         inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols, compare,
                               sample_key, guided, n_denovo)

@@ -178,7 +178,7 @@ def perturb_run(run_dir, programme: int | str, value: float | None = None, shift
     from .reference_mapping import check_cells_run
 
     run = check_cells_run(run_dir)
-    adata = ad.read_h5ad(run / "cells.h5ad")
+    adata = ad.read_h5ad(run / "cells.h5ad", backed="r")  # the counts are read a chunk of cells at a time
     adapter = CellsAdapter.load(run / "adapter.json")
     uns = adata.uns[UNS_KEY]
     params = uns.get("params", {})

@@ -288,7 +288,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     from .case_studies import gene_programmes
 
     started = time.perf_counter()
-    adata = read_cells(args.input)
+    adata = read_cells(args.input, backed=True)  # .h5ad: read a chunk of cells at a time
     if args.drop_empty_cells:
         adata = drop_empty_cells(adata, args.layer)
     seconds = {"read": time.perf_counter() - started}
