@@ -9,6 +9,7 @@ tables) and its peak resident memory (``ru_maxrss`` of the child).
     OMP_NUM_THREADS=1 python benchmarks/cells_scale.py --cells 10000 200000 --epochs 1
     OMP_NUM_THREADS=1 python benchmarks/cells_scale.py --cells 2000 --epochs 1   # smoke test, ~30 s
     ... --scvi-python /path/to/scvi-venv/bin/python   # the peer on the same files (up to 200k cells)
+    ... --compare-python /path/to/other-venv/bin/python   # another sciencevae version on the same files
 
 Options: ``--genes`` (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go;
 default a temporary folder, removed at the end unless ``--keep``), ``--threads`` (torch threads of the
@@ -93,14 +94,17 @@ def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 
     return path
 
 
-def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[str]) -> dict:
-    """Run ``sciencevae cells`` on ``path`` in a child process; its phases, wall time and peak memory."""
+def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[str], python: str = sys.executable
+                ) -> dict:
+    """Run ``sciencevae cells`` on ``path`` in a child process (of ``python``: e.g. another version's
+    environment), in the file's folder (so that no source folder is imported instead); its phases, wall time
+    and peak memory."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     arguments = ["cells", str(path), "--out", str(out), "--epochs", str(epochs), "--batch-key", "batch", "--quiet",
                  *extra]
-    command = [sys.executable, "-c", CHILD, *arguments]
+    command = [python, "-c", CHILD, *arguments]
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=path.parent)
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"sciencevae cells failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -134,6 +138,8 @@ def main() -> None:
     parser.add_argument("--scvi-python", default=None, help="python of an environment with scvi-tools: runs "
                         "its read + setup + train + latent on the same files, up to --scvi-max-cells")
     parser.add_argument("--scvi-max-cells", type=int, default=200_000)
+    parser.add_argument("--compare-python", default=None, help="python of an environment with another "
+                        "sciencevae version: its command runs on the same files too (e.g. before a change)")
     parser.add_argument("extra", nargs="*", help="after --: arguments for sciencevae cells")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cells_scale_"))
@@ -151,13 +157,17 @@ def main() -> None:
                     target=write_atlas, args=(path, n_cells, args.genes, args.density))
                 writer.start()
                 writer.join()
-            out = work / f"run_{n_cells}"
-            shutil.rmtree(out, ignore_errors=True)
-            r = run_command(path, out, args.epochs, args.threads, args.extra)
-            rate = n_cells * args.epochs / r["train"] if r["train"] else float("nan")
-            print(f"| {n_cells:,} | sciencevae cells | {path.stat().st_size / 1e9:.2f} | {r['read']:.1f} | "
-                  f"{r['check']:.1f} | {r['train']:.1f} | {r['describe']:.1f} | {r['save']:.1f} | {r['wall']:.1f} | "
-                  f"{r['peak_gb']:.2f} | {rate:,.0f} |", flush=True)
+            pythons = [("sciencevae cells", sys.executable)]
+            if args.compare_python:
+                pythons.append((f"sciencevae cells ({args.compare_python})", args.compare_python))
+            for i, (name, python) in enumerate(pythons):
+                out = work / f"run_{n_cells}_{i}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_command(path, out, args.epochs, args.threads, args.extra, python)
+                rate = n_cells * args.epochs / r["train"] if r["train"] else float("nan")
+                print(f"| {n_cells:,} | {name} | {path.stat().st_size / 1e9:.2f} | {r['read']:.1f} | "
+                      f"{r['check']:.1f} | {r['train']:.1f} | {r['describe']:.1f} | {r['save']:.1f} | "
+                      f"{r['wall']:.1f} | {r['peak_gb']:.2f} | {rate:,.0f} |", flush=True)
             if args.scvi_python and n_cells <= args.scvi_max_cells:
                 p = run_scvi(args.scvi_python, path, args.epochs, args.threads)
                 print(f"| {n_cells:,} | scvi-tools SCVI (setup in check, latent in describe, nothing written) | "
