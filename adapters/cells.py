@@ -472,7 +472,7 @@ def _binarized(X: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
-#: Per-batch highly variable genes (seurat_v3 loess) crash the process on a one-cell batch.
+#: Per-batch highly variable genes (seurat_v3) need a variance in every batch (scanpy's crash on a one-cell batch).
 MIN_BATCH_CELLS = 2
 
 

@@ -248,7 +248,9 @@ class BetaVAE:
     n_covariates
         Width of the covariate matrix given to encoder and decoder.
     objective
-        ``"beta"``, ``"capacity"``, ``"tcvae"`` or an :class:`Objective`.
+        ``"beta"``, ``"capacity"``, ``"tcvae"`` or an :class:`Objective` (e.g. with ``batch_mmd`` and
+        ``batch_columns``: a batch-mixing penalty on the codes; ``ValueError`` when the columns go beyond
+        ``n_covariates``).
     likelihood_options
         Extra likelihood arguments, e.g. ``{"learn_variance": False}``.
     seed
@@ -320,6 +322,10 @@ class BetaVAE:
             self.objective = objective
         else:
             self.objective = Objective(kind=objective, beta=float(beta))
+        columns = self.objective.batch_columns
+        if columns is not None and columns[1] > n_covariates:
+            raise ValueError(f"the objective's batch_columns {columns} go beyond the model's {n_covariates} "
+                             "covariate columns")
         self.seed = seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -25,6 +25,16 @@ Objectives
     (weights 1/(NM)) is biased when posteriors are tight: its TC is offset by
     up to L log N - log M, so compare MWS values only with each other.
 
+**Batch mixing.** With ``batch_mmd > 0`` every objective adds
+``batch_mmd · Σ_g MMD²(z_g, z)``: the squared maximum mean discrepancy (Gretton
+et al. 2012, biased V-statistic, a sum of Gaussian kernels of bandwidths
+:data:`MMD_BANDWIDTHS`) between the latent samples of each batch ``g`` in the
+minibatch (at least two cells) and those of the whole minibatch — the penalty
+trVAE (Lotfollahi et al. 2020) puts on a layer, here on the codes. The batch
+is read from the covariate columns ``batch_columns`` (its one-hot block). It
+pulls the batches' codes onto one distribution, so it also removes biology
+whose share differs between batches when the weight is large.
+
 A loadings penalty with a stronger start (gene-set-guided programmes,
 :meth:`sciencevae.networks.LinearDecoder.set_penalty`) falls linearly to its own over the same warm-up
 (:meth:`Objective.penalty_anneal`): a continuation, as in homotopy methods for the lasso.
@@ -41,7 +51,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Objective", "ElboTerms", "gaussian_log_density", "tc_decomposition", "BETA_CONVENTION"]
+__all__ = ["Objective", "ElboTerms", "gaussian_log_density", "tc_decomposition", "batch_mmd", "BETA_CONVENTION"]
 
 BETA_CONVENTION = (
     "reconstruction = negative log-likelihood summed over features (masked features dropped, "
@@ -49,6 +59,8 @@ BETA_CONVENTION = (
     "beta = 1 with no schedule is the negative ELBO"
 )
 _LOG_2PI = math.log(2 * math.pi)
+#: Bandwidths (in latent units; the prior is N(0, I)) of the Gaussian kernels summed in :func:`batch_mmd`.
+MMD_BANDWIDTHS = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -65,6 +77,39 @@ class ElboTerms:
     z: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
+
+
+def batch_mmd(z: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of the squared MMD between a group's rows of ``z`` and all rows (Gretton et al. 2012).
+
+    Parameters
+    ----------
+    z : (B, L) tensor
+        Latent samples of one minibatch.
+    groups : (B, G) tensor
+        One-hot group membership (a batch covariate's columns). Groups with fewer than two rows in the
+        minibatch add nothing.
+
+    Returns
+    -------
+    Scalar tensor ``Σ_g [mean k(g, g) − 2 mean k(g, ·) + mean k(·, ·)]`` with ``k`` the sum of Gaussian
+    kernels ``exp(−|a − b|² / 2s²)`` over ``s`` in :data:`MMD_BANDWIDTHS` (the biased V-statistic; 0 when
+    every group has the batch's distribution of rows). No data-dependent shapes: capturable in a CUDA graph.
+
+    >>> z = torch.tensor([[0.0], [1.0], [0.0], [1.0]])
+    >>> round(float(batch_mmd(z, torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]]))), 6)
+    0.0
+    """
+    distance = torch.cdist(z, z).square()
+    kernel = sum(torch.exp(distance / (-2.0 * s * s)) for s in MMD_BANDWIDTHS)
+    groups = groups.to(z.dtype)
+    size = groups.sum(0)
+    weights = groups / size.clamp_min(1.0)                      # (B, G): each group's mean
+    whole = torch.full_like(z[:, :1], 1.0 / z.shape[0])          # (B, 1): the batch's mean
+    within = (weights * (kernel @ weights)).sum(0)
+    between = (weights * (kernel @ whole)).sum(0)
+    overall = (whole * (kernel @ whole)).sum()
+    return ((within - 2.0 * between + overall) * (size > 1).to(z.dtype)).sum()
 
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -145,13 +190,15 @@ class Objective:
     alpha: float = 1.0
     dim_kl_weight: float = 1.0
     estimator: Literal["mws", "mss"] = "mss"
+    batch_mmd: float = 0.0
+    batch_columns: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("beta", "capacity", "tcvae"):
             raise ValueError(f"objective kind must be 'beta', 'capacity' or 'tcvae', got {self.kind!r}")
         if self.estimator not in ("mws", "mss"):
             raise ValueError(f"estimator must be 'mws' or 'mss', got {self.estimator!r}")
-        for name in ("beta", "free_bits", "gamma", "capacity_max", "alpha", "dim_kl_weight"):
+        for name in ("beta", "free_bits", "gamma", "capacity_max", "alpha", "dim_kl_weight", "batch_mmd"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"objective {name} must be a finite number >= 0, got {value!r}")
@@ -162,6 +209,17 @@ class Objective:
             raise ValueError("free_bits applies to the 'beta' objective only")
         if self.warmup_steps > 0 and self.kind == "capacity":
             raise ValueError("the capacity objective has its own schedule; use capacity_steps, not warmup_steps")
+        self._check_batch_columns()
+
+    def _check_batch_columns(self) -> None:
+        if self.batch_columns is None:
+            if self.batch_mmd > 0:
+                raise ValueError("batch_mmd needs batch_columns=(start, stop): the covariate columns of the batch")
+            return
+        columns = tuple(self.batch_columns)
+        if len(columns) != 2 or not all(isinstance(c, int) for c in columns) or not 0 <= columns[0] < columns[1]:
+            raise ValueError(f"batch_columns must be (start, stop) with 0 <= start < stop, got {self.batch_columns!r}")
+        object.__setattr__(self, "batch_columns", columns)  # a list after a JSON round trip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,8 +259,10 @@ class Objective:
                 stacklevel=4,
             )
 
-    def loss(self, terms: ElboTerms, step: int, dataset_size: int) -> dict[str, torch.Tensor]:
-        """Scalar ``loss`` plus batch-mean ``reconstruction``, ``kl`` and ``kl_per_latent``."""
+    def loss(self, terms: ElboTerms, step: int, dataset_size: int,
+             covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Scalar ``loss`` plus batch-mean ``reconstruction``, ``kl`` and ``kl_per_latent`` (and ``mmd`` with
+        ``batch_mmd``, read from the ``batch_columns`` of ``covariates``, (B, n_covariates))."""
         kl_per_latent = terms.kl.mean(0)
         out = {
             "reconstruction": terms.reconstruction.mean(),
@@ -220,4 +280,8 @@ class Objective:
             penalty = self.alpha * mi + self.beta * tc + self.dim_kl_weight * dim_kl
             out.update(mi=mi, tc=tc, dim_kl=dim_kl)
             out["loss"] = out["reconstruction"] + self.kl_weight(step) * penalty
+        if self.batch_mmd > 0:
+            start, stop = self.batch_columns
+            out["mmd"] = batch_mmd(terms.z, covariates[:, start:stop])
+            out["loss"] = out["loss"] + self.batch_mmd * out["mmd"]
         return out

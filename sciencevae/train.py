@@ -203,7 +203,7 @@ def _batch_row(module: nn.Module, objective: Objective, batch, step: int, noise:
     Nothing here waits for the device, so the step can be captured in a CUDA graph (:mod:`sciencevae.graphed`).
     """
     with _autocast(batch.x.device, precision, autocast_cache):
-        parts = objective.loss(module(batch, noise), step, dataset_size)
+        parts = objective.loss(module(batch, noise), step, dataset_size, batch.covariates)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()

@@ -89,8 +89,8 @@ def test_nan_loss_stops_naming_the_epoch_and_keeps_the_last_good_state(monkeypat
     X = rng.normal(size=(64, 4)).astype(np.float32)
     original = Objective.loss
 
-    def poisoned(self, terms, step, dataset_size):
-        out = original(self, terms, step, dataset_size)
+    def poisoned(self, terms, step, dataset_size, *covariates):
+        out = original(self, terms, step, dataset_size, *covariates)
         if step >= 3 * 2:  # from epoch 4 on (2 steps per epoch)
             out["loss"] = out["loss"] * float("nan")
         return out
@@ -171,10 +171,10 @@ def test_ctrl_c_stops_cleanly_and_names_the_saved_checkpoint(monkeypatch, tmp_pa
     X = rng.normal(size=(64, 4)).astype(np.float32)
     original = Objective.loss
 
-    def interrupted(self, terms, step, dataset_size):
+    def interrupted(self, terms, step, dataset_size, *covariates):
         if step == 5:  # in epoch 3 (2 steps per epoch)
             raise KeyboardInterrupt
-        return original(self, terms, step, dataset_size)
+        return original(self, terms, step, dataset_size, *covariates)
 
     monkeypatch.setattr(Objective, "loss", interrupted)
     vae = BetaVAE(4, n_latent=2, hidden=(8,))
