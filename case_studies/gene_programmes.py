@@ -500,7 +500,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
         rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1, resume: bool = False, inputs: Inputs | None = None,
         n_fits: int = 1, compare: str | tuple | None = None, sample_key: str | None = None, guided: bool = False,
-        n_denovo: int = N_DENOVO, batch_mmd: float = BATCH_MMD) -> ProgrammeResult:
+        n_denovo: int = N_DENOVO, batch_mmd: float | None = None) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
@@ -512,8 +512,9 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
 
     ``batch_mmd`` (with ``batch_key``): weight of the penalty that pulls the batches' codes onto one
     distribution (squared MMD between each batch and the minibatch, :func:`sciencevae.objectives.batch_mmd`);
-    0 turns it off. The default, :data:`BATCH_MMD`, mixes CellBench's plates better than scVI without
-    losing the cell lines or the simulation's programmes (benchmarks/README.md).
+    0 turns it off; None: :data:`BATCH_MMD` with a batch key, 0 without (:func:`batch_weight`, which raises
+    ``ValueError`` for a weight above 0 without ``batch_key``). The default mixes CellBench's plates better than
+    scVI without losing the cell lines or the simulation's programmes (benchmarks/README.md).
 
     ``n_fits`` > 1: consensus programmes (:func:`sciencevae.consensus.consensus`)
     of that many fits with seeds ``seed, seed + 1, ...``: loadings are the
@@ -558,9 +559,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     seeds = [seed + i for i in range(n_fits)]
     latent_grid, beta_grid = _grid(n_latent, N_LATENT_GRID, "n_latent"), _grid(beta, BETA_GRID, "beta")
 
-    if not (isinstance(batch_mmd, (int, float)) and np.isfinite(batch_mmd) and batch_mmd >= 0):
-        raise ValueError(f"batch_mmd must be a number >= 0, got {batch_mmd!r}")
-    mixing = float(batch_mmd) if batch_key else 0.0
+    mixing = batch_weight(batch_mmd, batch_key)
     columns = (0, len(inputs.adapter.categorical[batch_key])) if mixing else None
 
     def train(k: int, b: float, folder: str | Path | None = checkpoint_dir) -> list[Fit]:
@@ -598,6 +597,23 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     res.selection = None if selection is None else selection.table
     res.seconds = {"train": trained - started, "describe": time.perf_counter() - trained}
     return res
+
+
+def batch_weight(batch_mmd: float | None, batch_key: str | None) -> float:
+    """The batch-mixing weight of a run: ``batch_mmd``, or with None :data:`BATCH_MMD` when there is a batch key
+    and 0 without; ``ValueError`` for a negative or infinite weight, or a weight above 0 without a batch key.
+
+    >>> batch_weight(None, "batch"), batch_weight(None, None), batch_weight(0, None)
+    (30.0, 0.0, 0.0)
+    """
+    if batch_mmd is None:
+        return BATCH_MMD if batch_key else 0.0
+    if not (isinstance(batch_mmd, (int, float)) and np.isfinite(batch_mmd) and batch_mmd >= 0):
+        raise ValueError(f"batch_mmd must be a finite number >= 0 (0: off), got {batch_mmd!r}")
+    if batch_mmd and not batch_key:
+        raise ValueError(f"batch_mmd={batch_mmd:g} mixes the batches of batch_key: give batch_key (or leave "
+                         "batch_mmd out)")
+    return float(batch_mmd)
 
 
 def check_guided(n_latent, beta, decoder: str) -> None:

@@ -286,7 +286,6 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     _refuse_torchrun("cells")
     from .adapters.cells import drop_empty_cells, read_cells
     from .case_studies import gene_programmes
-    from .case_studies.gene_programmes import BATCH_MMD
 
     started = time.perf_counter()
     adata = read_cells(args.input, backed=True)  # .h5ad: read a chunk of cells at a time
@@ -300,10 +299,10 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
                    gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None, compare=args.compare,
                    sample_key=args.sample_key, guided=args.guided, n_denovo=args.n_denovo)
-    if not (np.isfinite(args.batch_mmd) and args.batch_mmd >= 0):
-        raise ValueError(f"--batch-mmd must be a number >= 0 (0: off), got {args.batch_mmd}")
-    if args.batch_mmd != BATCH_MMD and not args.batch_key:
-        raise ValueError("--batch-mmd mixes the batches of --batch-key: add --batch-key")
+    if args.batch_mmd is not None and not (np.isfinite(args.batch_mmd) and args.batch_mmd >= 0):
+        raise ValueError(f"--batch-mmd must be a finite number >= 0 (0: off), got {args.batch_mmd}")
+    if args.batch_mmd and not args.batch_key:
+        raise ValueError("--batch-mmd mixes the batches of --batch-key: add --batch-key (or leave it out)")
     if args.fits < 1:
         raise ValueError(f"--fits must be at least 1, got {args.fits}")
     n_latent, beta = _setting(args.n_latent, int, "--n-latent"), _setting(args.beta, float, "--beta")
@@ -391,7 +390,7 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
                                        ("--gene-sets", args.gene_sets), ("--resume", _resuming(args)),
                                        ("--guided", args.guided),
                                        ("--n-denovo", args.n_denovo != defaults.n_denovo),
-                                       ("--batch-mmd", args.batch_mmd != defaults.batch_mmd),
+                                       ("--batch-mmd", bool(args.batch_mmd)),
                                        ("--epochs", args.epochs is not None),
                                        ("--n-latent", args.n_latent != defaults.n_latent),
                                        ("--beta", args.beta != defaults.beta),
@@ -554,7 +553,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, n_latent: int, beta: float, 
     if auto:
         choose = ", a comma-separated list or 'auto' (a stability sweep; needs --fits 2 or more)"
         parser.add_argument("--n-latent", default=str(n_latent), help=f"latents{choose}")
-        parser.add_argument("--beta", default=str(beta), help=f"KL weight, 1 = the ELBO,{choose}")
+        parser.add_argument("--beta", default=str(beta), help=f"KL weight (1 = the ELBO){choose}")
     else:
         parser.add_argument("--n-latent", type=int, default=n_latent)
         parser.add_argument("--beta", type=float, default=beta, help="KL weight; 1 = the ELBO")
@@ -644,9 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--likelihood", default="nb", choices=sorted(LIKELIHOODS))
     cells.add_argument("--decoder", default="linear", choices=["linear", "mlp"])
     cells.add_argument("--batch-key", help="obs column of the batch (a covariate)")
-    cells.add_argument("--batch-mmd", type=float, default=BATCH_MMD, metavar="WEIGHT",
+    cells.add_argument("--batch-mmd", type=float, default=None, metavar="WEIGHT",
                        help=f"with --batch-key: weight of the penalty that mixes the batches in the latent space "
-                            f"(MMD between each batch's codes and the others'; default {BATCH_MMD:g}, 0: off)")
+                            f"(squared MMD between each batch's codes and the minibatch's; default {BATCH_MMD:g}, 0: off)")
     cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment (and --guided)")
     cells.add_argument("--guided", action="store_true",
                        help="the gene sets guide the programmes: one per set (5+ modelled genes), softly confined to "

@@ -97,18 +97,28 @@ def test_cells_records_the_penalty_and_the_cli_checks_its_flag(tmp_path, capsys)
     assert off.model.objective.batch_mmd == 0 and off.model.objective.batch_columns is None
     alone = gp.run(adata, n_latent=3, n_top_genes=None, epochs=2, progress=False)  # no batch: nothing to mix
     assert alone.model.objective.batch_mmd == 0
+    with pytest.raises(ValueError, match="batch_mmd=5 mixes the batches of batch_key"):
+        gp.run(adata, n_latent=3, n_top_genes=None, epochs=2, progress=False, batch_mmd=5)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        gp.run(adata, n_latent=3, batch_key="batch", n_top_genes=None, epochs=2, progress=False, batch_mmd=np.inf)
     path = tmp_path / "cells.h5ad"
     adata.write_h5ad(path)
     base = ["cells", str(path), "--n-top-genes", "0", "--quiet", "--epochs", "2", "--n-latent", "3"]
-    assert main(base + ["--out", str(tmp_path / "a"), "--batch-mmd", "5"]) == 2
-    assert "--batch-mmd mixes the batches of --batch-key" in capsys.readouterr().err
-    assert main(base + ["--out", str(tmp_path / "b"), "--batch-key", "batch", "--batch-mmd", "-1"]) == 2
-    assert "--batch-mmd must be a number >= 0" in capsys.readouterr().err
+    for weight in ("5", "30"):  # the default weight given explicitly is checked too
+        assert main(base + ["--out", str(tmp_path / "a"), "--batch-mmd", weight]) == 2
+        assert "--batch-mmd mixes the batches of --batch-key" in capsys.readouterr().err
+    for weight in ("-1", "inf", "nan"):
+        assert main(base + ["--out", str(tmp_path / "b"), "--batch-key", "batch", "--batch-mmd", weight]) == 2
+        assert "--batch-mmd must be a finite number >= 0" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "off"), "--batch-mmd", "0"]) == 0  # off: fine without a batch
     out = tmp_path / "run"
     assert main(base + ["--out", str(out), "--batch-key", "batch", "--batch-mmd", "5"]) == 0
     assert json.loads((out / "model" / "config.json").read_text())["objective"]["batch_mmd"] == 5.0
-    assert main(["cells", str(path), "--reference", str(out), "--batch-mmd", "3", "--out", str(tmp_path / "m")]) == 2
-    assert "--batch-mmd cannot be used with --reference" in capsys.readouterr().err
+    for weight in ("3", "30"):
+        assert main(["cells", str(path), "--reference", str(out), "--batch-mmd", weight, "--out",
+                     str(tmp_path / "m")]) == 2
+        assert "--batch-mmd cannot be used with --reference" in capsys.readouterr().err
+    assert main(["cells", str(path), "--reference", str(out), "--batch-mmd", "0", "--out", str(tmp_path / "m")]) == 0
 
 
 @pytest.mark.skipif(not CELLBENCH.exists(), reason="CellBench counts not in ../shared/data/scrna")
