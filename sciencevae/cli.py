@@ -645,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--batch-key", help="obs column of the batch (a covariate)")
     cells.add_argument("--batch-mmd", type=float, default=None, metavar="WEIGHT",
                        help=f"with --batch-key: weight of the penalty that mixes the batches in the latent space "
-                            f"(squared MMD between each batch's codes and the minibatch's; default {BATCH_MMD:g}, 0: off)")
+                            f"(squared MMD between each batch's codes and the minibatch's; default {BATCH_MMD:g}, "
+                            "0: off)")
     cells.add_argument("--gene-sets", type=Path, help="a .gmt file of gene sets for enrichment (and --guided)")
     cells.add_argument("--guided", action="store_true",
                        help="the gene sets guide the programmes: one per set (5+ modelled genes), softly confined to "
