@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
+from scipy.sparse import SparseEfficiencyWarning
 
 from sciencevae.adapters.cells import OBSM_KEY
 from sciencevae.diagnostics import panel_grid, robust_limit, save_figure
@@ -155,7 +157,9 @@ def umap_activity(res: "ProgrammeResult", seed: int = 0, max_cells: int = UMAP_M
         rows = np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
     scored = np.isfinite(latents).all(0)  # a mapped query has no activity for a programme its model lacks
     tmp = ad.AnnData(obs=pd.DataFrame(index=rows.astype(str)), obsm={OBSM_KEY: latents[rows][:, scored]})
-    with keep_torch_threads():  # numba's OpenMP pool would leave torch at the CPU count
+    with keep_torch_threads(), warnings.catch_warnings():  # numba's OpenMP pool would leave torch at the CPU count
+        # scanpy zeroes the distance graph's diagonal in place, which scipy warns about from ~10,000 cells
+        warnings.simplefilter("ignore", SparseEfficiencyWarning)
         sc.pp.neighbors(tmp, use_rep=OBSM_KEY, n_neighbors=min(15, max(2, len(rows) - 1)), random_state=seed,
                         transformer="sklearn")
         sc.tl.umap(tmp, random_state=seed)
