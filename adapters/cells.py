@@ -8,6 +8,7 @@ New data (a query) is mapped onto the fitted genes by name. Results are
 written back in scanpy style on a copy: ``obsm["X_sciencevae"]``,
 ``varm["sciencevae_loadings"]``, ``uns["sciencevae"]``; counts are never
 altered. The matrix is read a chunk of cells at a time (:mod:`.cells_chunks`), so an AnnData opened with
+``read_cells(path, backed=True)`` (:mod:`.cells_files`: X, layers and raw.X on disk) or
 ``read_h5ad(path, backed="r")`` is checked and prepared without loading it whole: only the modelled genes'
 counts are held in memory.
 
@@ -35,37 +36,13 @@ from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_cou
 from sciencevae.io import atomic_write_text
 
 from .cells_chunks import gather_columns, gene_stats, is_backed, row_chunks, seurat_v3
+from .cells_files import read_cells, write_cells_h5ad
 
 __all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "write_cells_h5ad",
            "COUNT_LIKELIHOODS"]
 
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
 OBSM_KEY, VARM_KEY, UNS_KEY = "X_sciencevae", "sciencevae_loadings", "sciencevae"
-
-
-def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
-    """Read .h5ad, .zarr, a 10x mtx folder or a 10x .h5 file.
-
-    ``backed=True``: an .h5ad's X and raw.X stay on disk (anndata's ``backed="r"``; its layers are still
-    read) and are read a chunk of cells at a time by :class:`CellsAdapter`; the other formats are read whole.
-    """
-    import scanpy as sc
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"input {path} does not exist")
-    try:
-        if path.suffix == ".h5ad":
-            return ad.read_h5ad(path, backed="r" if backed else None)
-        if path.suffix == ".zarr":
-            return ad.read_zarr(path)
-        if path.suffix == ".h5":
-            return sc.read_10x_h5(path)
-        if path.is_dir():
-            return sc.read_10x_mtx(path)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"could not read {path} as {path.suffix or '10x folder'}: {err}") from None
-    raise ValueError(f"input {path} is not .h5ad, .zarr, a 10x .h5 or a 10x mtx folder")
 
 
 def _matrix(adata: ad.AnnData, layer: str | None) -> tuple[np.ndarray | sp.csr_matrix, pd.Index]:
@@ -288,50 +265,11 @@ def _sharing_matrices(adata: ad.AnnData) -> ad.AnnData:
     """An AnnData holding ``adata``'s matrices themselves (an atlas's counts are not copied) and shallow
     copies of its annotations, so that adding obsm / varm / uns / var columns leaves ``adata`` as it was."""
     raw = adata.raw
-    if adata.isbacked and raw is not None:  # a backed Raw cannot be shared as it is: its matrix is on disk
+    if raw is not None:  # a Raw whose matrix is on disk cannot be handed on as it is; its matrix can
         raw = ad.AnnData(X=raw.X, var=raw.var.copy(), varm=dict(raw.varm))
     return ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(), uns=dict(adata.uns),
                       obsm=dict(adata.obsm), varm=dict(adata.varm), layers=dict(adata.layers),
                       obsp=dict(adata.obsp), varp=dict(adata.varp), raw=raw)
-
-
-def write_cells_h5ad(adata: ad.AnnData, path: str | Path) -> None:
-    """``adata.write_h5ad(path, compression="gzip")``, except that a matrix read from disk (a backed ``X`` or
-    ``raw.X``, e.g. from :meth:`CellsAdapter.write_back` on a backed input) is copied file to file by HDF5 as
-    it is stored, never loaded: the memory stays that of the annotations. Same layout as anndata's own
-    writer (anndata.io.write_elem), so ``read_h5ad`` reads it back."""
-    raw_X = None if adata.raw is None else adata.raw.X
-    if not (is_backed(adata.X) or is_backed(raw_X)):
-        adata.write_h5ad(path, compression="gzip")
-        return
-    import h5py
-    from anndata.io import write_elem
-
-    gzip = {"compression": "gzip"}
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        if adata.X is not None:
-            _write_matrix(f, "X", adata.X, gzip)
-        for key in ("obs", "var", "obsm", "varm", "obsp", "varp", "layers"):
-            value = getattr(adata, key)
-            write_elem(f, key, value if isinstance(value, pd.DataFrame) else dict(value), dataset_kwargs=gzip)
-        write_elem(f, "uns", dict(adata.uns))
-        if adata.raw is not None:
-            raw = f.create_group("raw")
-            raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
-            _write_matrix(raw, "X", raw_X, gzip)
-            write_elem(raw, "var", adata.raw.var, dataset_kwargs=gzip)
-            write_elem(raw, "varm", dict(adata.raw.varm), dataset_kwargs=gzip)
-
-
-def _write_matrix(group, key: str, X, dataset_kwargs: dict) -> None:
-    """A backed matrix copied inside HDF5 (its group or dataset, as stored); one in memory written by anndata."""
-    from anndata.io import write_elem
-
-    if is_backed(X):
-        group.copy(getattr(X, "group", X), key)
-    else:
-        write_elem(group, key, X, dataset_kwargs=dataset_kwargs)
 
 
 def _warn_spike_ins(genes: pd.Index) -> None:

@@ -11,7 +11,7 @@ tables) and its peak resident memory (``ru_maxrss`` of the child).
     ... --scvi-python /path/to/scvi-venv/bin/python   # the peer on the same files (up to 200k cells)
     ... --compare-python /path/to/other-venv/bin/python   # another sciencevae version on the same files
 
-Options: ``--genes`` (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go;
+Options: ``--layout`` (X / layer / raw / zarr / 10x: where the counts are, :data:`LAYOUTS`), ``--genes`` (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go;
 default a temporary folder, removed at the end unless ``--keep``), ``--threads`` (torch threads of the
 command, default 1), and any further arguments after ``--`` go to ``sciencevae cells``.
 """
@@ -34,6 +34,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+#: How the counts are stored: X of an h5ad; a layer ("counts") or .raw of an h5ad whose X holds log-normalised
+#: values; X of a .zarr; a 10x Genomics .h5 (no batch column: run without --batch-key).
+LAYOUTS = {"X": (".h5ad", []), "layer": (".h5ad", ["--layer", "counts"]), "raw": (".h5ad", ["--layer", "raw"]),
+           "zarr": (".zarr", []), "10x": (".h5", [])}
 #: Entries (cells x genes) simulated at once: 50,000 cells of 2,000 genes.
 CHUNK_ENTRIES = 100_000_000
 #: The child process: the command's own entry point, then its peak resident memory (KiB on Linux).
@@ -70,9 +74,10 @@ def atlas_chunk(rng: np.random.Generator, n_cells: int, base: np.ndarray, loadin
     return sp.csr_matrix(counts), batch
 
 
-def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 0.07, seed: int = 0) -> Path:
-    """A synthetic h5ad of ``n_cells`` x ``n_genes`` counts with about ``density`` non-zeros, built in chunks
-    of ``CHUNK_ENTRIES`` entries (memory: the CSR matrix plus one dense chunk)."""
+def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 0.07, seed: int = 0,
+                layout: str = "X") -> Path:
+    """A synthetic file of ``n_cells`` x ``n_genes`` counts with about ``density`` non-zeros, built in chunks
+    of ``CHUNK_ENTRIES`` entries (memory: the CSR matrix plus one dense chunk), in one of :data:`LAYOUTS`."""
     rng = np.random.default_rng(seed)
     base = rng.normal(np.log(-np.log1p(-density)) - 0.75, 1.2, size=n_genes)
     loadings = np.zeros((10, n_genes))
@@ -90,8 +95,43 @@ def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 
     obs = pd.DataFrame({"batch": pd.Categorical(np.concatenate(batches).astype(str))},
                        index=[f"cell{i}" for i in range(n_cells)])
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
-    ad.AnnData(X=X, obs=obs, var=var).write_h5ad(path)
+    if layout == "10x":
+        return write_10x_h5(path, X, list(obs.index), list(var.index))
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    if layout in ("layer", "raw"):  # what published files hold: log-normalised X, counts beside it
+        logged = X.copy()
+        logged.data = np.log1p(logged.data / np.repeat(np.asarray(X.sum(1)).ravel(), np.diff(X.indptr)) * 1e4)
+        if layout == "raw":
+            adata.raw = adata
+        else:
+            adata.layers["counts"] = X
+        adata.X = logged
+    adata.write_zarr(path) if layout == "zarr" else adata.write_h5ad(path)
     return path
+
+
+def write_10x_h5(path: Path, X: sp.csr_matrix, barcodes: list[str], genes: list[str]) -> Path:
+    """Counts as Cell Ranger writes them (``matrix`` group: features x barcodes in compressed-column form,
+    which is the cells x genes CSR's arrays as they are)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        group = f.create_group("matrix")
+        for key, values in (("data", X.data.astype(np.int32)), ("indices", X.indices), ("indptr", X.indptr)):
+            group.create_dataset(key, data=values, compression="gzip", chunks=True)
+        group["shape"] = np.array([X.shape[1], X.shape[0]], dtype=np.int64)
+        group["barcodes"] = np.array(barcodes, dtype="S")
+        features = group.create_group("features")
+        features["id"] = np.array([f"ENSG{j:011d}" for j in range(len(genes))], dtype="S")
+        features["name"] = np.array(genes, dtype="S")
+        features["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
+        features["genome"] = np.array(["GRCh38"] * len(genes), dtype="S")
+    return path
+
+
+def size(path: Path) -> int:
+    """Bytes of a file or of a folder's files (a .zarr)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[str], python: str = sys.executable
@@ -100,8 +140,8 @@ def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[st
     environment), in the file's folder (so that no source folder is imported instead); its phases, wall time
     and peak memory."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    arguments = ["cells", str(path), "--out", str(out), "--epochs", str(epochs), "--batch-key", "batch", "--quiet",
-                 *extra]
+    batch = [] if path.suffix == ".h5" else ["--batch-key", "batch"]
+    arguments = ["cells", str(path), "--out", str(out), "--epochs", str(epochs), *batch, "--quiet", *extra]
     command = [python, "-c", CHILD, *arguments]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=path.parent)
@@ -133,6 +173,8 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.07)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="X", help="how the counts are stored "
+                        "(X / layer / raw of an h5ad, zarr, 10x .h5)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--scvi-python", default=None, help="python of an environment with scvi-tools: runs "
@@ -151,10 +193,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     try:
         for n_cells in args.cells:
-            path = work / f"atlas_{n_cells}.h5ad"
+            suffix, flags = LAYOUTS[args.layout]
+            path = work / f"atlas_{n_cells}_{args.layout}{suffix}"
             if not path.exists():  # in a spawned process: Linux keeps a parent's peak memory in its children
                 writer = multiprocessing.get_context("spawn").Process(
-                    target=write_atlas, args=(path, n_cells, args.genes, args.density))
+                    target=write_atlas, args=(path, n_cells, args.genes, args.density, 0, args.layout))
                 writer.start()
                 writer.join()
             pythons = [("sciencevae cells", sys.executable)]
@@ -163,15 +206,15 @@ def main() -> None:
             for i, (name, python) in enumerate(pythons):
                 out = work / f"run_{n_cells}_{i}"
                 shutil.rmtree(out, ignore_errors=True)
-                r = run_command(path, out, args.epochs, args.threads, args.extra, python)
+                r = run_command(path, out, args.epochs, args.threads, [*flags, *args.extra], python)
                 rate = n_cells * args.epochs / r["train"] if r["train"] else float("nan")
-                print(f"| {n_cells:,} | {name} | {path.stat().st_size / 1e9:.2f} | {r['read']:.1f} | "
+                print(f"| {n_cells:,} | {name} ({args.layout}) | {size(path) / 1e9:.2f} | {r['read']:.1f} | "
                       f"{r['check']:.1f} | {r['train']:.1f} | {r['describe']:.1f} | {r['save']:.1f} | "
                       f"{r['wall']:.1f} | {r['peak_gb']:.2f} | {rate:,.0f} |", flush=True)
-            if args.scvi_python and n_cells <= args.scvi_max_cells:
+            if args.scvi_python and n_cells <= args.scvi_max_cells and args.layout == "X":
                 p = run_scvi(args.scvi_python, path, args.epochs, args.threads)
                 print(f"| {n_cells:,} | scvi-tools SCVI (setup in check, latent in describe, nothing written) | "
-                      f"{path.stat().st_size / 1e9:.2f} | {p['read']:.1f} | {p['setup']:.1f} | {p['train']:.1f} | "
+                      f"{size(path) / 1e9:.2f} | {p['read']:.1f} | {p['setup']:.1f} | {p['train']:.1f} | "
                       f"{p['latent']:.1f} | – | {p['wall']:.1f} | {p['peak_gb']:.2f} | "
                       f"{n_cells * args.epochs / p['train']:,.0f} |", flush=True)
     finally:

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from sciencevae.adapters.cells import CellsAdapter, drop_empty_cells, read_cells
-from sciencevae.adapters.cells_chunks import gene_stats, seurat_v3
+from sciencevae.adapters.cells_chunks import gene_stats, is_backed, seurat_v3
 from sciencevae.case_studies import gene_programmes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scrna"
@@ -76,7 +76,7 @@ def test_a_backed_input_is_prepared_as_the_same_input_in_memory(tmp_path):
     options = dict(n_top_genes=100, batch_key="batch")
     adapter = CellsAdapter.from_adata(backed, **options)
     assert adapter.genes == CellsAdapter.from_adata(adata, **options).genes
-    assert backed.isbacked  # nothing above loaded it
+    assert is_backed(backed.X)  # nothing above loaded it
     on_disk, in_memory = adapter.prepare(backed), adapter.prepare(adata)
     assert (on_disk.X != in_memory.X).nnz == 0
     assert np.array_equal(on_disk.covariates, in_memory.covariates)
@@ -107,4 +107,4 @@ def test_empty_cells_are_dropped_from_a_backed_input(tmp_path):
     ad.AnnData(sp.csr_matrix(counts)).write_h5ad(tmp_path / "a.h5ad")
     with pytest.warns(UserWarning, match="2 of 50 cells have no counts"):
         kept = drop_empty_cells(read_cells(tmp_path / "a.h5ad", backed=True))
-    assert kept.n_obs == 48 and not kept.isbacked
+    assert kept.n_obs == 48 and not is_backed(kept.X)

@@ -1,0 +1,258 @@
+"""Cells files read and written without loading their matrices.
+
+:func:`read_cells` opens an .h5ad or .zarr AnnData with every matrix left on disk (``X``, each layer and
+``raw.X``, CSR or dense, as anndata's backed datasets; the annotations are read) and a 10x Genomics .h5 file
+with its counts on disk too; the adapter reads them a chunk of cells at a time (:mod:`.cells_chunks`).
+:func:`write_cells_h5ad` writes an AnnData whose matrices may be on disk: HDF5 to HDF5 by HDF5's own copy,
+anything else (zarr, a 10x file) a chunk of cells at a time, so memory holds the annotations and one chunk.
+
+>>> import anndata as ad, numpy as np, scipy.sparse as sp, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "a.h5ad")
+>>> adata = ad.AnnData(sp.csr_matrix(np.eye(3, dtype=np.float32)))
+>>> adata.layers["counts"] = adata.X.copy()
+>>> adata.write_h5ad(path)
+>>> on_disk = read_cells(path, backed=True)
+>>> type(on_disk.layers["counts"]).__name__, on_disk.layers["counts"][1:3].toarray().tolist()
+('_CSRDataset', [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .cells_chunks import is_backed, row_chunks
+
+__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5"]
+
+#: The annotations of an AnnData store, read into memory by :func:`open_on_disk`.
+ANNOTATIONS = ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
+
+
+def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
+    """Read .h5ad, .zarr, a 10x mtx folder or a 10x .h5 file.
+
+    ``backed=True``: the matrices of an .h5ad or .zarr (``X``, every layer, ``raw.X``) and the counts of a
+    10x .h5 stay on disk (:func:`open_on_disk`, :func:`read_10x_h5`) and are read a chunk of cells at a time
+    by :class:`~sciencevae.adapters.cells.CellsAdapter`; a 10x mtx folder (text) is read whole. Repeated gene
+    names of a 10x file (symbols shared by two Ensembl ids) are made unique as scanpy's tutorials do
+    (``var_names_make_unique``: ``-1``, ``-2`` appended), with a warning.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` (one line) for a file that cannot be
+    read as its suffix says.
+    """
+    import scanpy as sc
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    try:
+        if path.suffix in (".h5ad", ".zarr"):
+            if backed:
+                return open_on_disk(path)
+            return ad.read_h5ad(path) if path.suffix == ".h5ad" else ad.read_zarr(path)
+        if path.suffix == ".h5":
+            return _unique_genes(read_10x_h5(path) if backed else sc.read_10x_h5(path), path)
+        if path.is_dir():
+            return _unique_genes(sc.read_10x_mtx(path, make_unique=False), path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"could not read {path} as {path.suffix or '10x folder'}: {err}") from None
+    raise ValueError(f"input {path} is not .h5ad, .zarr, a 10x .h5 or a 10x mtx folder")
+
+
+def open_on_disk(path: str | Path) -> ad.AnnData:
+    """An .h5ad or .zarr AnnData whose matrices stay on disk: ``X``, every layer and ``raw.X`` as anndata's
+    backed datasets (CSR / CSC: ``anndata.io.sparse_dataset``; dense: the HDF5 / zarr array), the
+    annotations (obs, var, obsm, varm, obsp, varp, uns, raw.var / raw.varm) read into memory.
+
+    Unlike ``read_h5ad(path, backed="r")``, which reads every layer and works for .h5ad only, nothing of
+    size cells x genes is read here. A file written by an old anndata that ``anndata.io.read_elem`` cannot
+    read falls back to ``read_h5ad(backed="r")`` (.h5ad) or ``read_zarr`` (.zarr).
+    """
+    path = Path(path)
+    root = _open_store(path)
+    try:
+        parts = {key: ad.io.read_elem(root[key]) for key in ANNOTATIONS if _stored(root, key)}
+        X = _on_disk(root["X"]) if _stored(root, "X") else None
+        layers = {key: _on_disk(root["layers"][key]) for key in root["layers"]} if _stored(root, "layers") else {}
+        raw = None
+        if _stored(root, "raw"):
+            group = root["raw"]
+            raw = ad.AnnData(X=_on_disk(group["X"]), var=ad.io.read_elem(group["var"]),
+                             varm=ad.io.read_elem(group["varm"]) if _stored(group, "varm") else None)
+        return ad.AnnData(X=X, layers=layers, raw=raw, **parts)
+    except (KeyError, TypeError, NotImplementedError):  # not anndata's current encoding: let anndata read it
+        return ad.read_h5ad(path, backed="r") if path.suffix == ".h5ad" else ad.read_zarr(path)
+
+
+def _open_store(path: Path):
+    if path.suffix == ".zarr":
+        import zarr
+
+        return zarr.open_group(str(path), mode="r")
+    import h5py
+
+    return h5py.File(path, "r")
+
+
+def _stored(group, key: str) -> bool:
+    """Whether ``group`` holds ``key`` (anndata writes an absent element, e.g. no raw, as encoding "null")."""
+    return key in group and _encoding(group[key]) != "null"
+
+
+def _encoding(element) -> str:
+    value = element.attrs.get("encoding-type", "array")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _on_disk(element):
+    """A stored matrix left on disk: a sparse group as anndata's backed dataset, a dense array as it is."""
+    encoding = _encoding(element)
+    if encoding in ("csr_matrix", "csc_matrix"):
+        return ad.io.sparse_dataset(element)
+    if encoding == "array":
+        return element
+    return ad.io.read_elem(element)
+
+
+def read_10x_h5(path: str | Path) -> ad.AnnData:
+    """A 10x Genomics feature-barcode matrix (.h5, Cell Ranger v3+ ``matrix`` group or v2 ``<genome>``
+    group) as an AnnData whose counts stay in the file: cells x features CSR, read a chunk of cells at a
+    time. obs: barcodes; var: feature names (gene symbols, as ``scanpy.read_10x_h5``) with ``gene_ids``
+    and, for v3, ``feature_types`` and ``genome``.
+
+    Cell Ranger stores features x barcodes in compressed-column form, which is barcodes x features in
+    compressed-row form: the file's own ``data`` / ``indices`` / ``indptr`` are the CSR arrays, reached
+    through HDF5 external links from a small file (in a temporary folder, removed at once) that carries
+    anndata's encoding. Features other
+    than "Gene Expression" (antibody capture, CRISPR guides) are kept when present only with them: like
+    scanpy's ``gex_only=True``, a file that mixes types is read with scanpy and its expression kept (in
+    memory), with a warning.
+    """
+    import h5py
+
+    path = Path(path).resolve()
+    with h5py.File(path, "r") as source:
+        name = "matrix" if "matrix" in source else next(iter(source.keys()), None)
+        if name is None or not isinstance(source[name], h5py.Group) or "indptr" not in source[name]:
+            raise ValueError("no 10x matrix group (matrix/ or <genome>/ with data, indices, indptr) in the file")
+        group = source[name]
+        var = _10x_var(group, group["features"] if "features" in group else None)
+        obs = pd.DataFrame(index=pd.Index(_text(group["barcodes"][:])))
+        n_features, n_cells = (int(v) for v in group["shape"][:])
+    types = var.get("feature_types")
+    if types is not None and (types != "Gene Expression").any():
+        import scanpy as sc
+
+        warnings.warn(f"{path.name} holds {int((types != 'Gene Expression').sum())} features that are not gene "
+                      "expression: its gene expression is read into memory (scanpy.read_10x_h5, gex_only)",
+                      UserWarning, stacklevel=3)
+        return sc.read_10x_h5(path)
+    folder = tempfile.mkdtemp(prefix="sciencevae-10x-")
+    links = Path(folder) / "links.h5"  # a few bytes; opened read-only, so the linked file is opened read-only
+    with h5py.File(links, "w") as small:
+        X = small.create_group("X")
+        X.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                        "shape": (n_cells, n_features)})
+        for key in ("data", "indices", "indptr"):
+            X[key] = h5py.ExternalLink(str(path), f"/{name}/{key}")
+    X = h5py.File(links, "r")["X"]
+    shutil.rmtree(folder, ignore_errors=True)  # the open file outlives its name (POSIX); elsewhere it stays
+    with warnings.catch_warnings():  # repeated symbols: read_cells makes them unique and says so
+        warnings.filterwarnings("ignore", "Variable names are not unique")
+        return ad.AnnData(X=ad.io.sparse_dataset(X), obs=obs, var=var)  # the group in memory lives with X
+
+
+def _10x_var(group, features) -> pd.DataFrame:
+    if features is None:  # Cell Ranger v2
+        return pd.DataFrame({"gene_ids": _text(group["genes"][:])}, index=pd.Index(_text(group["gene_names"][:])))
+    var = pd.DataFrame({"gene_ids": _text(features["id"][:])}, index=pd.Index(_text(features["name"][:])))
+    for key in ("feature_type", "genome"):
+        if key in features:
+            var["feature_types" if key == "feature_type" else key] = _text(features[key][:])
+    return var
+
+
+def _text(values) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def _unique_genes(adata: ad.AnnData, path: Path) -> ad.AnnData:
+    """``var_names_make_unique`` with a warning naming how many genes were renamed (10x files repeat symbols)."""
+    repeated = adata.var_names.duplicated()
+    if repeated.any():
+        example = str(adata.var_names[repeated][0])
+        adata.var_names_make_unique()
+        warnings.warn(f"{path.name}: {int(repeated.sum())} gene names repeat (e.g. {example!r}, one symbol for two "
+                      "gene ids) and were made unique by appending -1, -2 (var['gene_ids'] keeps the ids)",
+                      UserWarning, stacklevel=3)
+    return adata
+
+
+def write_cells_h5ad(adata: ad.AnnData, path: str | Path) -> None:
+    """``adata.write_h5ad(path, compression="gzip")``, except that a matrix on disk (``X``, a layer or
+    ``raw.X`` of :func:`read_cells` with ``backed=True``, shared by
+    :meth:`~sciencevae.adapters.cells.CellsAdapter.write_back`) is never loaded: an HDF5 one is copied file
+    to file by HDF5 as it is stored, any other (zarr, a 10x .h5) a chunk of cells at a time. The memory stays
+    that of the annotations and one chunk. Same layout as anndata's own writer (``anndata.io.write_elem``),
+    so ``read_h5ad`` reads it back."""
+    import h5py
+    from anndata.io import write_elem
+
+    raw_X = None if adata.raw is None else adata.raw.X
+    if not any(is_backed(m) for m in (adata.X, raw_X, *adata.layers.values()) if m is not None):
+        adata.write_h5ad(path, compression="gzip")
+        return
+    gzip = {"compression": "gzip"}
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        if adata.X is not None:
+            _write_matrix(f, "X", adata.X, gzip)
+        for key in ("obs", "var", "obsm", "varm", "obsp", "varp"):
+            value = getattr(adata, key)
+            write_elem(f, key, value if isinstance(value, pd.DataFrame) else dict(value), dataset_kwargs=gzip)
+        layers = f.create_group("layers")
+        layers.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        for key, value in adata.layers.items():
+            _write_matrix(layers, key, value, gzip)
+        write_elem(f, "uns", dict(adata.uns))
+        if adata.raw is not None:
+            raw = f.create_group("raw")
+            raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
+            _write_matrix(raw, "X", raw_X, gzip)
+            write_elem(raw, "var", adata.raw.var, dataset_kwargs=gzip)
+            write_elem(raw, "varm", dict(adata.raw.varm), dataset_kwargs=gzip)
+
+
+def _write_matrix(group, key: str, X, dataset_kwargs: dict) -> None:
+    """A matrix written under ``group[key]`` in anndata's encoding: one in memory by anndata, one in an HDF5
+    file copied by HDF5 (its group or dataset, as stored), any other on disk a chunk of cells at a time."""
+    import h5py
+    from anndata.io import sparse_dataset, write_elem
+
+    if not is_backed(X):
+        write_elem(group, key, X, dataset_kwargs=dataset_kwargs)
+        return
+    stored = getattr(X, "group", X)
+    if isinstance(stored, (h5py.Group, h5py.Dataset)):  # a 10x file's arrays are reached by external links
+        group.copy(stored, key, expand_external=True)
+        return
+    chunks = row_chunks(X)
+    _, first = next(chunks)
+    if getattr(X, "format", None) in ("csr", "csc"):
+        write_elem(group, key, first.tocsr(), dataset_kwargs=dataset_kwargs)
+        target = sparse_dataset(group[key])
+        for _, part in chunks:
+            target.append(part)
+        return
+    target = group.create_dataset(key, shape=X.shape, dtype=first.dtype, chunks=True, **dataset_kwargs)
+    target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    target[:len(first)] = first
+    for start, part in chunks:
+        target[start:start + len(part)] = part

@@ -1,0 +1,164 @@
+"""Cells files opened with their matrices on disk (counts in a layer or .raw of an .h5ad, a .zarr, a 10x .h5)
+are checked, prepared, run and written exactly as the same data in memory, and written back unchanged."""
+
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from sciencevae.adapters.cells import CellsAdapter, read_cells
+from sciencevae.adapters.cells_chunks import is_backed
+from sciencevae.case_studies import gene_programmes
+
+RUN = dict(n_top_genes=60, batch_key="batch", epochs=2, progress=False, n_latent=3)
+
+
+def _cells(n_cells: int = 400, n_genes: int = 120, seed: int = 2) -> ad.AnnData:
+    """NB counts (CSR) with three batches; genes named g0, g1, ..."""
+    rng = np.random.default_rng(seed)
+    mean = rng.gamma(0.5, 2.0, size=n_genes) * rng.lognormal(0.0, 0.5, size=(n_cells, 1))
+    counts = rng.negative_binomial(2, 2 / (2 + mean)).astype(np.float32)
+    counts[counts.sum(1) == 0, 0] = 1
+    obs = pd.DataFrame({"batch": rng.choice(["a", "b", "c"], n_cells)}, index=[f"c{i}" for i in range(n_cells)])
+    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+
+
+def _log_normalised(counts: sp.csr_matrix) -> sp.csr_matrix:
+    return sp.csr_matrix(np.log1p(counts.toarray() / counts.sum(1).A * 1e4))
+
+
+def _same_results(on_disk: ad.AnnData, in_memory: ad.AnnData, folder: Path, **options) -> tuple[ad.AnnData, ...]:
+    """Run both, check the results are equal, save both; the two cells.h5ad read back."""
+    a, b = (gene_programmes.run(x, **RUN, **options) for x in (on_disk, in_memory))
+    np.testing.assert_array_equal(a.adata.obsm["X_sciencevae"], b.adata.obsm["X_sciencevae"])
+    pd.testing.assert_frame_equal(a.programmes, b.programmes)
+    a.save(folder / "disk")
+    b.save(folder / "memory")
+    return tuple(ad.read_h5ad(folder / name / "cells.h5ad") for name in ("disk", "memory"))
+
+
+def _equal(x, y) -> bool:
+    x, y = (m.toarray() if sp.issparse(m) else np.asarray(m) for m in (x, y))
+    return x.shape == y.shape and np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+def test_counts_in_a_layer_stay_on_disk_and_give_the_in_memory_results(tmp_path, suffix):
+    adata = _cells()
+    adata.layers["counts"] = adata.X.copy()
+    adata.layers["dense"] = adata.X.toarray()  # a dense layer on disk too
+    adata.X = _log_normalised(adata.X)
+    path = tmp_path / f"cells{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's format note
+        adata.write_h5ad(path) if suffix == ".h5ad" else adata.write_zarr(path)
+    on_disk = read_cells(path, backed=True)
+    assert all(is_backed(m) for m in (on_disk.X, on_disk.layers["counts"], on_disk.layers["dense"]))
+    assert list(on_disk.obs["batch"]) == list(adata.obs["batch"])
+    a, b = _same_results(on_disk, adata, tmp_path, layer="counts")
+    for out in (a, b):  # every matrix written back as it was
+        assert _equal(out.X, adata.X) and _equal(out.layers["counts"], adata.layers["counts"])
+        assert _equal(out.layers["dense"], adata.layers["dense"])
+    np.testing.assert_array_equal(a.varm["sciencevae_loadings"], b.varm["sciencevae_loadings"])
+    assert is_backed(on_disk.layers["counts"])  # running did not load it
+
+
+def test_counts_in_raw_of_a_zarr_are_read_and_written_by_chunks(tmp_path):
+    adata = _cells()
+    adata.raw = adata.copy()
+    adata.X = _log_normalised(adata.X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_zarr(tmp_path / "cells.zarr")
+    on_disk = read_cells(tmp_path / "cells.zarr", backed=True)
+    assert is_backed(on_disk.raw.X)
+    a, b = _same_results(on_disk, adata, tmp_path, layer="raw")
+    assert _equal(a.raw.X, adata.raw.X) and _equal(a.X, adata.X)
+    np.testing.assert_array_equal(a.raw.varm["sciencevae_loadings"], b.raw.varm["sciencevae_loadings"])
+
+
+def _write_10x_h5(path: Path, counts: np.ndarray, names: list[str], ids: list[str],
+                  types: list[str] | None = None, v2: bool = False) -> None:
+    """A Cell Ranger feature-barcode matrix: features x barcodes in compressed-column form."""
+    by_cell = sp.csr_matrix(counts.astype(np.int32))  # barcodes x features CSR = features x barcodes CSC
+    barcodes = [f"AAAC{i:06d}-1" for i in range(counts.shape[0])]
+    with h5py.File(path, "w") as f:
+        group = f.create_group("GRCh38" if v2 else "matrix")
+        group["data"], group["indices"], group["indptr"] = by_cell.data, by_cell.indices, by_cell.indptr
+        group["shape"] = np.array([counts.shape[1], counts.shape[0]], dtype=np.int32)
+        group["barcodes"] = np.array(barcodes, dtype="S")
+        if v2:
+            group["genes"], group["gene_names"] = np.array(ids, dtype="S"), np.array(names, dtype="S")
+            return
+        features = group.create_group("features")
+        features["id"], features["name"] = np.array(ids, dtype="S"), np.array(names, dtype="S")
+        features["feature_type"] = np.array(types or ["Gene Expression"] * len(ids), dtype="S")
+        features["genome"] = np.array(["GRCh38"] * len(ids), dtype="S")
+        features["_all_tag_keys"] = np.array([b"genome"])
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_10x_h5_stays_on_disk_with_repeated_symbols_made_unique(tmp_path, v2):
+    import scanpy as sc
+
+    adata = _cells()
+    counts = adata.X.toarray()
+    names = [f"G{j}" for j in range(counts.shape[1])]
+    names[7] = names[3]  # one symbol for two gene ids, as in Cell Ranger's references
+    ids = [f"ENSG{j:011d}" for j in range(counts.shape[1])]
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    _write_10x_h5(path, counts, names, ids, v2=v2)
+    with pytest.warns(UserWarning, match="1 gene names repeat .e.g. 'G3'.*made unique"):
+        on_disk = read_cells(path, backed=True)
+    assert is_backed(on_disk.X) and on_disk.var_names[7] == "G3-1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scanpy_s = sc.read_10x_h5(path)
+    scanpy_s.var_names_make_unique()
+    assert list(on_disk.var_names) == list(scanpy_s.var_names)
+    assert list(on_disk.obs_names) == list(scanpy_s.obs_names)
+    assert list(on_disk.var["gene_ids"]) == list(scanpy_s.var["gene_ids"])
+    adapter = CellsAdapter.from_adata(on_disk, n_top_genes=50)
+    assert adapter.genes == CellsAdapter.from_adata(scanpy_s, n_top_genes=50).genes
+    assert _equal(adapter.prepare(on_disk).X, adapter.prepare(scanpy_s).X)
+    res = gene_programmes.run(on_disk, n_top_genes=50, epochs=2, progress=False, n_latent=3)
+    res.save(tmp_path / "run")
+    out = ad.read_h5ad(tmp_path / "run" / "cells.h5ad")
+    assert _equal(out.X, counts) and list(out.var_names) == list(on_disk.var_names)
+
+
+def test_a_10x_h5_with_antibody_features_keeps_gene_expression(tmp_path):
+    adata = _cells(n_genes=40)
+    counts = adata.X.toarray()
+    types = ["Gene Expression"] * 37 + ["Antibody Capture"] * 3
+    _write_10x_h5(tmp_path / "citeseq.h5", counts, [f"G{j}" for j in range(40)], [f"ID{j}" for j in range(40)],
+                  types=types)
+    with pytest.warns(UserWarning, match="3 features that are not gene expression"):
+        read = read_cells(tmp_path / "citeseq.h5", backed=True)
+    assert read.n_vars == 37 and _equal(read.X, counts[:, :37])
+
+
+def test_a_10x_mtx_folder_gets_unique_gene_names(tmp_path):
+    import gzip
+
+    import scipy.io
+
+    adata = _cells(n_genes=30)
+    folder = tmp_path / "filtered_feature_bc_matrix"
+    folder.mkdir()
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as f:
+        scipy.io.mmwrite(f, sp.coo_matrix(adata.X.T.astype(np.int64)))
+    names = [f"G{j}" for j in range(30)]
+    names[5] = names[4]
+    with gzip.open(folder / "features.tsv.gz", "wt") as f:
+        f.writelines(f"ID{j}\t{name}\tGene Expression\n" for j, name in enumerate(names))
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as f:
+        f.writelines(f"{name}\n" for name in adata.obs_names)
+    with pytest.warns(UserWarning, match="1 gene names repeat"):
+        read = read_cells(folder)
+    assert read.var_names.is_unique and _equal(read.X, adata.X)
