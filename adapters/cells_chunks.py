@@ -16,6 +16,7 @@ chunk's memory plus (batches x genes) arrays.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -175,7 +176,48 @@ def gather_columns(X, index: np.ndarray, take: Callable, chunk_rows: int | None 
     """``take(rows, index)`` of every chunk of a backed matrix, stacked (CSR stays CSR): the modelled genes'
     counts without the whole matrix in memory."""
     parts = [take(part, index) for _, part in row_chunks(X, chunk_rows)]
-    return sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
+    gathered = stack_rows(parts) if sp.issparse(parts[0]) else np.concatenate(parts)
+    del parts
+    give_back_freed_memory()
+    return gathered
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap's free memory to the operating system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    The chunks of a gathered matrix are freed into the heap, which glibc keeps for later allocations of
+    their size: at 1M cells x 2,000 genes the process stayed 1.1 GB larger through training without this.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def stack_rows(parts: list[sp.csr_matrix]) -> sp.csr_matrix:
+    """The CSR parts stacked by rows, each part released (removed from ``parts``) once it is copied.
+
+    ``scipy.sparse.vstack`` holds the parts and the result at once (twice the matrix); here the result's
+    arrays are allocated empty, and the operating system commits their pages only as they are written, so
+    memory holds about one matrix throughout.
+
+    >>> a, b = sp.csr_matrix(np.eye(2)), sp.csr_matrix(np.ones((1, 2)))
+    >>> stack_rows([a, b]).toarray().tolist()
+    [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    """
+    nnz, n_rows, n_cols = sum(p.nnz for p in parts), sum(p.shape[0] for p in parts), parts[0].shape[1]
+    index_type = np.int32 if max(nnz, n_cols) < np.iinfo(np.int32).max else np.int64
+    data, indices = np.empty(nnz, dtype=parts[0].dtype), np.empty(nnz, dtype=index_type)
+    indptr = np.zeros(n_rows + 1, dtype=index_type)
+    at = row = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        data[at:at + part.nnz], indices[at:at + part.nnz] = part.data, part.indices
+        indptr[row + 1:row + 1 + part.shape[0]] = part.indptr[1:] + at
+        at, row = at + part.nnz, row + part.shape[0]
+        del part
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
 
 
 def is_backed(X) -> bool:

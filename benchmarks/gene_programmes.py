@@ -69,9 +69,11 @@ def normalised(counts) -> np.ndarray:
     return dense / dense.sum(1, keepdims=True) * 1e4
 
 
-def run_ours(sim: dict, k: int, epochs: int | None, seed: int, n_fits: int = 1):
+def run_ours(sim: dict, k: int, epochs: int | None, seed: int, n_fits: int = 1, device_type: str = "cpu"):
+    """``device_type="cuda"``: the batch size and learning rate the case study takes on a GPU, trained here."""
+    batch_size, lr = gp.device_batch_and_lr(sim["counts"].shape[0], device_type)
     res = gp.run(cells(sim), n_latent=k, batch_key="batch", n_top_genes=None, epochs=epochs, seed=seed,
-                 progress=False, n_fits=n_fits)
+                 progress=False, n_fits=n_fits, batch_size=batch_size, lr=lr)
     return res.weights, res.adata.obsm["X_sciencevae"], True
 
 
@@ -109,6 +111,7 @@ def run_cnmf(sim: dict, k: int, epochs: int, seed: int, n_iter: int = 50):
 
 
 METHODS = {"sciencevae (defaults)": run_ours, "sciencevae (--fits 5)": partial(run_ours, n_fits=5),
+           "sciencevae (a GPU's batch and lr)": partial(run_ours, device_type="cuda"),
            "PCA + varimax": run_pca_varimax, "NMF (CP10k)": run_nmf,
            "cNMF": run_cnmf}
 
@@ -123,7 +126,7 @@ def arguments(description: str, threads: int) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None,
                         help="for the VAEs (default: each method's own default, 400 epochs here for all)")
     parser.add_argument("--threads", type=int, default=threads)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if "GPU" not in m])
     parser.add_argument("--scvi-python", help="python of an environment with scvi-tools: adds LinearSCVI and SCVI")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

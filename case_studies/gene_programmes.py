@@ -19,6 +19,7 @@ with categorical obs columns (mean per group and Cohen's d against the rest).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
 from sciencevae.objectives import Objective
+from sciencevae.train import resolve_device
 
 from .differential import cohens_d, comparison, differential
 from .guided import (DENOVO_PENALTY, GUIDE_PENALTY, N_DENOVO, PENALTY_START, GeneSetPrior, count_scale,
@@ -428,6 +430,37 @@ def default_epochs(n_cells: int) -> int:
     return max(1, min(round(20000 / max(n_cells, 1) * 400), 400))
 
 
+#: The case study's batch size and learning rate on the CPU (chosen on the simulations and CellBench; scvi-tools
+#: trains with batches of 128 too).
+CPU_BATCH, CPU_LR = 128, 3e-3
+#: On a GPU: the largest batch (``fit``'s CUDA default) and the fewest steps an epoch keeps.
+GPU_BATCH, MIN_STEPS = 1024, 100
+
+
+def device_batch_and_lr(n_cells: int, device_type: str, batch_size: int | None = None,
+                        lr: float | None = None) -> tuple[int, float]:
+    """The case study's batch size and learning rate for ``n_cells`` cells on a ``device_type`` ("cpu" or
+    "cuda"); given values are kept.
+
+    CPU: :data:`CPU_BATCH` cells, learning rate :data:`CPU_LR`. A GPU is only busy with large batches: there
+    the batch doubles from 128 while an epoch keeps at least :data:`MIN_STEPS` steps, up to :data:`GPU_BATCH`
+    (128 below 25,600 cells, 1,024 from 102,400). The learning rate grows with the square root of the batch
+    above 128 (the rule for Adam, Malladi et al. 2022, as ``fit``'s :func:`~sciencevae.train.batch_and_lr`).
+
+    >>> device_batch_and_lr(909, "cuda"), device_batch_and_lr(1_000_000, "cpu")
+    ((128, 0.003), (128, 0.003))
+    >>> batch, lr = device_batch_and_lr(1_000_000, "cuda"); batch, round(lr, 4)
+    (1024, 0.0085)
+    """
+    if batch_size is None:
+        batch_size = CPU_BATCH
+        while device_type == "cuda" and batch_size * 2 <= GPU_BATCH and n_cells // (batch_size * 2) >= MIN_STEPS:
+            batch_size *= 2
+    if lr is None:
+        lr = CPU_LR * math.sqrt(max(1.0, batch_size / CPU_BATCH))
+    return batch_size, lr
+
+
 #: Weight of the batch-mixing penalty with a batch key (``run(batch_mmd=)``, ``--batch-mmd``): on CellBench's
 #: plates 30 moved the plate 15-NN accuracy from 0.38 to 0.32 (scVI 0.35) with the cell lines kept; 100 hurt
 #: the hard simulation's weakest programmes (their shares differ by batch).
@@ -495,7 +528,8 @@ def stability_notes(table: pd.DataFrame | None, guided: pd.DataFrame | None = No
 def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, likelihood: str = "nb",
         decoder: str = "linear", beta: float | str | list[float] = 1.0, batch_key: str | None = None,
         gene_sets=None, gene_symbols: str | None = None,
-        n_top_genes: int | None = 2000, epochs: int | None = None, batch_size: int = 128, lr: float = 3e-3,
+        n_top_genes: int | None = 2000, epochs: int | None = None, batch_size: int | None = None,
+        lr: float | None = None,
         seed: int = 0, device: str = "auto", hidden: tuple[int, ...] = (128,), n_top: int = 50,
         rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1, resume: bool = False, inputs: Inputs | None = None,
@@ -508,7 +542,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     (``res.rotation``, also in ``uns["sciencevae"]["rotation"]``). ``None``
     keeps the raw latents. ``checkpoint_dir``, ``checkpoint_every`` and
     ``resume`` are passed to ``BetaVAE.fit``. ``epochs=None``: scvi-tools'
-    rule for the number of cells (:func:`default_epochs`).
+    rule for the number of cells (:func:`default_epochs`). ``batch_size`` / ``lr`` None: 128 / 3e-3 on the
+    CPU, larger batches on a GPU (:func:`device_batch_and_lr`); recorded in ``settings``.
 
     ``batch_mmd`` (with ``batch_key``): weight of the penalty that pulls the batches' codes onto one
     distribution (squared MMD between each batch and the minibatch, :func:`sciencevae.objectives.batch_mmd`);
@@ -555,7 +590,9 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
         raise ValueError(f"n_fits must be at least 1, got {n_fits}")
     if guided:
         check_guided(n_latent, beta, decoder)
-    epochs = default_epochs(inputs.prepared.X.shape[0]) if epochs is None else epochs
+    n_cells = inputs.prepared.X.shape[0]
+    epochs = default_epochs(n_cells) if epochs is None else epochs
+    batch_size, lr = device_batch_and_lr(n_cells, resolve_device(device).type, batch_size, lr)
     seeds = [seed + i for i in range(n_fits)]
     latent_grid, beta_grid = _grid(n_latent, N_LATENT_GRID, "n_latent"), _grid(beta, BETA_GRID, "beta")
 
@@ -655,7 +692,7 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
         scale = count_scale(inputs.prepared.X)
         model_options["loadings_penalty"] = inputs.prior.penalty(scale=scale)
         model_options["loadings_penalty_start"] = inputs.prior.penalty(scale=scale, start=PENALTY_START)
-        n_cells, batch = inputs.prepared.X.shape[0], fit_options.get("batch_size", 128)
+        n_cells, batch = inputs.prepared.X.shape[0], fit_options.get("batch_size", CPU_BATCH)
         warmup = guided_warmup(n_cells, fit_options["epochs"], batch)
     model_options["objective"] = Objective(beta=float(beta), warmup_steps=warmup, batch_mmd=batch_mmd,
                                            batch_columns=batch_columns if batch_mmd > 0 else None)
