@@ -111,7 +111,7 @@ def run_cnmf(sim: dict, k: int, epochs: int, seed: int, n_iter: int = 50):
 
 
 METHODS = {"sciencevae (defaults)": run_ours, "sciencevae (--fits 5)": partial(run_ours, n_fits=5),
-           "sciencevae (a GPU's batch and lr)": partial(run_ours, device_type="cuda"),
+           "sciencevae (a GPU's batch)": partial(run_ours, device_type="cuda"),
            "PCA + varimax": run_pca_varimax, "NMF (CP10k)": run_nmf,
            "cNMF": run_cnmf}
 

@@ -19,7 +19,6 @@ with categorical obs columns (mean per group and Cohen's d against the rest).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -442,23 +441,23 @@ def device_batch_and_lr(n_cells: int, device_type: str, batch_size: int | None =
     """The case study's batch size and learning rate for ``n_cells`` cells on a ``device_type`` ("cpu" or
     "cuda"); given values are kept.
 
-    CPU: :data:`CPU_BATCH` cells, learning rate :data:`CPU_LR`. A GPU is only busy with large batches: there
-    the batch doubles from 128 while an epoch keeps at least :data:`MIN_STEPS` steps, up to :data:`GPU_BATCH`
-    (128 below 25,600 cells, 1,024 from 102,400). The learning rate grows with the square root of the batch
-    above 128 (the rule for Adam, Malladi et al. 2022, as ``fit``'s :func:`~sciencevae.train.batch_and_lr`).
+    CPU: :data:`CPU_BATCH` cells. A GPU is only busy with large batches: there the batch doubles from 128
+    while an epoch keeps at least :data:`MIN_STEPS` steps, up to :data:`GPU_BATCH` (128 below 25,600 cells,
+    1,024 from 102,400). The learning rate stays :data:`CPU_LR` at every batch size: on the hard simulation
+    at 100,000 cells (80 epochs, batch 1,024, trained on the CPU) the square-root rule's 8.5e-3 together
+    with the batch-mixing penalty lost the programmes (mean AUROC 0.835, activity Spearman 0.08), while 3e-3
+    kept what batch 128 finds (0.997 / 0.72; 128: 0.996 / 0.72).
 
     >>> device_batch_and_lr(909, "cuda"), device_batch_and_lr(1_000_000, "cpu")
     ((128, 0.003), (128, 0.003))
-    >>> batch, lr = device_batch_and_lr(1_000_000, "cuda"); batch, round(lr, 4)
-    (1024, 0.0085)
+    >>> device_batch_and_lr(1_000_000, "cuda"), device_batch_and_lr(30_000, "cuda")
+    ((1024, 0.003), (256, 0.003))
     """
     if batch_size is None:
         batch_size = CPU_BATCH
         while device_type == "cuda" and batch_size * 2 <= GPU_BATCH and n_cells // (batch_size * 2) >= MIN_STEPS:
             batch_size *= 2
-    if lr is None:
-        lr = CPU_LR * math.sqrt(max(1.0, batch_size / CPU_BATCH))
-    return batch_size, lr
+    return batch_size, CPU_LR if lr is None else lr
 
 
 #: Weight of the batch-mixing penalty with a batch key (``run(batch_mmd=)``, ``--batch-mmd``): on CellBench's
@@ -543,7 +542,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     keeps the raw latents. ``checkpoint_dir``, ``checkpoint_every`` and
     ``resume`` are passed to ``BetaVAE.fit``. ``epochs=None``: scvi-tools'
     rule for the number of cells (:func:`default_epochs`). ``batch_size`` / ``lr`` None: 128 / 3e-3 on the
-    CPU, larger batches on a GPU (:func:`device_batch_and_lr`); recorded in ``settings``.
+    CPU, batches up to 1,024 on a GPU (:func:`device_batch_and_lr`); recorded in ``settings``.
 
     ``batch_mmd`` (with ``batch_key``): weight of the penalty that pulls the batches' codes onto one
     distribution (squared MMD between each batch and the minibatch, :func:`sciencevae.objectives.batch_mmd`);

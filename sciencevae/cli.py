@@ -582,11 +582,19 @@ def _resuming(args: argparse.Namespace) -> bool:
     return args.resume and (args.out / "checkpoint" / CHECKPOINT_NAME).exists()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other error of the command: the problem, then where the
+    options are listed (no usage block above it). Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .case_studies.gene_programmes import BATCH_MMD
     from .case_studies.guided import N_DENOVO
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sciencevae",
         description="β-VAEs for scientific data: disentangled knobs for climate fields and single-cell counts.",
     )

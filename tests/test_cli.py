@@ -90,6 +90,20 @@ def test_errors_are_one_line_and_leave_inputs_alone(tmp_path, capsys, setup, mes
     assert {p.name: sha256(p) for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("args, message", [
+    (["cells", "x.h5ad", "--out", "o", "--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["cells", "x.h5ad", "--out", "o", "--batch-mmd", "many"], "argument --batch-mmd: invalid float value"),
+    (["cells"], "the following arguments are required: input, --out"),
+    (["clim"], "invalid choice: 'clim'"),
+])
+def test_flag_errors_are_one_line_too(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "usage:" not in err
+    assert err.count("\n") == 1 and err.rstrip().endswith("-h)")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "fit", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")])
