@@ -314,7 +314,8 @@ class ProgrammeResult:
                 if "own_set" in self.enrichment else ")")
             tables[title] = strongest_sets.drop(columns=["genes", "own_set"], errors="ignore")
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
-        tables["Association with obs groups (20 largest effects)"] = strongest.head(20)
+        tables["Association with obs groups (20 largest effects)" if len(strongest) else
+               "Association with obs groups: no obs column of 2 to 50 groups to compare"] = strongest.head(20)
         if self.differential is not None:
             tables[differential_title(self.differential)] = self.differential.head(20)
         if self.checks is not None:

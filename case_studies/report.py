@@ -78,7 +78,14 @@ def _inputs_table(folder: Path) -> pd.DataFrame | None:
 
 def write_report(folder: str | Path, title: str, settings: dict, tables: dict[str, pd.DataFrame],
                  notes: list[str] | None = None) -> Path:
-    """Write ``folder/report.html`` from the run's settings, tables, ``figures/*.png`` and files."""
+    """Write ``folder/report.html`` from the run's settings, tables, ``figures/*.png`` and files; a table
+    without rows shows as "None." under its title.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> "<p>None.</p>" in write_report(folder, "t", {}, {"empty": pd.DataFrame({"a": []})}).read_text()
+    True
+    """
     folder = Path(folder)
     figures = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
@@ -96,7 +103,7 @@ def write_report(folder: str | Path, title: str, settings: dict, tables: dict[st
               "<p>data given in memory (no input file recorded in run.json)</p>"]
     parts += ["<h2>Settings</h2>", _table(settings_frame)]
     for name, frame in tables.items():
-        parts += [f"<h2>{html.escape(name)}</h2>", _table(frame)]
+        parts += [f"<h2>{html.escape(name)}</h2>", _table(frame) if len(frame) else "<p>None.</p>"]
     if figures:
         parts += ["<h2>Figures</h2>", *[_figure(p) for p in figures]]
     links = "\n".join(f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>' for f in files)
