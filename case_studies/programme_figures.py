@@ -37,11 +37,36 @@ def programme_label(res: "ProgrammeResult", j: int) -> str:
     return f"programme {j} (stability {row['stability']:.2f}{'' if row['stable'] else ', unstable'})"
 
 
-def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> Figure:
+def same_groupings(obs: pd.DataFrame, keys: list[str]) -> dict[str, list[str]]:
+    """``keys`` grouped by the partition of the cells they make: the first of each set of columns that group
+    the cells alike (whatever their labels, e.g. ``plate`` and ``source_table``) maps to the others.
+
+    >>> obs = pd.DataFrame({"plate": list("aabb"), "table": list("xxyy"), "line": list("abab")})
+    >>> same_groupings(obs, ["plate", "table", "line"])
+    {'plate': ['table'], 'line': []}
+    """
+    kept: dict[str, list[str]] = {}
+    for key in keys:
+        labels = obs[key].astype(str)
+        twin = next((k for k in kept if _alike(labels, obs[k].astype(str))), None)
+        if twin is None:
+            kept[key] = []
+        else:
+            kept[twin].append(key)
+    return kept
+
+
+def _alike(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two label columns split the cells into the same groups: as many label pairs as labels of each."""
+    return len(pd.unique(a + "\0" + b)) == a.nunique() == b.nunique()
+
+
+def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400, same: list[str] = ()) -> Figure:
     """Effect size (Cohen's d of a group against the other cells) of every programme per group of
     ``obs[key]`` (blank where undefined: a one-cell group), each cell annotated with the group's mean
     activity (when the grid has at most ``annotate_max`` cells), each group with its cell count.
-    Magnitudes are kept: no per-programme rescaling."""
+    Magnitudes are kept: no per-programme rescaling. ``same``: other columns that group the cells alike
+    (named in the title, not drawn again)."""
     table = res.association[res.association["obs_key"] == key]
     effect = table.pivot(index="group", columns="programme", values="effect_size")
     means = table.pivot(index="group", columns="programme", values="mean").reindex_like(effect)
@@ -59,7 +84,8 @@ def group_heatmap(res: "ProgrammeResult", key: str, annotate_max: int = 400) -> 
     sizes = table.groupby("group")["n_cells"].first().reindex(effect.index)
     ax.set_yticks(range(values.shape[0]), [f"{g} (n={n:,})" for g, n in sizes.items()])
     ax.set_xlabel("programme" + (" (* not stable across seeds)" if unstable else "")), ax.set_ylabel(key)
-    ax.set_title(f"programme activity by {key} (numbers: group mean activity)", fontsize=9)
+    also = f" (= {', '.join(same)})" if same else ""
+    ax.set_title(f"programme activity by {key}{also} (numbers: group mean activity)", fontsize=9)
     figure.colorbar(image, ax=ax, label="Cohen's d, group vs other cells")
     return figure
 
@@ -246,6 +272,7 @@ def save_figures(res: "ProgrammeResult", folder: str | Path) -> list[Path]:
     if res.checks is not None:
         written.append(save_figure(predictive_plot(res.checks.table, res.checks.verdict),
                                    folder / "posterior_predictive.png"))
-    for key in res.association["obs_key"].unique():
-        written.append(save_figure(group_heatmap(res, key), folder / f"programmes_by_{key}.png"))
+    groupings = same_groupings(res.adata.obs, list(res.association["obs_key"].unique()))
+    for key, same in groupings.items():  # columns that group the cells alike: one heat map
+        written.append(save_figure(group_heatmap(res, key, same=same), folder / f"programmes_by_{key}.png"))
     return written
