@@ -56,7 +56,9 @@ def _matrix(adata: ad.AnnData, layer: str | None) -> tuple[np.ndarray | sp.csr_m
         X, genes = adata.X, adata.var_names
     else:
         if layer not in adata.layers:
-            raise ValueError(f"layer {layer!r} does not exist; the AnnData has layers {sorted(adata.layers)} (or use X / raw)")
+            other = "X / raw" if adata.raw is not None else "X"
+            raise ValueError(f"layer {layer!r} does not exist; the AnnData has layers {sorted(adata.layers)} "
+                             f"(or use {other})")
         X, genes = adata.layers[layer], adata.var_names
     _check_unique(genes, "raw.var_names" if layer == "raw" else "var_names")
     if getattr(X, "format", None) == "csc" and hasattr(X, "to_memory"):  # by gene on disk: rows cannot be read

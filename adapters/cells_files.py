@@ -57,12 +57,18 @@ def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
             if backed:
                 return open_on_disk(path)
             return ad.read_h5ad(path) if path.suffix == ".h5ad" else ad.read_zarr(path)
-        if path.suffix == ".h5":
-            return _unique_genes(read_10x_h5(path) if backed else sc.read_10x_h5(path), path)
-        if path.is_dir():
-            return _unique_genes(sc.read_10x_mtx(path, make_unique=False), path)
+        with warnings.catch_warnings():  # repeated symbols: made unique below, with a warning of ours
+            warnings.filterwarnings("ignore", "Variable names are not unique")
+            if path.suffix == ".h5":
+                return _unique_genes(read_10x_h5(path) if backed else sc.read_10x_h5(path), path)
+            if path.is_dir():
+                adata = sc.read_10x_mtx(path, make_unique=False)
+                adata.X = adata.X.tocsr()  # cells are rows: read a chunk of cells at a time, written as CSR
+                return _unique_genes(adata, path)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"could not read {path} as {path.suffix or '10x folder'}: {err}") from None
+    if path.name.startswith(("matrix.mtx", "barcodes.tsv", "features.tsv", "genes.tsv")):
+        raise ValueError(f"input {path} is a file of a 10x mtx folder: give the folder ({path.parent})")
     raise ValueError(f"input {path} is not .h5ad, .zarr, a 10x .h5 or a 10x mtx folder")
 
 
@@ -164,9 +170,7 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
             X[key] = h5py.ExternalLink(str(path), f"/{name}/{key}")
     X = h5py.File(links, "r")["X"]
     shutil.rmtree(folder, ignore_errors=True)  # the open file outlives its name (POSIX); elsewhere it stays
-    with warnings.catch_warnings():  # repeated symbols: read_cells makes them unique and says so
-        warnings.filterwarnings("ignore", "Variable names are not unique")
-        return ad.AnnData(X=ad.io.sparse_dataset(X), obs=obs, var=var)  # the group in memory lives with X
+    return ad.AnnData(X=ad.io.sparse_dataset(X), obs=obs, var=var)  # the small file stays open with X
 
 
 def _10x_var(group, features) -> pd.DataFrame:

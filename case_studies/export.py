@@ -74,6 +74,8 @@ def _cells(run: Path) -> tuple[xr.Dataset, dict]:
     symbols = settings.get("gene_symbols")
     if symbols and symbols in modelled.var:
         coords["gene_symbol"] = ("gene", modelled.var[symbols].astype(str).to_numpy()[used])
+    if "gene_ids" in modelled.var and symbols != "gene_ids":  # a 10x file's Ensembl ids beside its symbols
+        coords["gene_id"] = ("gene", modelled.var["gene_ids"].astype(str).to_numpy()[used])
     return xr.Dataset(
         {"activity": (("cell", "programme"), adata.obsm["X_sciencevae"],
                       {"long_name": "programme activity per cell (posterior mean, rotated)", "units": "1"}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,7 +256,8 @@ def predictive_plot(table: pd.DataFrame, verdict: str) -> Figure:
         ax.set_xlabel(f"simulated {label}")
         ax.set_ylabel(f"observed {label}")
     axes[-1].legend(loc="upper left", fontsize=7, markerscale=3)
-    fig.suptitle(f"Posterior predictive checks, one point per gene: {verdict}", fontsize=9)
+    title = textwrap.fill(f"Posterior predictive checks, one point per gene: {verdict}", 110)  # within the panels
+    fig.suptitle(title, fontsize=9)
     return fig
 
 

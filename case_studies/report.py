@@ -73,7 +73,7 @@ def _inputs_table(folder: Path) -> pd.DataFrame | None:
     if not files:
         return None
     table = pd.DataFrame(files, columns=["path", "sha256"])
-    return table.fillna({"sha256": "(a folder, e.g. a .zarr store: no checksum)"})
+    return table.fillna({"sha256": "(a folder: no checksum)"})
 
 
 def write_report(folder: str | Path, title: str, settings: dict, tables: dict[str, pd.DataFrame],

@@ -95,6 +95,16 @@ def _diagnose_data(run_dir: Path, data: Path | None, layer: str | None) -> tuple
     return (recorded if recorded.exists() else None), run.get("layer", layer)
 
 
+def _cells_data(adapter_file: Path, data: Path):
+    """The counts a cells run modelled (its genes, by name, from its layer) and its covariates, read from
+    ``data`` (.h5ad, .zarr, 10x) with the adapter the run saved; returns (X, covariates, layer)."""
+    from .adapters.cells import CellsAdapter, read_cells
+
+    adapter = CellsAdapter.load(adapter_file)
+    prepared = adapter.prepare(read_cells(data, backed=True))
+    return prepared.X, prepared.covariates, adapter.layer
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnostics import collapse_report
     from .io import load
@@ -111,9 +121,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         print("per-latent KL at the last training epoch (nats): " + ", ".join(f"z{j}={v:.3f}" for j, v in enumerate(kl)))
         print("active units need the data: pass --data FILE (the input of the run was not found)")
         return 0
-    X, _ = read_matrix(data, layer)
+    covariates = None
+    if (args.run_dir / "adapter.json").exists():  # a cells run: its genes, layer and covariates
+        X, covariates, layer = _cells_data(args.run_dir / "adapter.json", data)
+    else:
+        X, _ = read_matrix(data, layer)
     print(f"data: {data}" + (f" (layer {layer})" if layer else ""))
-    report = collapse_report(vae, X, threshold=args.threshold)
+    report = collapse_report(vae, X, covariates=covariates, threshold=args.threshold)
     print(report)
     if report.n_active <= 1:
         print(f"warning: {report.verdict}", file=sys.stderr)

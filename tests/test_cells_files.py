@@ -130,6 +130,12 @@ def test_a_10x_h5_stays_on_disk_with_repeated_symbols_made_unique(tmp_path, v2):
     res.save(tmp_path / "run")
     out = ad.read_h5ad(tmp_path / "run" / "cells.h5ad")
     assert _equal(out.X, counts) and list(out.var_names) == list(on_disk.var_names)
+    from sciencevae.case_studies.export import load_run
+
+    exported = load_run(tmp_path / "run")  # the ids travel with the symbols
+    assert list(exported["gene_id"].values) == list(on_disk.var.loc[list(exported["gene"].values), "gene_ids"])
+    with pytest.raises(ValueError, match=r"'counts' does not exist; the AnnData has layers \[\] \(or use X\)"):
+        CellsAdapter.from_adata(on_disk, layer="counts")
 
 
 def test_a_10x_h5_with_antibody_features_keeps_gene_expression(tmp_path):
@@ -159,6 +165,10 @@ def test_a_10x_mtx_folder_gets_unique_gene_names(tmp_path):
         f.writelines(f"ID{j}\t{name}\tGene Expression\n" for j, name in enumerate(names))
     with gzip.open(folder / "barcodes.tsv.gz", "wt") as f:
         f.writelines(f"{name}\n" for name in adata.obs_names)
-    with pytest.warns(UserWarning, match="1 gene names repeat"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         read = read_cells(folder)
-    assert read.var_names.is_unique and _equal(read.X, adata.X)
+    assert [str(w.message)[:40] for w in caught] == ["filtered_feature_bc_matrix: 1 gene names"]  # one, ours
+    assert read.var_names.is_unique and _equal(read.X, adata.X) and sp.isspmatrix_csr(read.X)
+    with pytest.raises(ValueError, match="a file of a 10x mtx folder: give the folder"):
+        read_cells(folder / "matrix.mtx.gz")

@@ -184,6 +184,8 @@ def check_complete_run(run: Path, adata: ad.AnnData, args: list[str], capsys) ->
     loadings = np.asarray(modelled.varm["sciencevae_loadings"])
     used = modelled.var["sciencevae_used"].to_numpy()
     assert np.all(np.abs(loadings[used]).sum(1) > 0) and np.all(loadings[~used] == 0)
+    code, captured = run_cli(["diagnose", str(run)], capsys)  # on the recorded input, through the run's adapter
+    assert code == 0 and "active" in captured.out, captured.err
     for fmt in ("zarr", "parquet", "csv"):
         code, captured = run_cli(["export", str(run), "--format", fmt, "--out", str(run.parent / f"export_{fmt}")],
                                  capsys)
