@@ -158,6 +158,13 @@ def run_folder(out: Path, on_start=None):
     marker.unlink()
 
 
+def _warnings_table(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+    """The warnings of the run so far (each once, in order) as a report table; none: no table."""
+    lines = getattr(args, "warning_lines", None)
+    texts = [] if lines is None else list(lines.shown)
+    return {"Warnings during the run": pd.DataFrame({"warning": texts})} if texts else {}
+
+
 def _release_warnings(args: argparse.Namespace):
     """The callable that prints the warnings held back while the input was checked."""
     lines = getattr(args, "warning_lines", None)
@@ -258,7 +265,7 @@ def _cmd_climate(args: argparse.Namespace) -> int:
             device=args.device, progress=not args.quiet, **_checkpointing(args),
         )
         saving = time.perf_counter()
-        res.save(args.out)
+        res.save(args.out, extra_tables=_warnings_table(args))
         _record_seconds(args.out, {**res.seconds, "save": time.perf_counter() - saving})
     print(res.roles.round(3).to_string())
     report = json.loads((args.out / "report.json").read_text(encoding="utf-8"))  # computed once, by save
@@ -335,7 +342,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
             **choices, **_checkpointing(args),
         )
         saving = time.perf_counter()
-        res.save(args.out)
+        res.save(args.out, extra_tables=_warnings_table(args))
         _record_seconds(args.out, {**seconds, **res.seconds, "save": time.perf_counter() - saving})
     top = res.programmes[res.programmes["rank"] <= 5]
     for programme, rows in top.groupby("programme"):
@@ -422,7 +429,7 @@ def _map_cells(args: argparse.Namespace, adata, seconds: dict, started: float) -
     with run_folder(args.out, _release_warnings(args)):
         _write_run_json(args.out, "cells", [args.input])
         saving = time.perf_counter()
-        res.save(args.out)
+        res.save(args.out, extra_tables=_warnings_table(args))
         _record_seconds(args.out, {**seconds, "save": time.perf_counter() - saving})
     missing = res.settings["genes_missing_in_query"]
     print(f"mapped {adata.n_obs:,} cells onto {args.reference} (no training): {len(res.adapter.genes) - missing:,} of "

@@ -27,7 +27,7 @@ class WarningLines:
     prints its one error line only; :meth:`release` (when the run starts, or at the end) prints them."""
 
     def __init__(self) -> None:
-        self.shown: set[str] = set()
+        self.shown: dict[str, None] = {}  # every text so far, in order (a dict keeps insertion order)
         self.held: list[str] = []
         self.holding = True
 
@@ -41,7 +41,7 @@ class WarningLines:
     def show(self, message, category, filename, lineno, file=None, line=None) -> None:
         text = " ".join(str(message).split())
         if text not in self.shown:
-            self.shown.add(text)
+            self.shown[text] = None
             self.held.append(text)
             if not self.holding:
                 self.release()

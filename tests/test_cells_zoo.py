@@ -175,6 +175,8 @@ def check_complete_run(run: Path, adata: ad.AnnData, args: list[str], capsys) ->
         assert (run / name).is_file(), name
     if "--drop-empty-cells" in args:
         adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0]
+        report = (run / "report.html").read_text(encoding="utf-8")  # what was printed is in the report too
+        assert "Warnings during the run" in report and "have no counts in X and were dropped" in report
     out = ad.read_h5ad(run / "cells.h5ad")
     assert out.obsm["X_sciencevae"].shape == (adata.n_obs, 3)
     assert list(out.obs_names) == list(adata.obs_names) and list(out.var_names) == list(adata.var_names)
