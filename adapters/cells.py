@@ -156,7 +156,12 @@ class CellsAdapter:
         counting = likelihood in COUNT_LIKELIHOODS
         by_batch = batch_key if n_top_genes is not None else None
         codes, names = _batch_codes(adata, by_batch) if by_batch else (np.zeros(adata.n_obs, np.int64), ["all"])
-        stats = gene_stats(X, codes, len(names), check=_count_check(adata, layer) if counting else None)
+        watch = _IntegerWatch()  # a gaussian model of raw counts is refused by nothing else: say so
+        stats = gene_stats(X, codes, len(names), check=_count_check(adata, layer) if counting else watch)
+        if likelihood == "gaussian" and watch.integer and watch.largest > 1:
+            warnings.warn(f"{_where(layer)} holds integer counts (up to {watch.largest:g}) but likelihood 'gaussian' "
+                          "models log-normalised values: use --likelihood nb (the default) for counts, or "
+                          "normalise and log-transform them first", UserWarning, stacklevel=2)
         if counting and np.any(stats.totals == 0):
             raise ValueError(
                 f"{int(np.sum(stats.totals == 0))} cells have no counts at all; drop them: --drop-empty-cells on "
@@ -310,6 +315,20 @@ def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> 
     full[index[present]] = loadings[present]
     adata.varm[VARM_KEY] = full
     adata.var["sciencevae_used"] = np.isin(adata.var_names, genes)
+
+
+class _IntegerWatch:
+    """A chunk check (:func:`.cells_chunks.gene_stats`) that refuses nothing: whether every value seen is an
+    integer, and the largest."""
+
+    def __init__(self) -> None:
+        self.integer, self.largest = True, 0.0
+
+    def __call__(self, part) -> None:
+        values = part.data if sp.issparse(part) else np.asarray(part)
+        if values.size:
+            self.integer = self.integer and bool(np.all(values == np.round(values)))
+            self.largest = max(self.largest, float(values.max()))
 
 
 def _count_check(adata: ad.AnnData, layer: str | None):

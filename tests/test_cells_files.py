@@ -172,3 +172,14 @@ def test_a_10x_mtx_folder_gets_unique_gene_names(tmp_path):
     assert read.var_names.is_unique and _equal(read.X, adata.X) and sp.isspmatrix_csr(read.X)
     with pytest.raises(ValueError, match="a file of a 10x mtx folder: give the folder"):
         read_cells(folder / "matrix.mtx.gz")
+
+
+def test_a_gaussian_model_of_raw_counts_is_warned_about_and_of_log_values_is_not():
+    adata = _cells()
+    with pytest.warns(UserWarning, match=r"X holds integer counts \(up to \d+\) but likelihood 'gaussian'"):
+        CellsAdapter.from_adata(adata, likelihood="gaussian")
+    adata.X = _log_normalised(adata.X)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CellsAdapter.from_adata(adata, likelihood="gaussian")
+    assert not [w for w in caught if "gaussian" in str(w.message)]
