@@ -36,7 +36,7 @@ from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_cou
 from sciencevae.io import atomic_write_text
 
 from .cells_chunks import gather_columns, gene_stats, is_backed, row_chunks, seurat_v3
-from .cells_files import read_cells, write_cells_h5ad
+from .cells_files import kept_on_disk, read_cells, write_cells_h5ad
 
 __all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "write_cells_h5ad",
            "COUNT_LIKELIHOODS"]
@@ -290,8 +290,9 @@ def _warn_spike_ins(genes: pd.Index) -> None:
 
 def drop_empty_cells(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
     """The cells with at least one count in the matrix ``layer`` names, with a warning saying how many
-    were dropped (a copy in memory; ``adata`` itself when none is empty). A backed AnnData is read a chunk of
-    cells at a time.
+    were dropped (``adata`` itself when none is empty). Matrices on disk (:func:`read_cells` with
+    ``backed=True``) are read a chunk of cells at a time and the kept cells' stay on disk
+    (:func:`.cells_files.kept_on_disk`); others are copied in memory.
 
     >>> import anndata as ad, numpy as np
     >>> adata = ad.AnnData(np.array([[0.0, 0.0], [1.0, 2.0]], dtype=np.float32))
@@ -304,7 +305,12 @@ def drop_empty_cells(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
         return adata
     warnings.warn(f"{int((~keep).sum())} of {adata.n_obs} cells have no counts in {_where(layer)} and were dropped",
                   UserWarning, stacklevel=2)
-    return adata[keep].to_memory() if adata.isbacked else adata[keep].copy()
+    if adata.isbacked:
+        return adata[keep].to_memory()
+    raw_X = None if adata.raw is None else adata.raw.X
+    if any(is_backed(m) for m in (adata.X, raw_X, *adata.layers.values()) if m is not None):  # on disk: stay
+        return kept_on_disk(adata, keep)
+    return adata[keep].copy()
 
 
 def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> None:

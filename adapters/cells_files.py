@@ -26,10 +26,11 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .cells_chunks import is_backed, row_chunks
 
-__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5"]
+__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5", "kept_on_disk"]
 
 #: The annotations of an AnnData store, read into memory by :func:`open_on_disk`.
 ANNOTATIONS = ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
@@ -199,64 +200,91 @@ def _unique_genes(adata: ad.AnnData, path: Path) -> ad.AnnData:
     return adata
 
 
-def write_cells_h5ad(adata: ad.AnnData, path: str | Path) -> None:
+def write_cells_h5ad(adata: ad.AnnData, path: str | Path, rows: np.ndarray | None = None,
+                     compression: str | None = "gzip") -> None:
     """``adata.write_h5ad(path, compression="gzip")``, except that a matrix on disk (``X``, a layer or
     ``raw.X`` of :func:`read_cells` with ``backed=True``, shared by
     :meth:`~sciencevae.adapters.cells.CellsAdapter.write_back`) is never loaded: an HDF5 one is copied file
     to file by HDF5 as it is stored, any other (zarr, a 10x .h5) a chunk of cells at a time. The memory stays
     that of the annotations and one chunk. Same layout as anndata's own writer (``anndata.io.write_elem``),
-    so ``read_h5ad`` reads it back."""
+    so ``read_h5ad`` reads it back.
+
+    ``rows``: a boolean mask (n_obs,) of the cells to write (every matrix then a chunk of cells at a time);
+    ``compression``: of what is written here (None: none; copied matrices keep theirs)."""
     import h5py
     from anndata.io import write_elem
 
     raw_X = None if adata.raw is None else adata.raw.X
-    if not any(is_backed(m) for m in (adata.X, raw_X, *adata.layers.values()) if m is not None):
-        adata.write_h5ad(path, compression="gzip")
+    if rows is None and not any(is_backed(m) for m in (adata.X, raw_X, *adata.layers.values()) if m is not None):
+        adata.write_h5ad(path, compression=compression)
         return
-    gzip = {"compression": "gzip"}
+    options = {} if compression is None else {"compression": compression}
+    annotations = {"obs": adata.obs, "var": adata.var, "obsm": dict(adata.obsm), "varm": dict(adata.varm),
+                   "obsp": dict(adata.obsp), "varp": dict(adata.varp)}
+    if rows is not None:
+        annotations.update(obs=adata.obs[rows], obsm={k: v[rows] for k, v in adata.obsm.items()},
+                           obsp={k: v[rows][:, rows] for k, v in adata.obsp.items()})
     with h5py.File(path, "w") as f:
         f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         if adata.X is not None:
-            _write_matrix(f, "X", adata.X, gzip)
-        for key in ("obs", "var", "obsm", "varm", "obsp", "varp"):
-            value = getattr(adata, key)
-            write_elem(f, key, value if isinstance(value, pd.DataFrame) else dict(value), dataset_kwargs=gzip)
+            _write_matrix(f, "X", adata.X, options, rows)
+        for key, value in annotations.items():
+            write_elem(f, key, value, dataset_kwargs=options)
         layers = f.create_group("layers")
         layers.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
         for key, value in adata.layers.items():
-            _write_matrix(layers, key, value, gzip)
+            _write_matrix(layers, key, value, options, rows)
         write_elem(f, "uns", dict(adata.uns))
         if adata.raw is not None:
             raw = f.create_group("raw")
             raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
-            _write_matrix(raw, "X", raw_X, gzip)
-            write_elem(raw, "var", adata.raw.var, dataset_kwargs=gzip)
-            write_elem(raw, "varm", dict(adata.raw.varm), dataset_kwargs=gzip)
+            _write_matrix(raw, "X", raw_X, options, rows)
+            write_elem(raw, "var", adata.raw.var, dataset_kwargs=options)
+            write_elem(raw, "varm", dict(adata.raw.varm), dataset_kwargs=options)
 
 
-def _write_matrix(group, key: str, X, dataset_kwargs: dict) -> None:
+def kept_on_disk(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
+    """The cells ``rows`` (a boolean mask) of an AnnData whose matrices are on disk, with their matrices on
+    disk too: written a chunk of cells at a time, uncompressed, to a temporary .h5ad (removed at once: the
+    open file outlives its name on POSIX) and opened with :func:`open_on_disk`. Disk: the kept matrices."""
+    folder = tempfile.mkdtemp(prefix="sciencevae-kept-cells-")
+    path = Path(folder) / "kept.h5ad"
+    write_cells_h5ad(adata, path, rows=rows, compression=None)
+    kept = open_on_disk(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    return kept
+
+
+def _write_matrix(group, key: str, X, dataset_kwargs: dict, rows: np.ndarray | None = None) -> None:
     """A matrix written under ``group[key]`` in anndata's encoding: one in memory by anndata, one in an HDF5
-    file copied by HDF5 (its group or dataset, as stored), any other on disk a chunk of cells at a time."""
+    file copied by HDF5 (its group or dataset, as stored), any other on disk, or any with ``rows`` (a boolean
+    mask of the cells to write), a chunk of cells at a time."""
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
-    if not is_backed(X):
+    if rows is None and not is_backed(X):
         write_elem(group, key, X, dataset_kwargs=dataset_kwargs)
         return
     stored = getattr(X, "group", X)
-    if isinstance(stored, (h5py.Group, h5py.Dataset)):  # a 10x file's arrays are reached by external links
+    if rows is None and isinstance(stored, (h5py.Group, h5py.Dataset)):  # a 10x file's arrays: external links
         group.copy(stored, key, expand_external=True)
         return
-    chunks = row_chunks(X)
-    _, first = next(chunks)
-    if getattr(X, "format", None) in ("csr", "csc"):
-        write_elem(group, key, first.tocsr(), dataset_kwargs=dataset_kwargs)
-        target = sparse_dataset(group[key])
-        for _, part in chunks:
-            target.append(part)
-        return
-    target = group.create_dataset(key, shape=X.shape, dtype=first.dtype, chunks=True, **dataset_kwargs)
-    target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-    target[:len(first)] = first
-    for start, part in chunks:
-        target[start:start + len(part)] = part
+    sparse = sp.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
+    n_rows = X.shape[0] if rows is None else int(np.sum(rows))
+    target, written = None, 0
+    for start, part in row_chunks(X):
+        part = part if rows is None else part[rows[start:start + part.shape[0]]]
+        if part.shape[0] == 0:
+            continue
+        if sparse and target is None:
+            write_elem(group, key, sp.csr_matrix(part), dataset_kwargs=dataset_kwargs)
+            target = sparse_dataset(group[key])
+        elif sparse:
+            target.append(sp.csr_matrix(part))
+        else:
+            if target is None:
+                target = group.create_dataset(key, shape=(n_rows, X.shape[1]), dtype=part.dtype, chunks=True,
+                                              **dataset_kwargs)
+                target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            target[written:written + part.shape[0]] = part
+        written += part.shape[0]

@@ -183,3 +183,29 @@ def test_a_gaussian_model_of_raw_counts_is_warned_about_and_of_log_values_is_not
         warnings.simplefilter("always")
         CellsAdapter.from_adata(adata, likelihood="gaussian")
     assert not [w for w in caught if "gaussian" in str(w.message)]
+
+
+def test_empty_cells_dropped_from_matrices_on_disk_stay_on_disk(tmp_path):
+    from sciencevae.adapters.cells import drop_empty_cells
+
+    adata = _cells()
+    adata.X[[5, 9]] = 0  # two empty cells
+    adata.X.eliminate_zeros()
+    adata.raw = adata.copy()
+    adata.layers["dense"] = adata.X.toarray()
+    adata.obsm["X_pca"] = np.arange(adata.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    adata.obsp["distances"] = sp.random(adata.n_obs, adata.n_obs, density=0.01, format="csr", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_zarr(tmp_path / "cells.zarr")
+    with pytest.warns(UserWarning, match="2 of 400 cells have no counts in X and were dropped"):
+        kept = drop_empty_cells(read_cells(tmp_path / "cells.zarr", backed=True))
+    expected = adata[np.asarray(adata.X.sum(1)).ravel() > 0]
+    assert all(is_backed(m) for m in (kept.X, kept.raw.X, kept.layers["dense"]))
+    assert _equal(kept.X[:], expected.X) and _equal(kept.raw.X[:], expected.raw.X)
+    assert _equal(kept.layers["dense"][:], expected.layers["dense"])
+    assert list(kept.obs_names) == list(expected.obs_names) and list(kept.obs["batch"]) == list(expected.obs["batch"])
+    assert _equal(kept.obsm["X_pca"], expected.obsm["X_pca"]) and _equal(kept.obsp["distances"],
+                                                                         expected.obsp["distances"])
+    assert _equal(CellsAdapter.from_adata(kept, n_top_genes=50).prepare(kept).X,
+                  CellsAdapter.from_adata(expected, n_top_genes=50).prepare(expected).X)
