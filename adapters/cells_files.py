@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sciencevae.streaming import open_store
+
 from .cells_chunks import is_backed, row_chunks
 
 __all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5", "kept_on_disk"]
@@ -83,7 +85,7 @@ def open_on_disk(path: str | Path) -> ad.AnnData:
     read falls back to ``read_h5ad(backed="r")`` (.h5ad) or ``read_zarr`` (.zarr).
     """
     path = Path(path)
-    root = _open_store(path)
+    root = open_store(path)
     try:
         parts = {key: ad.io.read_elem(root[key]) for key in ANNOTATIONS if _stored(root, key)}
         X = _on_disk(root["X"]) if _stored(root, "X") else None
@@ -96,16 +98,6 @@ def open_on_disk(path: str | Path) -> ad.AnnData:
         return ad.AnnData(X=X, layers=layers, raw=raw, **parts)
     except (KeyError, TypeError, NotImplementedError):  # not anndata's current encoding: let anndata read it
         return ad.read_h5ad(path, backed="r") if path.suffix == ".h5ad" else ad.read_zarr(path)
-
-
-def _open_store(path: Path):
-    if path.suffix == ".zarr":
-        import zarr
-
-        return zarr.open_group(str(path), mode="r")
-    import h5py
-
-    return h5py.File(path, "r")
 
 
 def _stored(group, key: str) -> bool:

@@ -38,7 +38,8 @@ import torch
 from .data import (Batch, DeviceCSR, check_counts, draw_rows, hold_rows, log_factorial_rows, position_device,
                    round_counts, rounding_message, split_rows)
 
-__all__ = ["RowReader", "ArrayRows", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "peak_host_memory_mb"]
+__all__ = ["RowReader", "ArrayRows", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "open_store",
+           "peak_host_memory_mb"]
 
 
 def peak_host_memory_mb() -> float:
@@ -333,16 +334,7 @@ class AnnDataRows:
 
     @staticmethod
     def _open(path: Path):
-        try:
-            if path.suffix == ".zarr":
-                import zarr
-
-                return zarr.open_group(str(path), mode="r")
-            import h5py
-
-            return h5py.File(path, "r")
-        except (OSError, ValueError) as err:
-            raise ValueError(f"could not open {path} as AnnData ({path.suffix}): {err}") from None
+        return open_store(path)
 
     def read(self, start: int, stop: int) -> np.ndarray | sp.csr_matrix:
         if self.indptr is None:
@@ -352,6 +344,22 @@ class AnnDataRows:
         indices = np.asarray(self.element["indices"][begin:end])
         return sp.csr_matrix((data, indices, self.indptr[start:stop + 1] - begin), shape=(stop - start,
                                                                                            self.n_features))
+
+
+def open_store(path: str | Path):
+    """The root group of an AnnData store, read-only: a .zarr with zarr, anything else with h5py;
+    ``ValueError`` (one line) when it cannot be opened."""
+    path = Path(path)
+    try:
+        if path.suffix == ".zarr":
+            import zarr
+
+            return zarr.open_group(str(path), mode="r")
+        import h5py
+
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"could not open {path} as AnnData ({path.suffix}): {err}") from None
 
 
 def _text(value) -> str:
