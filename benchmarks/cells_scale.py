@@ -11,9 +11,10 @@ tables) and its peak resident memory (``ru_maxrss`` of the child).
     ... --scvi-python /path/to/scvi-venv/bin/python   # the peer on the same files (up to 200k cells)
     ... --compare-python /path/to/other-venv/bin/python   # another sciencevae version on the same files
 
-Options: ``--layout`` (X / layer / raw / zarr / 10x: where the counts are, :data:`LAYOUTS`), ``--genes`` (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go;
-default a temporary folder, removed at the end unless ``--keep``), ``--threads`` (torch threads of the
-command, default 1), and any further arguments after ``--`` go to ``sciencevae cells``.
+Options: ``--layout`` (X / layer / raw / zarr / 10x: where the counts are, :data:`LAYOUTS`), ``--genes``
+(2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go; default a temporary folder,
+removed at the end unless ``--keep``), ``--threads`` (torch threads of the command, default 1), and any
+further arguments after ``--`` go to ``sciencevae cells``.
 """
 
 from __future__ import annotations
