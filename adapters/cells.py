@@ -36,7 +36,7 @@ from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_cou
 from sciencevae.io import atomic_write_text
 
 from .cells_chunks import gather_columns, gene_stats, is_backed, row_chunks, seurat_v3
-from .cells_files import kept_on_disk, read_cells, write_cells_h5ad
+from .cells_files import has_matrices_on_disk, kept_on_disk, read_cells, write_cells_h5ad
 
 __all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "write_cells_h5ad",
            "COUNT_LIKELIHOODS"]
@@ -305,12 +305,7 @@ def drop_empty_cells(adata: ad.AnnData, layer: str | None = None) -> ad.AnnData:
         return adata
     warnings.warn(f"{int((~keep).sum())} of {adata.n_obs} cells have no counts in {_where(layer)} and were dropped",
                   UserWarning, stacklevel=2)
-    if adata.isbacked:
-        return adata[keep].to_memory()
-    raw_X = None if adata.raw is None else adata.raw.X
-    if any(is_backed(m) for m in (adata.X, raw_X, *adata.layers.values()) if m is not None):  # on disk: stay
-        return kept_on_disk(adata, keep)
-    return adata[keep].copy()
+    return kept_on_disk(adata, keep) if has_matrices_on_disk(adata) else adata[keep].copy()
 
 
 def _put_loadings(adata: ad.AnnData, genes: list[str], loadings: np.ndarray) -> None:

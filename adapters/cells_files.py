@@ -32,7 +32,8 @@ from sciencevae.streaming import open_store
 
 from .cells_chunks import is_backed, row_chunks
 
-__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5", "kept_on_disk"]
+__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5", "kept_on_disk",
+           "has_matrices_on_disk"]
 
 #: The annotations of an AnnData store, read into memory by :func:`open_on_disk`.
 ANNOTATIONS = ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
@@ -207,7 +208,7 @@ def write_cells_h5ad(adata: ad.AnnData, path: str | Path, rows: np.ndarray | Non
     from anndata.io import write_elem
 
     raw_X = None if adata.raw is None else adata.raw.X
-    if rows is None and not any(is_backed(m) for m in (adata.X, raw_X, *adata.layers.values()) if m is not None):
+    if rows is None and not has_matrices_on_disk(adata):
         adata.write_h5ad(path, compression=compression)
         return
     options = {} if compression is None else {"compression": compression}
@@ -233,6 +234,12 @@ def write_cells_h5ad(adata: ad.AnnData, path: str | Path, rows: np.ndarray | Non
             _write_matrix(raw, "X", raw_X, options, rows)
             write_elem(raw, "var", adata.raw.var, dataset_kwargs=options)
             write_elem(raw, "varm", dict(adata.raw.varm), dataset_kwargs=options)
+
+
+def has_matrices_on_disk(adata: ad.AnnData) -> bool:
+    """Whether any of ``X``, the layers and ``raw.X`` is read from disk (backed), not held in memory."""
+    matrices = (adata.X, None if adata.raw is None else adata.raw.X, *adata.layers.values())
+    return any(is_backed(m) for m in matrices if m is not None)
 
 
 def kept_on_disk(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
