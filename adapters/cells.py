@@ -10,7 +10,8 @@ written back in scanpy style on a copy: ``obsm["X_sciencevae"]``,
 altered. The matrix is read a chunk of cells at a time (:mod:`.cells_chunks`), so an AnnData opened with
 ``read_cells(path, backed=True)`` (:mod:`.cells_files`: X, layers and raw.X on disk) or
 ``read_h5ad(path, backed="r")`` is checked and prepared without loading it whole: only the modelled genes'
-counts are held in memory.
+counts are held in memory (:meth:`CellsAdapter.prepare`), or not even those: :meth:`CellsAdapter.stream`
+reads them from the file a chunk of cells at a time whenever they are used.
 
 >>> import anndata as ad, numpy as np
 >>> adata = ad.AnnData(np.random.default_rng(0).poisson(2.0, size=(30, 8)).astype(np.float32))
@@ -34,14 +35,19 @@ import scipy.sparse as sp
 from sciencevae.data import (INTEGER_TOLERANCE, Prepared, as_prepared, check_counts, integer_distance,
                              round_counts, rounding_message)
 from sciencevae.io import atomic_write_text
+from sciencevae.streaming import Streamed
 
-from .cells_chunks import gather_columns, gene_stats, is_backed, row_chunks, seurat_v3
+from .cells_chunks import (available_memory, gather_columns, gene_stats, held_bytes, is_backed, row_chunks,
+                           seurat_v3)
 from .cells_files import has_matrices_on_disk, kept_on_disk, read_cells, write_cells_h5ad
 
 __all__ = ["CellsAdapter", "read_cells", "drop_empty_cells", "modelled_var", "missing_labels", "write_cells_h5ad",
            "COUNT_LIKELIHOODS"]
 
 COUNT_LIKELIHOODS = ("nb", "zinb", "poisson")
+#: Modelled counts of a matrix on disk are streamed (``CellsAdapter.prepare_or_stream``) when holding them would
+#: take more than this share of the memory available.
+MEMORY_SHARE = 0.25
 OBSM_KEY, VARM_KEY, UNS_KEY = "X_sciencevae", "sciencevae_loadings", "sciencevae"
 
 
@@ -206,17 +212,36 @@ class CellsAdapter:
         if missing:
             warnings.warn(f"{len(missing)} fitted genes are missing and were filled with zeros", UserWarning,
                           stacklevel=2)
-        X = gather_columns(X, index, _take_columns) if is_backed(X) else _take_columns(X, index)
-        if self.likelihood in COUNT_LIKELIHOODS:
-            X, example = _validated_counts(adata, X, self.layer)
-            if example is not None:
-                warnings.warn(rounding_message(f"{_where(self.layer)} holds", example), UserWarning, stacklevel=2)
-        if self.binarize:
-            X = (X != 0).astype(np.float32) if not sp.issparse(X) else _binarized(X)
-        covariates = self._covariates(adata, unseen_categories)
+        rows = ModelledRows(self, adata, X, index)
+        X = gather_columns(X, rows.modelled) if is_backed(X) else rows.modelled(X)
         prepared = Prepared(X=X, obs_names=np.asarray(adata.obs_names), feature_names=np.asarray(self.genes),
-                            covariates=covariates)
+                            covariates=self._covariates(adata, unseen_categories))
         return as_prepared(prepared)
+
+    def stream(self, adata: ad.AnnData, chunk_rows: int = 8192, buffer_chunks: int = 4) -> Streamed:
+        """The counts :meth:`prepare` gives, read from ``adata``'s matrix ``chunk_rows`` cells at a time
+        whenever they are used (each epoch, each encoding) instead of held in memory: a
+        :class:`~sciencevae.streaming.Streamed` for ``BetaVAE.fit`` / ``encode`` / ``evaluate``. The model's
+        genes must all be in the data; covariates are held in memory (cells x covariates)."""
+        if adata.n_obs == 0:
+            raise ValueError("the AnnData has no cells")
+        X, genes = _matrix(adata, self.layer)
+        index = pd.Index(genes).get_indexer(self.genes)
+        if (index < 0).any():
+            raise ValueError(f"{int((index < 0).sum())} of the model's {len(self.genes)} genes are missing from "
+                             "the data; prepare() fills them with zeros (missing_genes='zero')")
+        return Streamed(ModelledRows(self, adata, X, index), chunk_rows=chunk_rows, buffer_chunks=buffer_chunks,
+                        covariates=self._covariates(adata))
+
+    def prepare_or_stream(self, adata: ad.AnnData, stream: bool | None = None) -> Prepared | Streamed:
+        """:meth:`stream` when ``stream`` is True, or when None and the modelled counts of a matrix on disk
+        would take more than :data:`MEMORY_SHARE` of the memory available (:func:`.cells_chunks.held_bytes`,
+        :func:`.cells_chunks.available_memory`); otherwise :meth:`prepare` (held in memory: faster to train on)."""
+        if stream is None:
+            X, genes = _matrix(adata, self.layer)
+            needed = held_bytes(X, pd.Index(genes).get_indexer(self.genes))
+            stream = is_backed(X) and needed > MEMORY_SHARE * available_memory()
+        return self.stream(adata) if stream else self.prepare(adata)
 
     def _covariates(self, adata: ad.AnnData, unseen_categories: str = "error") -> np.ndarray | None:
         blocks = []
@@ -423,6 +448,43 @@ def _take_columns(X, index: np.ndarray):
     taken = np.asarray(X[:, safe], dtype=np.float32)
     taken[:, index < 0] = 0.0
     return taken
+
+
+class ModelledRows:
+    """The counts a :class:`CellsAdapter` models, by rows of the chosen matrix (in memory or on disk): its genes
+    taken by name (``index``: their columns, -1 for a missing one, a zero column), checked as counts and rounded
+    when stored with rounding error (one warning, at the first such value), binarised when the adapter asks.
+    A row reader (:class:`sciencevae.streaming.RowReader`) for streaming, and the per-chunk step of
+    :meth:`CellsAdapter.prepare`.
+
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.array([[1.0, 2.0], [3.0, 0.0]], dtype=np.float32))
+    >>> rows = ModelledRows(CellsAdapter(genes=["1"]), adata, adata.X, np.array([1]))
+    >>> rows.read(0, 2).tolist()
+    [[2.0], [0.0]]
+    """
+
+    def __init__(self, adapter: CellsAdapter, adata: ad.AnnData, X, index: np.ndarray):
+        self.adapter, self.adata, self.X, self.index = adapter, adata, X, np.asarray(index)
+        self.n_obs, self.n_features = X.shape[0], len(self.index)
+        self.rounded: float | None = None  # the first value found with rounding error
+
+    def read(self, start: int, stop: int):
+        part = self.X[start:stop]
+        return self.modelled(part.tocsr() if sp.issparse(part) else np.asarray(part))
+
+    def modelled(self, part):
+        """The modelled genes' counts of ``part`` (rows of the matrix, CSR or dense)."""
+        part = _take_columns(part, self.index)
+        if self.adapter.likelihood in COUNT_LIKELIHOODS:
+            part, example = _validated_counts(self.adata, part, self.adapter.layer)
+            if example is not None and self.rounded is None:
+                self.rounded = example
+                warnings.warn(rounding_message(f"{_where(self.adapter.layer)} holds", example), UserWarning,
+                              stacklevel=2)
+        if self.adapter.binarize:
+            part = (part != 0).astype(np.float32) if not sp.issparse(part) else _binarized(part)
+        return part
 
 
 def _binarized(X: sp.csr_matrix) -> sp.csr_matrix:

@@ -3,7 +3,8 @@
 One pass gathers what the adapter checks and chooses genes from (the count check, counts per cell, cells per
 gene, per-batch sums and sums of squares); a second pass gives the clipped sums of scanpy's ``seurat_v3``
 highly variable genes (Stuart et al. 2019, Cell 177:1888; the same genes as
-``scanpy.pp.highly_variable_genes(flavor="seurat_v3")``); a third gathers the modelled genes' counts. No
+``scanpy.pp.highly_variable_genes(flavor="seurat_v3")``); a third gathers the modelled genes' counts (or they
+are streamed, :func:`held_bytes` saying what gathering them would take). No
 pass holds more than one chunk of the whole matrix, so the statistics of a file larger than memory cost a
 chunk's memory plus (batches x genes) arrays.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -172,14 +174,49 @@ def _seurat_v3_order(normalised: np.ndarray, n_top_genes: int) -> np.ndarray:
     return np.sort(order[:n_top_genes])
 
 
-def gather_columns(X, index: np.ndarray, take: Callable, chunk_rows: int | None = None):
-    """``take(rows, index)`` of every chunk of a backed matrix, stacked (CSR stays CSR): the modelled genes'
+def gather_columns(X, modelled: Callable, chunk_rows: int | None = None):
+    """``modelled(rows)`` of every chunk of a backed matrix, stacked (CSR stays CSR): e.g. the modelled genes'
     counts without the whole matrix in memory."""
-    parts = [take(part, index) for _, part in row_chunks(X, chunk_rows)]
+    parts = [modelled(part) for _, part in row_chunks(X, chunk_rows)]
     gathered = stack_rows(parts) if sp.issparse(parts[0]) else np.concatenate(parts)
     del parts
     give_back_freed_memory()
     return gathered
+
+
+def held_bytes(X, index: np.ndarray, n_samples: int = 4) -> int:
+    """Bytes that columns ``index`` of ``X`` (cells x genes) take in memory as float32 — CSR (data, int32
+    indices, row pointer) when ``X`` is sparse — estimated from ``n_samples`` chunks spread over the cells
+    (all of them when there are no more).
+
+    >>> X = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    >>> held_bytes(X, np.array([0, 1]))  # 2 non-zeros x 8 bytes + 5 row pointers x 8 bytes
+    56
+    """
+    n_obs, n_genes = X.shape
+    if not (sp.issparse(X) or getattr(X, "format", None) in ("csr", "csc")):
+        return 4 * n_obs * len(index)
+    step = default_chunk_rows(n_genes)
+    starts = np.unique(np.linspace(0, max(n_obs - 1, 0) // step, min(n_samples, -(-n_obs // step))).astype(int))
+    seen = non_zeros = 0
+    columns = np.isin(np.arange(n_genes), index[index >= 0])
+    for chunk in starts:
+        part = X[chunk * step:min((chunk + 1) * step, n_obs)]
+        part = part.tocsr() if sp.issparse(part) else sp.csr_matrix(part)
+        seen += part.shape[0]
+        non_zeros += int(columns[part.indices].sum())
+    return int(round(non_zeros * n_obs / max(seen, 1))) * 8 + 8 * (n_obs + 1)
+
+
+def available_memory() -> float:
+    """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo; infinite where the
+    system does not say)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024  # kB
+    return float("inf")
 
 
 def give_back_freed_memory() -> None:

@@ -37,6 +37,7 @@ from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
 from sciencevae.objectives import Objective
+from sciencevae.streaming import Streamed
 from sciencevae.train import resolve_device
 
 from .differential import cohens_d, comparison, differential
@@ -385,11 +386,12 @@ def names_or_ids(adata: ad.AnnData, adapter: CellsAdapter, gene_symbols: str | N
 @dataclass
 class Inputs:
     """What a run needs, checked before anything trains: the genes and covariates, the prepared
-    counts, the names reported per gene, the gene sets and the comparison of groups of cells to test
-    (``compare``: (groupby, group1, group2), with ``sample_key``; :func:`.differential.differential`)."""
+    counts (in memory, or streamed from disk: :meth:`CellsAdapter.prepare_or_stream`), the names reported per
+    gene, the gene sets and the comparison of groups of cells to test (``compare``: (groupby, group1, group2),
+    with ``sample_key``; :func:`.differential.differential`)."""
 
     adapter: CellsAdapter
-    prepared: Prepared
+    prepared: Prepared | Streamed
     names: list[str]
     gene_sets: dict[str, list[str]] | None
     compare: tuple[str, str | None, str | None] | None = None
@@ -400,8 +402,10 @@ class Inputs:
 def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = "nb", batch_key: str | None = None,
                  n_top_genes: int | None = 2000, gene_sets=None, gene_symbols: str | None = None,
                  compare: str | tuple | None = None, sample_key: str | None = None, guided: bool = False,
-                 n_denovo: int = N_DENOVO) -> Inputs:
+                 n_denovo: int = N_DENOVO, stream: bool | None = None) -> Inputs:
     """Validate and prepare everything :func:`run` trains on; raises ``ValueError`` (one line) on bad input.
+    ``stream``: read the modelled counts from disk whenever they are used instead of holding them (None: only
+    when they would not fit, :meth:`CellsAdapter.prepare_or_stream`).
 
     >>> import anndata as ad, numpy as np
     >>> adata = ad.AnnData(np.random.default_rng(0).poisson(2.0, size=(30, 8)).astype(np.float32))
@@ -415,8 +419,9 @@ def check_inputs(adata: ad.AnnData, layer: str | None = None, likelihood: str = 
         raise ValueError("guided programmes need gene sets: pass --gene-sets FILE.gmt (gene_sets=)")
     compare = comparison(adata.obs, compare, sample_key)
     names = gene_names(adata, adapter.genes, layer, gene_symbols)
-    return Inputs(adapter=adapter, prepared=adapter.prepare(adata), names=names, gene_sets=sets, compare=compare,
-                  sample_key=sample_key, prior=gene_set_prior(names, sets, n_denovo) if guided else None)
+    return Inputs(adapter=adapter, prepared=adapter.prepare_or_stream(adata, stream), names=names, gene_sets=sets,
+                  compare=compare, sample_key=sample_key,
+                  prior=gene_set_prior(names, sets, n_denovo) if guided else None)
 
 
 def default_epochs(n_cells: int) -> int:
@@ -471,15 +476,17 @@ STABLE = 0.8
 
 @dataclass
 class Fit:
-    """One fitted model with its varimax-rotated loadings (genes x latents) and activities (cells x latents)."""
+    """One fitted model with its varimax-rotated loadings (genes x latents) and activities (cells x latents),
+    and the mean KL of each (unrotated) latent's posterior from the prior over the cells (nats)."""
 
     model: BetaVAE
     weights: np.ndarray
     latents: np.ndarray
     rotation: np.ndarray
+    kl_per_latent: np.ndarray
 
 
-def fit_one(prepared: Prepared, n_latent: int, seed: int, rotation: str | None, model_options: dict,
+def fit_one(prepared: Prepared | Streamed, n_latent: int, seed: int, rotation: str | None, model_options: dict,
             fit_options: dict, prior: GeneSetPrior | None = None) -> Fit:
     """Train one β-VAE (``BetaVAE(**model_options)``, ``fit(**fit_options)``) and rotate its programmes; with a
     gene-set ``prior`` the guided programmes are only oriented (:func:`.guided.guided_rotation`) and the
@@ -492,7 +499,20 @@ def fit_one(prepared: Prepared, n_latent: int, seed: int, rotation: str | None, 
     else:
         denovo = raw_weights[:, len(prior.names):]
         turn = guided_rotation(raw_weights, prior, varimax(denovo) if rotation == "varimax" and denovo.size else None)
-    return Fit(model=model, weights=raw_weights @ turn, latents=model.encode(prepared) @ turn, rotation=turn)
+    mean, std = model.encode(prepared, return_std=True)
+    return Fit(model=model, weights=raw_weights @ turn, latents=mean @ turn, rotation=turn,
+               kl_per_latent=kl_per_latent(mean, std))
+
+
+def kl_per_latent(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(latents,) mean over cells of KL(N(mean, std²) || N(0, 1)) per latent, in nats, from the posterior means
+    and standard deviations (cells x latents) of one encoding pass (``BetaVAE.kl_per_latent`` encodes again).
+
+    >>> kl_per_latent(np.array([[1.0], [-1.0]]), np.ones((2, 1))).tolist()
+    [0.5]
+    """
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return 0.5 * np.mean(mean ** 2 + std ** 2 - 1.0 - 2.0 * np.log(std), axis=0)
 
 
 def stability_table(found: Consensus, seeds: list[int]) -> pd.DataFrame:
@@ -534,7 +554,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
         rotation: str | None = "varimax", progress: bool = True, checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1, resume: bool = False, inputs: Inputs | None = None,
         n_fits: int = 1, compare: str | tuple | None = None, sample_key: str | None = None, guided: bool = False,
-        n_denovo: int = N_DENOVO, batch_mmd: float | None = None) -> ProgrammeResult:
+        n_denovo: int = N_DENOVO, batch_mmd: float | None = None, stream: bool | None = None) -> ProgrammeResult:
     """Fit a count β-VAE on an AnnData (or a path) and describe its programmes.
 
     ``rotation="varimax"`` (default) rotates the latents so that each
@@ -579,18 +599,23 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
     least 5 modelled genes, softly confined to it, then ``n_denovo`` free ones (``n_latent`` is not used);
     ``res.guided`` (guided.csv) says per programme whether it is active and which genes the data added to
     or dropped from its set. One fit, decoder ``"linear"``, fixed β.
+
+    ``stream``: train and encode reading the modelled counts from the file a chunk of cells at a time
+    (:meth:`CellsAdapter.stream`; ``adata`` read with ``read_cells(path, backed=True)``) instead of holding
+    them in memory; None (default) streams only when they would take more than
+    :data:`~sciencevae.adapters.cells.MEMORY_SHARE` of the available memory. Recorded in ``settings``.
     """
     adata = read_cells(adata, backed=True) if isinstance(adata, (str, Path)) else adata
     if inputs is None:
         inputs = check_inputs(adata, layer, likelihood, batch_key, n_top_genes, gene_sets, gene_symbols, compare,
-                              sample_key, guided, n_denovo)
+                              sample_key, guided, n_denovo, stream)
     if rotation not in (None, "varimax"):
         raise ValueError(f"rotation must be 'varimax' or None, got {rotation!r}")
     if n_fits < 1:
         raise ValueError(f"n_fits must be at least 1, got {n_fits}")
     if guided:
         check_guided(n_latent, beta, decoder)
-    n_cells = inputs.prepared.X.shape[0]
+    n_cells = inputs.prepared.n_obs
     epochs = default_epochs(n_cells) if epochs is None else epochs
     batch_size, lr = device_batch_and_lr(n_cells, resolve_device(device).type, batch_size, lr)
     seeds = [seed + i for i in range(n_fits)]
@@ -622,7 +647,8 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
                     n_fits=n_fits, compare=None if inputs.compare is None else ":".join(filter(None, inputs.compare)),
-                    sample_key=inputs.sample_key, guided=inputs.prior is not None, batch_mmd=mixing)
+                    sample_key=inputs.sample_key, guided=inputs.prior is not None, batch_mmd=mixing,
+                    streamed=isinstance(inputs.prepared, Streamed))
     if inputs.prior is not None:
         settings.update(n_gene_sets=len(inputs.prior.names), n_denovo=inputs.prior.n_denovo,
                         guide_penalty=GUIDE_PENALTY, denovo_penalty=DENOVO_PENALTY, penalty_start=PENALTY_START)
@@ -689,10 +715,10 @@ def train_fits(inputs: Inputs, n_latent: int, beta: float, seeds: list[int], lik
     model_options = dict(n_features=len(inputs.adapter.genes), likelihood=likelihood, decoder=decoder,
                          hidden=hidden, n_covariates=inputs.adapter.n_covariates)
     if inputs.prior is not None:
-        scale = count_scale(inputs.prepared.X)
+        scale = count_scale(inputs.prepared)
         model_options["loadings_penalty"] = inputs.prior.penalty(scale=scale)
         model_options["loadings_penalty_start"] = inputs.prior.penalty(scale=scale, start=PENALTY_START)
-        n_cells, batch = inputs.prepared.X.shape[0], fit_options.get("batch_size", CPU_BATCH)
+        n_cells, batch = inputs.prepared.n_obs, fit_options.get("batch_size", CPU_BATCH)
         warmup = guided_warmup(n_cells, fit_options["epochs"], batch)
     model_options["objective"] = Objective(beta=float(beta), warmup_steps=warmup, batch_mmd=batch_mmd,
                                            batch_columns=batch_columns if batch_mmd > 0 else None)
@@ -713,7 +739,7 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
     with their genes, enrichment, association and (several fits) stability."""
     model = fits[0].model
     uns = {"params": {k: ("" if v is None else v) for k, v in settings.items()}, "likelihood": settings["likelihood"],
-           "kl_per_latent": model.kl_per_latent(inputs.prepared).astype(float), "rotation": fits[0].rotation,
+           "kl_per_latent": fits[0].kl_per_latent.astype(float), "rotation": fits[0].rotation,
            "sciencevae_version": __version__, "descriptions": DESCRIPTIONS}
     stability = None
     if len(fits) == 1:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from sciencevae.consensus import Consensus, consensus, orient
+from sciencevae.streaming import column_means
 
 __all__ = ["GeneSetPrior", "gene_set_prior", "set_members", "guided_rotation", "guided_table", "guided_notes",
            "guided_consensus", "count_scale", "guided_warmup", "GUIDE_PENALTY", "PENALTY_START", "DENOVO_PENALTY",
@@ -134,12 +135,12 @@ def count_scale(counts) -> np.ndarray:
     penalty. A loading's gradient noise grows so with the gene's counts, so a highly expressed gene (the
     mitochondrial ones) needs as much evidence as a rare one to join a set; without it, on CellBench,
     mitochondrial genes took over the G2M-checkpoint programme (and with the mean count itself, not its
-    square root, rare genes joined sets freely).
+    square root, rare genes joined sets freely). ``counts``: (cells, genes), a matrix, Prepared or Streamed.
 
     >>> count_scale(np.array([[1.0, 4.0], [1.0, 4.0]])).round(3).tolist()
     [0.632, 1.265]
     """
-    mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
+    mean = column_means(counts)
     return np.sqrt(mean / max(mean.mean(), 1e-12))
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from sciencevae import BetaVAE, Prepared
-from sciencevae.data import as_prepared, subset_rows
+from sciencevae.data import as_prepared
+from sciencevae.streaming import Streamed, rows_of
 
 __all__ = ["PredictiveCheck", "posterior_predictive", "statistics", "compare", "verdict", "MAX_CELLS",
            "N_REPLICATES"]
@@ -154,8 +155,8 @@ def _draw_counts(distribution, rng: np.random.Generator) -> np.ndarray:
 
 
 @torch.no_grad()
-def posterior_predictive(model: BetaVAE, prepared: Prepared | np.ndarray, genes: list[str], max_cells: int = MAX_CELLS,
-                         n_replicates: int = N_REPLICATES, seed: int = 0,
+def posterior_predictive(model: BetaVAE, prepared: Prepared | Streamed | np.ndarray, genes: list[str],
+                         max_cells: int = MAX_CELLS, n_replicates: int = N_REPLICATES, seed: int = 0,
                          genes_checked: np.ndarray | None = None) -> PredictiveCheck | None:
     """Simulate ``n_replicates`` datasets of (a seeded sample of at most ``max_cells``) cells from the fitted
     count model and compare them with the data gene by gene (:func:`compare`); ``genes_checked`` (bool,
@@ -165,10 +166,10 @@ def posterior_predictive(model: BetaVAE, prepared: Prepared | np.ndarray, genes:
     if likelihood not in ("nb", "zinb", "poisson"):
         return None
     rng = np.random.default_rng(seed)
-    prepared = as_prepared(prepared)
+    prepared = prepared if isinstance(prepared, Streamed) else as_prepared(prepared)
     rows = np.arange(prepared.n_obs) if prepared.n_obs <= max_cells else np.sort(
         rng.choice(prepared.n_obs, max_cells, replace=False))
-    part = subset_rows(prepared, rows)
+    part = rows_of(prepared, rows)
     counts = part.X.toarray() if hasattr(part.X, "toarray") else np.asarray(part.X)
     kept = np.ones(counts.shape[1], bool) if genes_checked is None else np.asarray(genes_checked, bool)
     library = counts.sum(1)

@@ -96,13 +96,13 @@ def _diagnose_data(run_dir: Path, data: Path | None, layer: str | None) -> tuple
 
 
 def _cells_data(adapter_file: Path, data: Path):
-    """The counts a cells run modelled (its genes, by name, from its layer) and its covariates, read from
-    ``data`` (.h5ad, .zarr, 10x) with the adapter the run saved; returns (X, covariates, layer)."""
+    """The counts a cells run modelled (its genes, by name, from its layer) with its covariates, read from
+    ``data`` (.h5ad, .zarr, 10x) with the adapter the run saved — in memory, or streamed from the file when
+    they would not fit (``CellsAdapter.prepare_or_stream``); returns (data, layer)."""
     from .adapters.cells import CellsAdapter, read_cells
 
     adapter = CellsAdapter.load(adapter_file)
-    prepared = adapter.prepare(read_cells(data, backed=True))
-    return prepared.X, prepared.covariates, adapter.layer
+    return adapter.prepare_or_stream(read_cells(data, backed=True)), adapter.layer
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
@@ -121,13 +121,12 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         print("per-latent KL at the last training epoch (nats): " + ", ".join(f"z{j}={v:.3f}" for j, v in enumerate(kl)))
         print("active units need the data: pass --data FILE (the input of the run was not found)")
         return 0
-    covariates = None
     if (args.run_dir / "adapter.json").exists():  # a cells run: its genes, layer and covariates
-        X, covariates, layer = _cells_data(args.run_dir / "adapter.json", data)
+        X, layer = _cells_data(args.run_dir / "adapter.json", data)
     else:
         X, _ = read_matrix(data, layer)
     print(f"data: {data}" + (f" (layer {layer})" if layer else ""))
-    report = collapse_report(vae, X, covariates=covariates, threshold=args.threshold)
+    report = collapse_report(vae, X, threshold=args.threshold)
     print(report)
     if report.n_active <= 1:
         print(f"warning: {report.verdict}", file=sys.stderr)
@@ -319,7 +318,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         return _map_cells(args, adata, seconds, started)
     choices = dict(layer=args.layer, likelihood=args.likelihood, batch_key=args.batch_key, gene_sets=args.gene_sets,
                    gene_symbols=args.gene_symbols, n_top_genes=args.n_top_genes or None, compare=args.compare,
-                   sample_key=args.sample_key, guided=args.guided, n_denovo=args.n_denovo)
+                   sample_key=args.sample_key, guided=args.guided, n_denovo=args.n_denovo, stream=args.stream)
     if args.batch_mmd is not None and not (np.isfinite(args.batch_mmd) and args.batch_mmd >= 0):
         raise ValueError(f"--batch-mmd must be a finite number >= 0 (0: off), got {args.batch_mmd}")
     if args.batch_mmd and not args.batch_key:
@@ -687,6 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--n-top-genes", type=int, default=2000, help="highly variable genes (0: all genes)")
     cells.add_argument("--drop-empty-cells", action="store_true",
                        help="leave out cells without counts (with a warning) instead of refusing the file")
+    cells.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                       help="read the modelled counts from the file a chunk of cells at a time whenever they are "
+                            "used (each epoch) instead of holding them in memory; --no-stream holds them (default: "
+                            "stream only when they would take over a quarter of the available memory)")
     cells.add_argument("--compare", metavar="KEY[:GROUP1[:GROUP2]]",
                        help="test programme activity between groups of an obs column (default each group against "
                             "the rest): differential.csv")

@@ -35,11 +35,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import (Batch, DeviceCSR, check_counts, draw_rows, hold_rows, log_factorial_rows, position_device,
-                   round_counts, rounding_message, split_rows)
+from .data import (Batch, DeviceCSR, Prepared, as_prepared, check_counts, draw_rows, hold_rows, log_factorial_rows,
+                   position_device, round_counts, rounding_message, split_rows, subset_rows)
 
 __all__ = ["RowReader", "ArrayRows", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "open_store",
-           "peak_host_memory_mb"]
+           "peak_host_memory_mb", "rows_of", "column_means"]
 
 
 def peak_host_memory_mb() -> float:
@@ -280,6 +280,46 @@ class StreamingSource:
                 pending = pool.submit(self._read_group, groups[g + 1][0]) if g + 1 < len(groups) else None
                 for positions in self._positions(group, rows).split(batch_size):
                     yield self._batch(group, positions)
+
+
+def rows_of(data: Prepared | Streamed, rows: np.ndarray) -> Prepared:
+    """Rows ``rows`` (sorted positions) of in-memory or streamed data as a :class:`~sciencevae.data.Prepared`
+    in memory (a streamed one reads only the chunks they fall in), with their covariates and the feature
+    weights: e.g. a sample of cells to simulate from.
+
+    >>> streamed = Streamed(ArrayRows(np.arange(12.0).reshape(6, 2)), chunk_rows=4)
+    >>> rows_of(streamed, np.array([1, 5])).X.tolist()
+    [[2.0, 3.0], [10.0, 11.0]]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if not isinstance(data, Streamed):
+        return subset_rows(data, rows)
+    size, parts = data.chunk_rows, []
+    for chunk in np.unique(rows // size):
+        start = chunk * size
+        part = data.reader.read(start, min(start + size, data.n_obs))
+        local = rows[(rows >= start) & (rows < start + size)] - start
+        parts.append(part.tocsr()[local] if sp.issparse(part) else np.asarray(part)[local])
+    X = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
+    return as_prepared(X, None if data.covariates is None else np.asarray(data.covariates)[rows],
+                       feature_weights=data.feature_weights)
+
+
+def column_means(data) -> np.ndarray:
+    """(n_features,) mean of each column over the rows of a matrix, a Prepared or a Streamed (one pass over a
+    streamed one, a chunk at a time).
+
+    >>> column_means(Streamed(ArrayRows(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])), chunk_rows=2)).tolist()
+    [3.0, 2.0]
+    """
+    if not isinstance(data, Streamed):
+        X = data.X if isinstance(data, Prepared) else data
+        return np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    total = np.zeros(data.n_features)
+    for start in range(0, data.n_obs, data.chunk_rows):
+        part = data.reader.read(start, min(start + data.chunk_rows, data.n_obs))
+        total += np.asarray(part.sum(axis=0), dtype=np.float64).ravel()
+    return total / data.n_obs
 
 
 class ArrayRows:
