@@ -309,10 +309,12 @@ class ProgrammeResult:
         if self.enrichment is not None:
             others = other_sets(self.enrichment)
             best_q = others[["q", "rank_q"]].min(axis=1)  # either test: the top genes or their ranks
-            strongest_sets = others.iloc[np.argsort(best_q.to_numpy(), kind="stable")[:20]]
-            title = "Enrichment (20 strongest by either test's q" + (
-                "; a guided programme against its own set left out: enrichment.csv has it)"
-                if "own_set" in self.enrichment else ")")
+            strongest_sets = others.assign(by=np.where(others["q"] <= others["rank_q"], "top genes", "ranks")).iloc[
+                np.argsort(best_q.to_numpy(), kind="stable")[:20]]
+            title = ("Enrichment (20 strongest by either test's q; by: the test giving it, the set's overlap with the "
+                     "top genes or the ranks of all its genes' loadings" + (
+                         "; a guided programme against its own set left out: enrichment.csv has it)"
+                         if "own_set" in self.enrichment else ")"))
             tables[title] = strongest_sets.drop(columns=["genes", "own_set"], errors="ignore")
         strongest = self.association.reindex(self.association["effect_size"].abs().sort_values(ascending=False).index)
         tables["Association with obs groups (20 largest effects)" if len(strongest) else
@@ -643,7 +645,7 @@ def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, l
                                              Path(checkpoint_dir) / f"n_latent_{k}_beta_{b:g}"),
                           inputs.prepared, latent_grid or [n_latent], beta_grid or [beta], STABLE)
         (n_latent, beta), fits = selection.chosen, selection.fits
-    settings = dict(layer=layer, n_latent=n_latent, likelihood=likelihood, decoder=decoder, beta=beta,
+    settings = dict(layer=layer or "X", n_latent=n_latent, likelihood=likelihood, decoder=decoder, beta=beta,
                     batch_key=batch_key, n_top_genes=n_top_genes, epochs=epochs, batch_size=batch_size, lr=lr,
                     seed=seed, n_genes=len(inputs.adapter.genes), rotation=rotation, gene_symbols=gene_symbols,
                     n_fits=n_fits, compare=None if inputs.compare is None else ":".join(filter(None, inputs.compare)),
