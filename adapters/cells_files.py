@@ -32,8 +32,11 @@ from sciencevae.streaming import open_store
 
 from .cells_chunks import is_backed, row_chunks
 
-__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5", "kept_on_disk",
+__all__ = ["read_cells", "write_cells_h5ad", "open_on_disk", "read_10x_h5", "read_10x_mtx", "kept_on_disk",
            "has_matrices_on_disk"]
+
+#: Entries of a 10x mtx file parsed at once by :func:`read_10x_mtx` (about 200 MB of parsed arrays).
+MTX_BLOCK = 1 << 23
 
 #: The annotations of an AnnData store, read into memory by :func:`open_on_disk`.
 ANNOTATIONS = ("obs", "var", "obsm", "varm", "obsp", "varp", "uns")
@@ -44,7 +47,8 @@ def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
 
     ``backed=True``: the matrices of an .h5ad or .zarr (``X``, every layer, ``raw.X``) and the counts of a
     10x .h5 stay on disk (:func:`open_on_disk`, :func:`read_10x_h5`) and are read a chunk of cells at a time
-    by :class:`~sciencevae.adapters.cells.CellsAdapter`; a 10x mtx folder (text) is read whole. Repeated gene
+    by :class:`~sciencevae.adapters.cells.CellsAdapter`; a 10x mtx folder (text) is read a block of entries at a
+    time into a temporary .h5ad and left there (:func:`read_10x_mtx`). Repeated gene
     names of a 10x file (symbols shared by two Ensembl ids) are made unique as scanpy's tutorials do
     (``var_names_make_unique``: ``-1``, ``-2`` appended), with a warning.
 
@@ -66,8 +70,8 @@ def read_cells(path: str | Path, backed: bool = False) -> ad.AnnData:
             if path.suffix == ".h5":
                 return _unique_genes(read_10x_h5(path) if backed else sc.read_10x_h5(path), path)
             if path.is_dir():
-                adata = sc.read_10x_mtx(path, make_unique=False)
-                adata.X = adata.X.tocsr()  # cells are rows: read a chunk of cells at a time, written as CSR
+                adata = read_10x_mtx(path) if backed else sc.read_10x_mtx(path, make_unique=False)
+                adata.X = adata.X if backed else adata.X.tocsr()  # cells are rows: read a chunk at a time
                 return _unique_genes(adata, path)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"could not read {path} as {path.suffix or '10x folder'}: {err}") from None
@@ -165,6 +169,108 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
     X = h5py.File(links, "r")["X"]
     shutil.rmtree(folder, ignore_errors=True)  # the open file outlives its name (POSIX); elsewhere it stays
     return ad.AnnData(X=ad.io.sparse_dataset(X), obs=obs, var=var)  # the small file stays open with X
+
+
+def read_10x_mtx(path: str | Path, block: int = MTX_BLOCK) -> ad.AnnData:
+    """A 10x Genomics mtx folder (``matrix.mtx[.gz]``: features x barcodes in Matrix Market coordinate form,
+    ``barcodes.tsv[.gz]``, ``features.tsv[.gz]`` or Cell Ranger v2's ``genes.tsv``) as an AnnData whose
+    counts stay on disk: the text is parsed ``block`` entries at a time and written as cells x features CSR
+    (float32) to an uncompressed .h5ad in a temporary folder (removed at once: the open file outlives its
+    name on POSIX), opened with :func:`open_on_disk`. Memory: one block and a row pointer (8 bytes a cell);
+    disk: the CSR matrix (8 bytes a non-zero). obs, var as ``scanpy.read_10x_mtx`` (symbols as names,
+    ``gene_ids``, ``feature_types``).
+
+    Cell Ranger writes the entries barcode by barcode; a file whose entries are not (another writer) or that
+    mixes antibody / CRISPR features with gene expression is read by scanpy into memory (``gex_only``, with a
+    warning for the second). Raises ``ValueError`` for a folder without these files or a matrix that is not
+    coordinate Matrix Market of the features' and barcodes' sizes.
+    """
+    import h5py
+    from anndata.io import write_elem
+
+    path = Path(path)
+    matrix, barcodes, features = (_mtx_file(path, names) for names in (
+        ("matrix.mtx.gz", "matrix.mtx"), ("barcodes.tsv.gz", "barcodes.tsv"),
+        ("features.tsv.gz", "genes.tsv", "features.tsv", "genes.tsv.gz")))
+    table = pd.read_csv(features, sep="\t", header=None, dtype=str)
+    var = pd.DataFrame({"gene_ids": table[0].to_numpy()}, index=pd.Index(table[1].to_numpy(), dtype=object))
+    if table.shape[1] > 2:
+        var["feature_types"] = table[2].to_numpy()
+    obs = pd.DataFrame(index=pd.Index(pd.read_csv(barcodes, sep="\t", header=None, dtype=str)[0].to_numpy(),
+                                      dtype=object))
+    types = var.get("feature_types")
+    if types is not None and (types != "Gene Expression").any():
+        warnings.warn(f"{path.name} holds {int((types != 'Gene Expression').sum())} features that are not gene "
+                      "expression: its gene expression is read into memory (scanpy.read_10x_mtx, gex_only)",
+                      UserWarning, stacklevel=3)
+        return _mtx_in_memory(path)
+    folder = tempfile.mkdtemp(prefix="sciencevae-10x-mtx-")
+    target = Path(folder) / "counts.h5ad"
+    try:
+        with h5py.File(target, "w") as f:
+            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+            if not _write_mtx_csr(matrix, f, len(obs), len(var), block):
+                return _mtx_in_memory(path)
+            write_elem(f, "obs", obs)
+            write_elem(f, "var", var)
+        return open_on_disk(target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mtx_file(folder: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        if (folder / name).exists():
+            return folder / name
+    raise ValueError(f"{folder} has no {' or '.join(names[:2])}: not a 10x mtx folder")
+
+
+def _mtx_in_memory(path: Path) -> ad.AnnData:
+    import scanpy as sc
+
+    adata = sc.read_10x_mtx(path, make_unique=False)
+    adata.X = adata.X.tocsr()
+    return adata
+
+
+def _write_mtx_csr(matrix: Path, f, n_cells: int, n_features: int, block: int) -> bool:
+    """The entries of ``matrix`` (features x barcodes, 1-based) as cells x features CSR under ``f["X"]``, a
+    block at a time; False (nothing usable written) when they are not in barcode order."""
+    import gzip
+
+    opener = gzip.open if matrix.suffix == ".gz" else open
+    with opener(matrix, "rt") as text:
+        header = text.readline()
+        if not header.startswith("%%MatrixMarket matrix coordinate"):
+            raise ValueError(f"{matrix.name} is not a coordinate Matrix Market file (its header: {header.strip()!r})")
+        line = text.readline()
+        while line.startswith("%"):
+            line = text.readline()
+        shape = tuple(int(v) for v in line.split()[:2])
+        if shape != (n_features, n_cells):
+            raise ValueError(f"{matrix.name} is {shape[0]} x {shape[1]} but the folder lists {n_features} features "
+                             f"and {n_cells} barcodes")
+        group = f.create_group("X")
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                            "shape": (n_cells, n_features)})
+        data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
+        indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
+        per_cell, last = np.zeros(n_cells, dtype=np.int64), 0
+        for entries in pd.read_csv(text, sep=r"\s+", header=None, names=["feature", "cell", "value"],
+                                   dtype={"feature": np.int32, "cell": np.int64, "value": np.float32},
+                                   chunksize=block, comment="%"):
+            cells = entries["cell"].to_numpy() - 1
+            if len(cells) and (cells[0] < last or np.any(np.diff(cells) < 0)):
+                return False
+            last = cells[-1] if len(cells) else last
+            per_cell += np.bincount(cells, minlength=n_cells)
+            at = len(data)
+            data.resize((at + len(cells),))
+            indices.resize((at + len(cells),))
+            data[at:] = entries["value"].to_numpy()
+            indices[at:] = entries["feature"].to_numpy() - 1
+        group["indptr"] = np.concatenate([[0], np.cumsum(per_cell)])
+    return True
 
 
 def _10x_var(group, features) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from sciencevae.adapters.cells import CellsAdapter, read_cells
 from sciencevae.adapters.cells_chunks import is_backed
+from sciencevae.adapters.cells_files import read_10x_mtx
 from sciencevae.case_studies import gene_programmes
 
 RUN = dict(n_top_genes=60, batch_key="batch", epochs=2, progress=False, n_latent=3)
@@ -165,13 +166,69 @@ def test_a_10x_mtx_folder_gets_unique_gene_names(tmp_path):
         f.writelines(f"ID{j}\t{name}\tGene Expression\n" for j, name in enumerate(names))
     with gzip.open(folder / "barcodes.tsv.gz", "wt") as f:
         f.writelines(f"{name}\n" for name in adata.obs_names)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        read = read_cells(folder)
-    assert [str(w.message)[:40] for w in caught] == ["filtered_feature_bc_matrix: 1 gene names"]  # one, ours
-    assert read.var_names.is_unique and _equal(read.X, adata.X) and sp.isspmatrix_csr(read.X)
+    for backed in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read = read_cells(folder, backed=backed)
+        assert [str(w.message)[:40] for w in caught] == ["filtered_feature_bc_matrix: 1 gene names"]  # one, ours
+        X = read.X[:] if backed else read.X
+        assert read.var_names.is_unique and _equal(X, adata.X) and sp.isspmatrix_csr(X)
+        assert is_backed(read.X) == backed
     with pytest.raises(ValueError, match="a file of a 10x mtx folder: give the folder"):
         read_cells(folder / "matrix.mtx.gz")
+
+
+def _write_10x_mtx(folder: Path, counts: sp.csr_matrix, features: list[str], barcodes: list[str],
+                   v2: bool = False, by_barcode: bool = True) -> Path:
+    """A 10x mtx folder of ``counts`` (cells x features): Cell Ranger v3 (gzip, features.tsv with types) or
+    v2 (plain text, genes.tsv); entries barcode by barcode as Cell Ranger writes them, or feature by feature."""
+    import gzip
+
+    folder.mkdir()
+    opener, suffix = (open, "") if v2 else (gzip.open, ".gz")
+    coo = counts.tocoo()
+    order = np.lexsort((coo.col, coo.row) if by_barcode else (coo.row, coo.col))
+    with opener(folder / f"matrix.mtx{suffix}", "wt") as f:
+        f.write("%%MatrixMarket matrix coordinate integer general\n%metadata_json: {}\n")
+        f.write(f"{counts.shape[1]} {counts.shape[0]} {counts.nnz}\n")
+        f.writelines(f"{c + 1} {r + 1} {int(v)}\n" for r, c, v in zip(coo.row[order], coo.col[order], coo.data[order]))
+    with opener(folder / ("genes.tsv" if v2 else "features.tsv.gz"), "wt") as f:
+        f.writelines(f"ID{j}\t{name}" + ("" if v2 else f"\t{kind}") + "\n"
+                     for j, (name, kind) in enumerate(features))
+    with opener(folder / f"barcodes.tsv{suffix}", "wt") as f:
+        f.writelines(f"{b}\n" for b in barcodes)
+    return folder
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_a_10x_mtx_folder_is_read_to_disk_as_scanpy_reads_it(tmp_path, v2):
+    import scanpy as sc
+
+    adata = _cells(n_genes=40)
+    features = [(f"G{j}", "Gene Expression") for j in range(40)]
+    folder = _write_10x_mtx(tmp_path / "mtx", adata.X, features, list(adata.obs_names), v2=v2)
+    on_disk = read_cells(folder, backed=True)
+    expected = sc.read_10x_mtx(folder)
+    assert is_backed(on_disk.X) and on_disk.X.shape == expected.shape
+    assert _equal(on_disk.X[:], expected.X) and _equal(on_disk.X[:], adata.X)
+    assert _equal(read_10x_mtx(folder, block=97).X[:], adata.X)  # parsed 97 entries at a time
+    assert list(on_disk.obs_names) == list(expected.obs_names) and list(on_disk.var_names) == list(expected.var_names)
+    pd.testing.assert_frame_equal(on_disk.var, expected.var, check_dtype=False, check_index_type=False)
+    in_memory = ad.AnnData(sp.csr_matrix(expected.X), obs=adata.obs.set_index(expected.obs_names), var=expected.var)
+    on_disk.obs["batch"] = adata.obs["batch"].to_numpy()
+    _same_results(on_disk, in_memory, tmp_path)
+
+
+def test_a_10x_mtx_folder_out_of_barcode_order_or_with_antibodies_is_read_in_memory(tmp_path):
+    adata = _cells(n_genes=40)
+    genes = [(f"G{j}", "Gene Expression") for j in range(40)]
+    unordered = read_cells(_write_10x_mtx(tmp_path / "a", adata.X, genes, list(adata.obs_names), by_barcode=False),
+                           backed=True)
+    assert not is_backed(unordered.X) and _equal(unordered.X, adata.X)
+    mixed = genes[:36] + [(f"CD{j}", "Antibody Capture") for j in range(4)]
+    with pytest.warns(UserWarning, match="4 features that are not gene expression"):
+        cite = read_cells(_write_10x_mtx(tmp_path / "b", adata.X, mixed, list(adata.obs_names)), backed=True)
+    assert cite.shape == (adata.n_obs, 36) and _equal(cite.X, adata.X[:, :36])
 
 
 def test_a_gaussian_model_of_raw_counts_is_warned_about_and_of_log_values_is_not():
@@ -209,3 +266,17 @@ def test_empty_cells_dropped_from_matrices_on_disk_stay_on_disk(tmp_path):
                                                                          expected.obsp["distances"])
     assert _equal(CellsAdapter.from_adata(kept, n_top_genes=50).prepare(kept).X,
                   CellsAdapter.from_adata(expected, n_top_genes=50).prepare(expected).X)
+
+
+def test_a_10x_mtx_folder_that_does_not_match_its_lists_is_refused(tmp_path):
+    import gzip
+
+    adata = _cells(n_genes=40)
+    features = [(f"G{j}", "Gene Expression") for j in range(41)]  # one more than the matrix has
+    folder = _write_10x_mtx(tmp_path / "mtx", adata.X, features, list(adata.obs_names))
+    with pytest.raises(ValueError, match="is 40 x 400 but the folder lists 41 features and 400 barcodes"):
+        read_cells(folder, backed=True)
+    with gzip.open(folder / "matrix.mtx.gz", "wt") as f:
+        f.write("%%MatrixMarket matrix array integer general\n40 400\n")
+    with pytest.raises(ValueError, match="is not a coordinate Matrix Market file"):
+        read_cells(folder, backed=True)
