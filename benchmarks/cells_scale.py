@@ -11,7 +11,7 @@ tables) and its peak resident memory (``ru_maxrss`` of the child).
     ... --scvi-python /path/to/scvi-venv/bin/python   # the peer on the same files (up to 200k cells)
     ... --compare-python /path/to/other-venv/bin/python   # another sciencevae version on the same files
 
-Options: ``--layout`` (X / layer / raw / zarr / 10x: where the counts are, :data:`LAYOUTS`), ``--genes``
+Options: ``--layout`` (X / layer / raw / zarr / 10x / mtx: where the counts are, :data:`LAYOUTS`), ``--genes``
 (2,000), ``--density`` (0.07), ``--work DIR`` (where the h5ad files and runs go; default a temporary folder,
 removed at the end unless ``--keep``), ``--threads`` (torch threads of the command, default 1), and any
 further arguments after ``--`` go to ``sciencevae cells``.
@@ -36,9 +36,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 #: How the counts are stored: X of an h5ad; a layer ("counts") or .raw of an h5ad whose X holds log-normalised
-#: values; X of a .zarr; a 10x Genomics .h5 (no batch column: run without --batch-key).
+#: values; X of a .zarr; a 10x Genomics .h5 or mtx folder (no batch column: run without --batch-key).
 LAYOUTS = {"X": (".h5ad", []), "layer": (".h5ad", ["--layer", "counts"]), "raw": (".h5ad", ["--layer", "raw"]),
-           "zarr": (".zarr", []), "10x": (".h5", [])}
+           "zarr": (".zarr", []), "10x": (".h5", []), "mtx": ("_mtx", [])}
 #: Entries (cells x genes) simulated at once: 50,000 cells of 2,000 genes.
 CHUNK_ENTRIES = 100_000_000
 #: The child process: the command's own entry point, then its peak resident memory (KiB on Linux).
@@ -98,6 +98,8 @@ def write_atlas(path: Path, n_cells: int, n_genes: int = 2000, density: float = 
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
     if layout == "10x":
         return write_10x_h5(path, X, list(obs.index), list(var.index))
+    if layout == "mtx":
+        return write_10x_mtx(path, X, list(obs.index), list(var.index))
     adata = ad.AnnData(X=X, obs=obs, var=var)
     if layout in ("layer", "raw"):  # what published files hold: log-normalised X, counts beside it
         logged = X.copy()
@@ -130,6 +132,25 @@ def write_10x_h5(path: Path, X: sp.csr_matrix, barcodes: list[str], genes: list[
     return path
 
 
+def write_10x_mtx(folder: Path, X: sp.csr_matrix, barcodes: list[str], genes: list[str]) -> Path:
+    """Counts as Cell Ranger writes an mtx folder: features x barcodes coordinates barcode by barcode
+    (gzip level 1), features.tsv.gz with types, barcodes.tsv.gz."""
+    import gzip
+
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "matrix.mtx.gz", "wt", compresslevel=1) as f:
+        f.write(f"%%MatrixMarket matrix coordinate integer general\n{X.shape[1]} {X.shape[0]} {X.nnz}\n")
+        for start in range(0, X.shape[0], 50_000):
+            part = X[start:start + 50_000].tocoo()
+            pd.DataFrame({"feature": part.col + 1, "cell": part.row + start + 1, "value": part.data.astype(np.int64)}
+                         ).to_csv(f, sep=" ", header=False, index=False)
+    with gzip.open(folder / "features.tsv.gz", "wt") as f:
+        f.writelines(f"ENSG{j:011d}\t{name}\tGene Expression\n" for j, name in enumerate(genes))
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as f:
+        f.writelines(f"{b}\n" for b in barcodes)
+    return folder
+
+
 def size(path: Path) -> int:
     """Bytes of a file or of a folder's files (a .zarr)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
@@ -141,7 +162,7 @@ def run_command(path: Path, out: Path, epochs: int, threads: int, extra: list[st
     environment), in the file's folder (so that no source folder is imported instead); its phases, wall time
     and peak memory."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    batch = [] if path.suffix == ".h5" else ["--batch-key", "batch"]
+    batch = [] if path.suffix == ".h5" or path.is_dir() and path.suffix != ".zarr" else ["--batch-key", "batch"]
     arguments = ["cells", str(path), "--out", str(out), "--epochs", str(epochs), *batch, "--quiet", *extra]
     command = [python, "-c", CHILD, *arguments]
     started = time.perf_counter()

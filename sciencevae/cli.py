@@ -304,6 +304,9 @@ def _record_seconds(out: Path, seconds: dict) -> None:
 
 def _cmd_cells(args: argparse.Namespace) -> int:
     _refuse_torchrun("cells")
+    if args.reference is not None and args.stream is not None:
+        raise ValueError("--stream / --no-stream choose how training reads the counts; --reference maps cells "
+                         "without training: leave them out")
     from .adapters.cells import drop_empty_cells, read_cells
     from .case_studies import gene_programmes
 

@@ -125,3 +125,10 @@ def test_cli_cells_streams_on_request_and_diagnoses_the_run(tmp_path, capsys):
     assert bool(params["streamed"]) is True
     assert main(["diagnose", str(out)]) == 0
     assert "active" in capsys.readouterr().out
+
+
+def test_cli_stream_flags_with_a_reference_are_refused_in_one_line(tmp_path, capsys):
+    path = _file(tmp_path)
+    assert main(["cells", str(path), "--reference", str(tmp_path), "--out", str(tmp_path / "m"), "--stream"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--reference maps cells without training: leave them out" in err
