@@ -236,9 +236,15 @@ class CellsAdapter:
     def prepare_or_stream(self, adata: ad.AnnData, stream: bool | None = None) -> Prepared | Streamed:
         """:meth:`stream` when ``stream`` is True, or when None and the modelled counts of a matrix on disk
         would take more than :data:`MEMORY_SHARE` of the memory available (:func:`.cells_chunks.held_bytes`,
-        :func:`.cells_chunks.available_memory`); otherwise :meth:`prepare` (held in memory: faster to train on)."""
+        :func:`.cells_chunks.available_memory`); otherwise :meth:`prepare` (held in memory: faster to train on).
+        A matrix held in memory is never streamed (a warning when ``stream`` is True)."""
+        X, genes = _matrix(adata, self.layer)
+        if stream and not is_backed(X):
+            warnings.warn(f"{_where(self.layer)} is held in memory, not read from a file: its modelled counts are "
+                          "held too (streaming needs the file opened with read_cells(path, backed=True))",
+                          UserWarning, stacklevel=2)
+            stream = False
         if stream is None:
-            X, genes = _matrix(adata, self.layer)
             needed = held_bytes(X, pd.Index(genes).get_indexer(self.genes))
             stream = is_backed(X) and needed > MEMORY_SHARE * available_memory()
         return self.stream(adata) if stream else self.prepare(adata)

@@ -39,13 +39,15 @@ P_VALUE_COLUMNS = ("p", "q", "rank_p", "rank_q", "p_value", "q_value")
 
 
 def _table(frame: pd.DataFrame) -> str:
-    """HTML of ``frame``: numbers by :func:`_number`, p- and q-values to 3 significant digits (1e-22 stays 1e-22).
+    """HTML of ``frame``: numbers by :func:`_number`, p- and q-values to 3 significant digits (1e-22 stays 1e-22),
+    a missing value (NaN: not applicable) as "–".
 
     >>> "1e-22" in _table(pd.DataFrame({"q": [1e-22], "r2": [1e-16]}))
     True
     """
     formatters = {c: (lambda v: f"{v:.3g}") for c in frame.columns if c in P_VALUE_COLUMNS}
-    return frame.to_html(index=False, float_format=_number, formatters=formatters, border=0, escape=True)
+    return frame.to_html(index=False, float_format=_number, formatters=formatters, border=0, escape=True,
+                         na_rep="–")
 
 
 def _number(value: float) -> str:
@@ -90,7 +92,8 @@ def write_report(folder: str | Path, title: str, settings: dict, tables: dict[st
     figures = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                    if p.is_file() and p.name not in (REPORT_NAME, INCOMPLETE) and not p.name.startswith("."))
-    settings_frame = pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]})
+    settings_frame = pd.DataFrame({"setting": list(settings),
+                                   "value": ["–" if v is None else str(v) for v in settings.values()]})
     parts = [
         f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{STYLE}</style></head><body>",

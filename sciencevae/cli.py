@@ -465,6 +465,7 @@ def _written(out: Path, res) -> str:
                 ("guided.csv", res.guided is not None))
     files = ["cells.h5ad", "programmes.csv", "association.csv", *(name for name, written in optional if written),
              "report.html", "run.json", "adapter.json", "figures/", "model/"]
+    files += ["checkpoint/"] if (out / "checkpoint").is_dir() else []
     return f"wrote {out}: {', '.join(files)}"
 
 

@@ -91,6 +91,8 @@ def test_counts_are_streamed_only_when_they_would_not_fit(tmp_path, monkeypatch)
     monkeypatch.setattr(cells_module, "available_memory", lambda: 3.9 * needed)
     assert isinstance(adapter.prepare_or_stream(adata), Streamed)
     assert not isinstance(adapter.prepare_or_stream(adata.to_memory()), Streamed)  # held already
+    with pytest.warns(UserWarning, match="X is held in memory, not read from a file"):
+        assert not isinstance(adapter.prepare_or_stream(adata.to_memory(), stream=True), Streamed)
     assert not isinstance(adapter.prepare_or_stream(adata, stream=False), Streamed)
     monkeypatch.setattr(cells_module, "available_memory", lambda: 4.1 * needed)
     assert not isinstance(adapter.prepare_or_stream(adata), Streamed)
