@@ -134,10 +134,9 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
     Cell Ranger stores features x barcodes in compressed-column form, which is barcodes x features in
     compressed-row form: the file's own ``data`` / ``indices`` / ``indptr`` are the CSR arrays, reached
     through HDF5 external links from a small file (in a temporary folder, removed at once) that carries
-    anndata's encoding. Features other
-    than "Gene Expression" (antibody capture, CRISPR guides) are kept when present only with them: like
-    scanpy's ``gex_only=True``, a file that mixes types is read with scanpy and its expression kept (in
-    memory), with a warning.
+    anndata's encoding. Features other than "Gene Expression" (antibody capture, CRISPR guides) are left
+    out, as scanpy's ``gex_only=True`` does, with a warning: the gene expression is then written a chunk of
+    cells at a time to a temporary .h5ad and read from there.
     """
     import h5py
 
@@ -150,14 +149,6 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
         var = _10x_var(group, group["features"] if "features" in group else None)
         obs = pd.DataFrame(index=pd.Index(_text(group["barcodes"][:])))
         n_features, n_cells = (int(v) for v in group["shape"][:])
-    types = var.get("feature_types")
-    if types is not None and (types != "Gene Expression").any():
-        import scanpy as sc
-
-        warnings.warn(f"{path.name} holds {int((types != 'Gene Expression').sum())} features that are not gene "
-                      "expression: its gene expression is read into memory (scanpy.read_10x_h5, gex_only)",
-                      UserWarning, stacklevel=3)
-        return sc.read_10x_h5(path)
     folder = tempfile.mkdtemp(prefix="sciencevae-10x-")
     links = Path(folder) / "links.h5"  # a few bytes; opened read-only, so the linked file is opened read-only
     with h5py.File(links, "w") as small:
@@ -168,7 +159,42 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
             X[key] = h5py.ExternalLink(str(path), f"/{name}/{key}")
     X = h5py.File(links, "r")["X"]
     shutil.rmtree(folder, ignore_errors=True)  # the open file outlives its name (POSIX); elsewhere it stays
-    return ad.AnnData(X=ad.io.sparse_dataset(X), obs=obs, var=var)  # the small file stays open with X
+    adata = ad.AnnData(X=ad.io.sparse_dataset(X), obs=obs, var=var)  # the small file stays open with X
+    expression = _gene_expression(var, path)
+    return adata if expression.all() else _columns_on_disk(adata, np.flatnonzero(expression))
+
+
+def _gene_expression(var: pd.DataFrame, path: Path) -> np.ndarray:
+    """Which features are gene expression (all when the file gives no types); the others (antibody capture,
+    CRISPR guides) are named in a warning: they are left out, as scanpy's ``gex_only=True`` does."""
+    types = var.get("feature_types")
+    if types is None:
+        return np.ones(len(var), bool)
+    expression = (types == "Gene Expression").to_numpy()
+    if not expression.all():
+        kinds = ", ".join(sorted(set(types[~expression])))
+        warnings.warn(f"{path.name} holds {int((~expression).sum())} features that are not gene expression "
+                      f"({kinds}): they are left out, as scanpy's gex_only does", UserWarning, stacklevel=4)
+    return expression
+
+
+def _columns_on_disk(adata: ad.AnnData, columns: np.ndarray) -> ad.AnnData:
+    """``adata[:, columns]`` (X and var) with X on disk: written a chunk of cells at a time, uncompressed, to a
+    temporary .h5ad (removed at once: the open file outlives its name on POSIX) and opened from there."""
+    import h5py
+    from anndata.io import write_elem
+
+    folder = tempfile.mkdtemp(prefix="sciencevae-10x-")
+    path = Path(folder) / "gene_expression.h5ad"
+    try:
+        with h5py.File(path, "w") as f:
+            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+            _write_matrix(f, "X", adata.X, {}, columns=columns)
+            write_elem(f, "obs", adata.obs)
+            write_elem(f, "var", adata.var.iloc[columns])
+        return open_on_disk(path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_10x_mtx(path: str | Path, block: int = MTX_BLOCK) -> ad.AnnData:
@@ -180,10 +206,11 @@ def read_10x_mtx(path: str | Path, block: int = MTX_BLOCK) -> ad.AnnData:
     disk: the CSR matrix (8 bytes a non-zero). obs, var as ``scanpy.read_10x_mtx`` (symbols as names,
     ``gene_ids``, ``feature_types``).
 
-    Cell Ranger writes the entries barcode by barcode; a file whose entries are not (another writer) or that
-    mixes antibody / CRISPR features with gene expression is read by scanpy into memory (``gex_only``, with a
-    warning for the second). Raises ``ValueError`` for a folder without these files or a matrix that is not
-    coordinate Matrix Market of the features' and barcodes' sizes.
+    Features other than gene expression (antibody capture, CRISPR guides) are left out, as scanpy's
+    ``gex_only=True`` does, with a warning. Cell Ranger writes the entries barcode by barcode; a file whose
+    entries are not (another writer) is read by scanpy into memory. Raises ``ValueError`` for a folder
+    without these files or a matrix that is not coordinate Matrix Market of the features' and barcodes'
+    sizes.
     """
     import h5py
     from anndata.io import write_elem
@@ -198,21 +225,16 @@ def read_10x_mtx(path: str | Path, block: int = MTX_BLOCK) -> ad.AnnData:
         var["feature_types"] = table[2].to_numpy()
     obs = pd.DataFrame(index=pd.Index(pd.read_csv(barcodes, sep="\t", header=None, dtype=str)[0].to_numpy(),
                                       dtype=object))
-    types = var.get("feature_types")
-    if types is not None and (types != "Gene Expression").any():
-        warnings.warn(f"{path.name} holds {int((types != 'Gene Expression').sum())} features that are not gene "
-                      "expression: its gene expression is read into memory (scanpy.read_10x_mtx, gex_only)",
-                      UserWarning, stacklevel=3)
-        return _mtx_in_memory(path)
+    expression = _gene_expression(var, path)
     folder = tempfile.mkdtemp(prefix="sciencevae-10x-mtx-")
     target = Path(folder) / "counts.h5ad"
     try:
         with h5py.File(target, "w") as f:
             f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-            if not _write_mtx_csr(matrix, f, len(obs), len(var), block):
+            if not _write_mtx_csr(matrix, f, len(obs), expression, block):
                 return _mtx_in_memory(path)
             write_elem(f, "obs", obs)
-            write_elem(f, "var", var)
+            write_elem(f, "var", var[expression])
         return open_on_disk(target)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -233,9 +255,10 @@ def _mtx_in_memory(path: Path) -> ad.AnnData:
     return adata
 
 
-def _write_mtx_csr(matrix: Path, f, n_cells: int, n_features: int, block: int) -> bool:
-    """The entries of ``matrix`` (features x barcodes, 1-based) as cells x features CSR under ``f["X"]``, a
-    block at a time; False (nothing usable written) when they are not in barcode order."""
+def _write_mtx_csr(matrix: Path, f, n_cells: int, kept: np.ndarray, block: int) -> bool:
+    """The entries of ``matrix`` (features x barcodes, 1-based) of the ``kept`` features (bool) as cells x
+    kept features CSR under ``f["X"]``, a block at a time; False (nothing usable written) when they are not in
+    barcode order."""
     import gzip
 
     opener = gzip.open if matrix.suffix == ".gz" else open
@@ -246,29 +269,32 @@ def _write_mtx_csr(matrix: Path, f, n_cells: int, n_features: int, block: int) -
         line = text.readline()
         while line.startswith("%"):
             line = text.readline()
-        shape = tuple(int(v) for v in line.split()[:2])
+        shape, n_features = tuple(int(v) for v in line.split()[:2]), len(kept)
+        renumbered = np.cumsum(kept) - 1  # a kept feature's column among the kept
         if shape != (n_features, n_cells):
             raise ValueError(f"{matrix.name} is {shape[0]} x {shape[1]} but the folder lists {n_features} features "
                              f"and {n_cells} barcodes")
         group = f.create_group("X")
         group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
-                            "shape": (n_cells, n_features)})
+                            "shape": (n_cells, int(kept.sum()))})
         data = group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
         indices = group.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
         per_cell, last = np.zeros(n_cells, dtype=np.int64), 0
         for entries in pd.read_csv(text, sep=r"\s+", header=None, names=["feature", "cell", "value"],
                                    dtype={"feature": np.int32, "cell": np.int64, "value": np.float32},
                                    chunksize=block, comment="%"):
-            cells = entries["cell"].to_numpy() - 1
+            cells, features = entries["cell"].to_numpy() - 1, entries["feature"].to_numpy() - 1
             if len(cells) and (cells[0] < last or np.any(np.diff(cells) < 0)):
                 return False
             last = cells[-1] if len(cells) else last
+            keep = kept[features]
+            cells, features, values = cells[keep], renumbered[features[keep]], entries["value"].to_numpy()[keep]
             per_cell += np.bincount(cells, minlength=n_cells)
             at = len(data)
             data.resize((at + len(cells),))
             indices.resize((at + len(cells),))
-            data[at:] = entries["value"].to_numpy()
-            indices[at:] = entries["feature"].to_numpy() - 1
+            data[at:] = values
+            indices[at:] = features
         group["indptr"] = np.concatenate([[0], np.cumsum(per_cell)])
     return True
 
@@ -360,18 +386,20 @@ def kept_on_disk(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
     return kept
 
 
-def _write_matrix(group, key: str, X, dataset_kwargs: dict, rows: np.ndarray | None = None) -> None:
+def _write_matrix(group, key: str, X, dataset_kwargs: dict, rows: np.ndarray | None = None,
+                  columns: np.ndarray | None = None) -> None:
     """A matrix written under ``group[key]`` in anndata's encoding: one in memory by anndata, one in an HDF5
     file copied by HDF5 (its group or dataset, as stored), any other on disk, or any with ``rows`` (a boolean
-    mask of the cells to write), a chunk of cells at a time."""
+    mask of the cells to write) or ``columns`` (positions of the genes to write), a chunk of cells at a time."""
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
-    if rows is None and not is_backed(X):
+    whole = rows is None and columns is None
+    if whole and not is_backed(X):
         write_elem(group, key, X, dataset_kwargs=dataset_kwargs)
         return
     stored = getattr(X, "group", X)
-    if rows is None and isinstance(stored, (h5py.Group, h5py.Dataset)):  # a 10x file's arrays: external links
+    if whole and isinstance(stored, (h5py.Group, h5py.Dataset)):  # a 10x file's arrays: external links
         group.copy(stored, key, expand_external=True)
         return
     sparse = sp.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
@@ -379,6 +407,7 @@ def _write_matrix(group, key: str, X, dataset_kwargs: dict, rows: np.ndarray | N
     target, written = None, 0
     for start, part in row_chunks(X):
         part = part if rows is None else part[rows[start:start + part.shape[0]]]
+        part = part if columns is None else part[:, columns]
         if part.shape[0] == 0:
             continue
         if sparse and target is None:
@@ -388,7 +417,7 @@ def _write_matrix(group, key: str, X, dataset_kwargs: dict, rows: np.ndarray | N
             target.append(sp.csr_matrix(part))
         else:
             if target is None:
-                target = group.create_dataset(key, shape=(n_rows, X.shape[1]), dtype=part.dtype, chunks=True,
+                target = group.create_dataset(key, shape=(n_rows, part.shape[1]), dtype=part.dtype, chunks=True,
                                               **dataset_kwargs)
                 target.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
             target[written:written + part.shape[0]] = part

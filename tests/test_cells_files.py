@@ -139,15 +139,24 @@ def test_a_10x_h5_stays_on_disk_with_repeated_symbols_made_unique(tmp_path, v2):
         CellsAdapter.from_adata(on_disk, layer="counts")
 
 
-def test_a_10x_h5_with_antibody_features_keeps_gene_expression(tmp_path):
+def test_a_10x_h5_with_antibody_features_keeps_gene_expression_on_disk(tmp_path):
+    """Antibody features among the genes (anywhere, not only last) are left out as scanpy's gex_only does; the
+    gene expression stays on disk (a temporary copy) and equals scanpy's read."""
+    import scanpy as sc
+
     adata = _cells(n_genes=40)
     counts = adata.X.toarray()
-    types = ["Gene Expression"] * 37 + ["Antibody Capture"] * 3
-    _write_10x_h5(tmp_path / "citeseq.h5", counts, [f"G{j}" for j in range(40)], [f"ID{j}" for j in range(40)],
-                  types=types)
-    with pytest.warns(UserWarning, match="3 features that are not gene expression"):
-        read = read_cells(tmp_path / "citeseq.h5", backed=True)
-    assert read.n_vars == 37 and _equal(read.X, counts[:, :37])
+    antibodies = [3, 17, 39]
+    types = ["Antibody Capture" if j in antibodies else "Gene Expression" for j in range(40)]
+    path = tmp_path / "citeseq.h5"
+    _write_10x_h5(path, counts, [f"G{j}" for j in range(40)], [f"ID{j}" for j in range(40)], types=types)
+    with pytest.warns(UserWarning, match=r"3 features that are not gene expression \(Antibody Capture\)"):
+        read = read_cells(path, backed=True)
+    expected = sc.read_10x_h5(path)
+    genes = [j for j in range(40) if j not in antibodies]
+    assert is_backed(read.X) and read.n_vars == 37 and _equal(read.X[:], counts[:, genes])
+    assert _equal(read.X[:], expected.X) and list(read.var_names) == list(expected.var_names)
+    assert list(read.var["gene_ids"]) == list(expected.var["gene_ids"])
 
 
 def test_a_10x_mtx_folder_gets_unique_gene_names(tmp_path):
@@ -219,16 +228,22 @@ def test_a_10x_mtx_folder_is_read_to_disk_as_scanpy_reads_it(tmp_path, v2):
     _same_results(on_disk, in_memory, tmp_path)
 
 
-def test_a_10x_mtx_folder_out_of_barcode_order_or_with_antibodies_is_read_in_memory(tmp_path):
+def test_a_10x_mtx_folder_out_of_barcode_order_is_read_in_memory_and_antibodies_are_left_out(tmp_path):
+    import scanpy as sc
+
     adata = _cells(n_genes=40)
     genes = [(f"G{j}", "Gene Expression") for j in range(40)]
     unordered = read_cells(_write_10x_mtx(tmp_path / "a", adata.X, genes, list(adata.obs_names), by_barcode=False),
                            backed=True)
     assert not is_backed(unordered.X) and _equal(unordered.X, adata.X)
-    mixed = genes[:36] + [(f"CD{j}", "Antibody Capture") for j in range(4)]
-    with pytest.warns(UserWarning, match="4 features that are not gene expression"):
-        cite = read_cells(_write_10x_mtx(tmp_path / "b", adata.X, mixed, list(adata.obs_names)), backed=True)
-    assert cite.shape == (adata.n_obs, 36) and _equal(cite.X, adata.X[:, :36])
+    mixed = [(f"CD{j}", "Antibody Capture") if j in (0, 21) else gene for j, gene in enumerate(genes)]
+    folder = _write_10x_mtx(tmp_path / "b", adata.X, mixed, list(adata.obs_names))
+    with pytest.warns(UserWarning, match="2 features that are not gene expression"):
+        cite = read_cells(folder, backed=True)
+    kept = [j for j in range(40) if j not in (0, 21)]
+    assert is_backed(cite.X) and cite.shape == (adata.n_obs, 38) and _equal(cite.X[:], adata.X[:, kept])
+    expected = sc.read_10x_mtx(folder)
+    assert _equal(cite.X[:], expected.X) and list(cite.var_names) == list(expected.var_names)
 
 
 def test_a_gaussian_model_of_raw_counts_is_warned_about_and_of_log_values_is_not():
