@@ -27,6 +27,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from scipy.stats import false_discovery_control, hypergeom, mannwhitneyu
 
@@ -37,7 +38,7 @@ from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
 from sciencevae.objectives import Objective
-from sciencevae.streaming import Streamed
+from sciencevae.streaming import Streamed, row_blocks
 from sciencevae.train import resolve_device
 
 from .differential import cohens_d, comparison, differential
@@ -48,9 +49,9 @@ from .model_checks import PredictiveCheck, posterior_predictive
 from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
-           "top_genes", "enrichment", "association", "cohens_d", "batch_hints", "DESCRIPTIONS", "Fit", "fit_one",
-           "stability_table", "stability_notes", "STABLE", "default_epochs", "train_fits", "describe", "differential",
-           "check_guided"]
+           "top_genes", "expression_correlation", "enrichment", "association", "cohens_d", "batch_hints",
+           "DESCRIPTIONS", "Fit", "fit_one", "stability_table", "stability_notes", "STABLE", "default_epochs",
+           "train_fits", "describe", "differential", "check_guided"]
 
 
 #: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
@@ -169,25 +170,69 @@ def varimax(weights: np.ndarray, max_iter: int = 200, tol: float = 1e-9) -> np.n
     return rotation
 
 
-def top_genes(weights: np.ndarray, genes, n_top: int = 20) -> pd.DataFrame:
-    """Top genes per programme and direction: programme, rank, gene, weight, direction; a gene with a zero
-    weight (a sparse, gene-set-guided programme) is in neither direction."""
+def expression_correlation(data: Prepared | Streamed, activity: np.ndarray) -> np.ndarray:
+    """(genes, programmes) Pearson correlation over cells between each gene's log-normalised expression
+    (``log1p`` of its counts per 10,000 of the cell's modelled counts) and each programme's activity (cells x
+    programmes); 0 where either does not vary. One pass over the counts, a block of cells at a time (a
+    streamed one read from its file).
+
+    A loading is the change of log expression per unit of activity, which a gene seen in a few cells can take
+    at any size: on the mouse 1,000-gene file genes detected in 1 of 10,000 cells led most programmes by
+    loading. A correlation is bounded by how much of the gene's variation the programme explains, so it
+    needs many cells — cNMF ranks programme genes the same way (its z-scored regression, Kotliar et al. 2019).
+
+    >>> counts = np.array([[1.0, 9.0], [5.0, 5.0], [9.0, 1.0]])
+    >>> expression_correlation(counts, np.array([[0.0], [1.0], [2.0]])).round(3).ravel().tolist()
+    [0.966, -0.966]
+    """
+    activity = np.asarray(activity, dtype=np.float64)
+    spread = activity.std(axis=0)
+    standard = (activity - activity.mean(axis=0)) / np.where(spread > 0, spread, np.inf)
+    sums = squares = cross = None
+    for start, part in row_blocks(data):
+        part = sp.csr_matrix(part, dtype=np.float64)
+        library = np.asarray(part.sum(axis=1)).ravel()
+        logged = sp.diags(np.where(library > 0, 1e4 / np.maximum(library, 1e-12), 0.0)) @ part
+        logged.data = np.log1p(logged.data)
+        terms = (np.asarray(logged.sum(axis=0)).ravel(), np.asarray(logged.multiply(logged).sum(axis=0)).ravel(),
+                 np.asarray(logged.T @ standard[start:start + part.shape[0]]))
+        sums, squares, cross = terms if sums is None else (sums + terms[0], squares + terms[1], cross + terms[2])
+    n_cells = len(activity)
+    sd = np.sqrt(np.maximum(squares / n_cells - (sums / n_cells) ** 2, 0.0))
+    return cross / n_cells / np.where(sd > 1e-12, sd, np.inf)[:, None]
+
+
+def _top(weights: np.ndarray, scores: np.ndarray | None, sign: int, n_top: int) -> np.ndarray:
+    """Positions of one end of a programme: the genes whose weight has ``sign`` (+1 / -1), by ``sign`` x score
+    (the weight itself when no scores), at most ``n_top``; a zero weight is at neither end."""
+    candidates = np.flatnonzero(sign * weights > 0)
+    key = sign * (weights if scores is None else scores)[candidates]
+    return candidates[np.argsort(-key, kind="stable")[:n_top]]
+
+
+def top_genes(weights: np.ndarray, genes, n_top: int = 20, scores: np.ndarray | None = None) -> pd.DataFrame:
+    """Top genes per programme and direction: programme, rank, gene, weight, direction (and correlation, with
+    ``scores``). ``+`` holds the genes with a positive weight, ``-`` those with a negative one, each ranked by
+    ``scores`` (genes x programmes, e.g. :func:`expression_correlation`; its most positive first for ``+``, most
+    negative for ``-``) or, without, by the weight itself; a gene with a zero weight (a sparse,
+    gene-set-guided programme) is in neither direction."""
     rows = []
     for j in range(weights.shape[1]):
-        order = np.argsort(weights[:, j])
-        for direction, picked in (("+", order[::-1][:n_top]), ("-", order[:n_top])):
-            picked = picked[weights[picked, j] != 0]
-            for rank, g in enumerate(picked, start=1):
-                rows.append({"programme": j, "rank": rank, "gene": str(genes[g]), "weight": float(weights[g, j]),
-                             "direction": direction})
+        column = None if scores is None else scores[:, j]
+        for direction, sign in (("+", 1), ("-", -1)):
+            for rank, g in enumerate(_top(weights[:, j], column, sign, n_top), start=1):
+                row = {"programme": j, "rank": rank, "gene": str(genes[g]), "weight": float(weights[g, j]),
+                       "direction": direction}
+                rows.append(row if column is None else {**row, "correlation": float(column[g])})
     return pd.DataFrame(rows)
 
 
 def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_top: int = 50,
-               min_size: int = 5) -> pd.DataFrame:
-    """Per programme, direction and gene set: overlap of the top genes (hypergeometric p, BH q)
-    and a one-sided Mann–Whitney test that the set's loadings are shifted (rank_p, rank_q). Sets with fewer
-    than ``min_size`` modelled genes are left out, with a warning naming them."""
+               min_size: int = 5, scores: np.ndarray | None = None) -> pd.DataFrame:
+    """Per programme, direction and gene set: overlap of the top genes (as :func:`top_genes` picks them, with
+    ``scores``; hypergeometric p, BH q) and a one-sided Mann–Whitney test that the set's loadings are shifted
+    (rank_p, rank_q). Sets with fewer than ``min_size`` modelled genes are left out, with a warning naming
+    them."""
     genes = np.asarray([str(g) for g in genes])
     n_top = min(n_top, len(genes))  # a panel smaller than n_top: every gene is "top"
     members, _ = set_members(genes, gene_sets, min_size)
@@ -197,9 +242,9 @@ def enrichment(weights: np.ndarray, genes, gene_sets: dict[str, list[str]], n_to
                       "COLUMN (gene_symbols=)", UserWarning, stacklevel=2)
     rows = []
     for j in range(weights.shape[1]):
-        for direction, signed in (("+", weights[:, j]), ("-", -weights[:, j])):
-            top = np.zeros(len(genes), bool)
-            top[np.argsort(signed)[::-1][:n_top]] = True
+        for direction, sign in (("+", 1), ("-", -1)):
+            signed, top = sign * weights[:, j], np.zeros(len(genes), bool)
+            top[_top(weights[:, j], None if scores is None else scores[:, j], sign, n_top)] = True
             for name, member in members.items():
                 overlap = int(np.sum(top & member))
                 p = hypergeom.sf(overlap - 1, len(genes), int(member.sum()), n_top)
@@ -769,12 +814,14 @@ def describe(adata: ad.AnnData, inputs: Inputs, fits: list[Fit], seeds: list[int
     if inputs.prior is not None and sets is not None:
         sets = {name: sets[name] for name in inputs.prior.names}  # the small ones were named once, left out
     keys = _categorical_keys(adata.obs)
-    enriched = None if sets is None else _renumbered(enrichment(weights[:, shown], inputs.names, sets, n_top), shown)
+    scores = expression_correlation(inputs.prepared, latents)
+    enriched = None if sets is None else _renumbered(
+        enrichment(weights[:, shown], inputs.names, sets, n_top, scores=scores[:, shown]), shown)
     if enriched is not None and guided is not None:  # a guided programme against its own set: true by construction
         enriched["own_set"] = enriched["gene_set"].to_numpy() == guided["name"].to_numpy()[enriched["programme"]]
     return ProgrammeResult(
         model=model, adapter=inputs.adapter, adata=inputs.adapter.write_back(adata, latents, weights, uns),
-        weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names),
+        weights=weights, rotation=fits[0].rotation, programmes=top_genes(weights, inputs.names, scores=scores),
         enrichment=enriched,
         association=_renumbered(association(latents[:, shown], adata.obs, keys), shown), settings=settings,
         stability=stability, differential=None if inputs.compare is None else

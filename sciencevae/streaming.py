@@ -39,7 +39,7 @@ from .data import (Batch, DeviceCSR, Prepared, as_prepared, check_counts, draw_r
                    position_device, round_counts, rounding_message, split_rows, subset_rows)
 
 __all__ = ["RowReader", "ArrayRows", "Streamed", "StreamingSource", "AnnDataRows", "open_counts", "open_store",
-           "peak_host_memory_mb", "rows_of", "column_means"]
+           "peak_host_memory_mb", "rows_of", "column_means", "row_blocks"]
 
 
 def peak_host_memory_mb() -> float:
@@ -305,6 +305,25 @@ def rows_of(data: Prepared | Streamed, rows: np.ndarray) -> Prepared:
                        feature_weights=data.feature_weights)
 
 
+def row_blocks(data, chunk_rows: int = 8192):
+    """``(start, rows)`` over consecutive blocks of the rows of a matrix, a Prepared or a Streamed (its own
+    chunks, read one at a time), CSR or dense as stored.
+
+    >>> [(start, part.shape[0]) for start, part in row_blocks(np.zeros((5, 2)), chunk_rows=2)]
+    [(0, 2), (2, 2), (4, 1)]
+    """
+    if isinstance(data, Streamed):
+        n_obs, step, read = data.n_obs, data.chunk_rows, data.reader.read
+    else:
+        X = data.X if isinstance(data, Prepared) else data
+        n_obs, step = X.shape[0], chunk_rows
+
+        def read(start: int, stop: int):
+            return X[start:stop]
+    for start in range(0, n_obs, step):
+        yield start, read(start, min(start + step, n_obs))
+
+
 def column_means(data) -> np.ndarray:
     """(n_features,) mean of each column over the rows of a matrix, a Prepared or a Streamed (one pass over a
     streamed one, a chunk at a time).
@@ -312,14 +331,11 @@ def column_means(data) -> np.ndarray:
     >>> column_means(Streamed(ArrayRows(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])), chunk_rows=2)).tolist()
     [3.0, 2.0]
     """
-    if not isinstance(data, Streamed):
-        X = data.X if isinstance(data, Prepared) else data
-        return np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-    total = np.zeros(data.n_features)
-    for start in range(0, data.n_obs, data.chunk_rows):
-        part = data.reader.read(start, min(start + data.chunk_rows, data.n_obs))
-        total += np.asarray(part.sum(axis=0), dtype=np.float64).ravel()
-    return total / data.n_obs
+    total, n_obs = None, 0
+    for _, part in row_blocks(data):
+        sums = np.asarray(part.sum(axis=0), dtype=np.float64).ravel()
+        total, n_obs = (sums if total is None else total + sums), n_obs + part.shape[0]
+    return total / n_obs
 
 
 class ArrayRows:
