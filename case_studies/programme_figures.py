@@ -145,7 +145,8 @@ def guided_bars(table: pd.DataFrame, max_sets: int = 40) -> Figure:
 
 def top_gene_bars(res: "ProgrammeResult", n_genes: int = 8) -> Figure:
     """Both ends of every programme (for guided programmes, every active one): its top ``n_genes`` positive
-    and negative genes (those most correlated with its activity, ``res.programmes``), with their loadings."""
+    and negative genes (ranked by :func:`.gene_programmes.gene_scores`, ``res.programmes``), with their
+    loadings."""
     programmes = shown_programmes(res)
     figure, axes = panel_grid(len(programmes), 3.4, 0.3 * 2 * n_genes + 0.9)
     for ax, j in zip(axes, programmes):
@@ -156,7 +157,7 @@ def top_gene_bars(res: "ProgrammeResult", n_genes: int = 8) -> Figure:
         ax.barh(np.arange(len(shown)), shown["weight"], color=colours)
         ax.set_yticks(np.arange(len(shown)), shown["gene"])
         ax.axvline(0, color="0.3", lw=0.6)
-        ax.set_title(f"{programme_label(res, j)}\n+ blue, − red: the genes most correlated with it", fontsize=9)
+        ax.set_title(f"{programme_label(res, j)}\n+ blue, − red; ranked by |loading| × r² with it", fontsize=9)
         ax.set_xlabel("loading (Δ log expression per unit activity)", fontsize=7)
         ax.tick_params(labelsize=7)
     figure.tight_layout()

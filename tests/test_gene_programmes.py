@@ -434,12 +434,15 @@ def test_expression_correlation_is_pearson_of_log_normalised_expression_in_memor
 
 
 def test_top_genes_by_score_keep_each_end_to_its_loading_sign():
-    weights = np.array([[2.0], [0.5], [-0.1], [0.0], [-3.0]])
-    scores = np.array([[0.1], [0.6], [-0.7], [0.9], [-0.2]])
-    table = gp.top_genes(weights, list("abcde"), n_top=5, scores=scores)
-    assert table[table["direction"] == "+"]["gene"].tolist() == ["b", "a"]  # d: zero loading, in neither
-    assert table[table["direction"] == "-"]["gene"].tolist() == ["c", "e"]
-    assert gp.top_genes(weights, list("abcde"), n_top=5)["gene"].tolist() == ["a", "b", "e", "c"]
+    weights = np.array([[2.0], [0.5], [-0.1], [0.0], [-3.0], [0.01]])
+    correlation = np.array([[0.1], [0.6], [-0.7], [0.9], [-0.2], [0.95]])
+    table = gp.top_genes(weights, list("abcdef"), n_top=5, correlation=correlation)
+    # score |w| r |r|: b 0.18, a 0.02, f 0.009 (correlated, but barely loaded); d: zero loading, in neither
+    assert table[table["direction"] == "+"]["gene"].tolist() == ["b", "a", "f"]
+    assert table[table["direction"] == "-"]["gene"].tolist() == ["e", "c"]  # e: 3 x 0.04 = 0.12 > c: 0.049
+    np.testing.assert_allclose(table["score"], np.abs(table["weight"]) * table["correlation"] ** 2 *
+                               np.sign(table["correlation"]))
+    assert gp.top_genes(weights, list("abcdef"), n_top=5)["gene"].tolist() == ["a", "b", "f", "e", "c"]
 
 
 MOUSE = DATA / "scrna" / "mouse_10x_10kcells_first1000genes_counts.h5ad"
@@ -448,7 +451,8 @@ MOUSE = DATA / "scrna" / "mouse_10x_10kcells_first1000genes_counts.h5ad"
 @pytest.mark.skipif(not MOUSE.exists(), reason="shared data (mouse 10x counts) absent")
 def test_real_programme_genes_are_not_ones_seen_in_a_few_cells():
     """The first 1,000 genes of a real mouse 10x file: by loading, some top genes are detected in fewer than 20
-    of 10,000 cells; ranked by correlation with the activity (what programmes.csv holds), none is."""
+    of 10,000 cells; ranked by :func:`gene_scores` (what programmes.csv holds), none is, and none has a
+    loading near 0 (under a tenth of its end's largest)."""
     from sciencevae.adapters.cells import drop_empty_cells, read_cells
 
     with warnings.catch_warnings():
@@ -462,4 +466,8 @@ def test_real_programme_genes_are_not_ones_seen_in_a_few_cells():
 
     assert rare_share(res.programmes) == 0.0
     assert rare_share(gp.top_genes(res.weights, res.adapter.genes)) >= 0.05
-    assert set(res.programmes.columns) >= {"weight", "correlation"}
+    assert set(res.programmes.columns) >= {"weight", "correlation", "score"}
+    top = res.programmes[res.programmes["rank"] <= 5]
+    largest = {(j, d): np.abs(res.weights[:, j][(res.weights[:, j] > 0) == (d == "+")]).max()
+               for j, d in zip(top["programme"], top["direction"])}
+    assert all(abs(w) >= 0.1 * largest[j, d] for j, d, w in zip(top["programme"], top["direction"], top["weight"]))
