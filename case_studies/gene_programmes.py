@@ -361,7 +361,8 @@ class ProgrammeResult:
         genes = top.groupby(["programme", "direction"])["gene"].apply(", ".join).reset_index()
         kl = pd.DataFrame({"latent": range(len(self.adata.uns["sciencevae"]["kl_per_latent"])),
                            "kl_nats": self.adata.uns["sciencevae"]["kl_per_latent"]})
-        tables = {"Programmes: top genes": genes}
+        ranked = "ranked by |loading| × r² with the activity" if "score" in self.programmes else "ranked by loading"
+        tables = {f"Programmes: top genes ({ranked}; programmes.csv has the numbers)": genes}
         if self.guided is not None:
             tables["Gene-set-guided programmes (genes added to / dropped from each set)"] = self.guided
         if self.stability is not None:
