@@ -50,8 +50,8 @@ from .programme_selection import BETA_GRID, N_LATENT_GRID, sweep
 
 __all__ = ["run", "check_inputs", "Inputs", "ProgrammeResult", "read_gmt", "gene_names", "gene_weights", "varimax",
            "top_genes", "expression_correlation", "gene_scores", "enrichment", "association", "cohens_d", "batch_hints",
-           "DESCRIPTIONS", "Fit", "fit_one", "stability_table", "stability_notes", "STABLE", "default_epochs",
-           "train_fits", "describe", "differential", "check_guided"]
+           "DESCRIPTIONS", "Fit", "fit_one", "stability_table", "stability_notes", "twin_notes", "STABLE",
+           "default_epochs", "train_fits", "describe", "differential", "check_guided"]
 
 
 #: What each array written into the AnnData holds (stored as ``uns["sciencevae"]["descriptions"]``).
@@ -391,7 +391,7 @@ class ProgrammeResult:
             tables["Programmes matched to obs labels (one programme per category; 1 = perfect)"] = self.label_scores
         write_report(out, "sciencevae gene programmes run", self.settings, {**tables, **(extra_tables or {})},
                      notes=batch_hints(self.association, self.settings.get("batch_key")) +
-                     stability_notes(self.stability, self.guided) +
+                     stability_notes(self.stability, self.guided) + twin_notes(self.adata.obsm[OBSM_KEY]) +
                      guided_notes(self.guided, of_reference="reference" in self.settings) +
                      ([] if self.checks is None else [self.checks.verdict]))
         return out
@@ -609,6 +609,38 @@ def stability_notes(table: pd.DataFrame | None, guided: pd.DataFrame | None = No
     them = "them" if len(weak) > 1 else "it"
     return [f"{which} not stable across seeds (stability below {STABLE}): treat {them} as "
             "tentative; the others are found again closely across seeds"]
+
+
+#: Two programmes whose activities correlate at least this much over the cells (either sign) are said to be one
+#: axis (:func:`twin_notes`).
+TWIN_CORRELATION = 0.8
+
+
+def twin_notes(activity: np.ndarray, threshold: float = TWIN_CORRELATION) -> list[str]:
+    """A note per pair of programmes whose activities (cells x programmes; NaN columns skipped) correlate at
+    least ``threshold`` in absolute value: they describe one axis (with opposite signs when negative), so read
+    them together, or fit fewer latents. On the 400-cell PBMC file a fit of 100 epochs gave two such
+    programmes (T cells against monocytes, r = −0.84); the default 400 epochs none above 0.55.
+
+    >>> z = np.random.default_rng(0).normal(size=(200, 3))
+    >>> twin_notes(z)
+    []
+    >>> z[:, 2] = -z[:, 0] + 0.3 * z[:, 1]
+    >>> twin_notes(z)[0][:79]
+    'programmes 0 and 2 are nearly one axis (their activities correlate -0.96 over t'
+    """
+    kept = np.flatnonzero(np.isfinite(activity).all(axis=0) & (np.nanstd(activity, axis=0) > 0))
+    if len(kept) < 2:
+        return []
+    correlation = np.corrcoef(activity[:, kept].T)
+    notes = []
+    for a, b in zip(*np.triu_indices(len(kept), 1)):
+        r = correlation[a, b]
+        if abs(r) >= threshold:
+            signs = ", with opposite signs" if r < 0 else ""
+            notes.append(f"programmes {kept[a]} and {kept[b]} are nearly one axis (their activities correlate "
+                         f"{r:+.2f} over the cells{signs}): read them together, or fit fewer latents (--n-latent)")
+    return notes
 
 
 def run(adata, layer: str | None = None, n_latent: int | str | list[int] = 10, likelihood: str = "nb",

@@ -362,7 +362,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         best = res.selection[res.selection["chosen"]].iloc[0]
         print(f"chose n_latent={best['n_latent']}, beta={best['beta']:g}: {best['n_stable']} stable programmes, the "
               "most in the sweep (selection.csv, figures/selection.png)")
-    for note in gene_programmes.stability_notes(res.stability, res.guided):
+    twins = gene_programmes.twin_notes(res.adata.obsm[gene_programmes.OBSM_KEY])
+    for note in gene_programmes.stability_notes(res.stability, res.guided) + twins:
         print(f"note: {note}")
     for hint in gene_programmes.batch_hints(res.association, args.batch_key):
         print(f"hint: {hint}")
