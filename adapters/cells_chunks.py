@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sciencevae.data import round_counts
+from sciencevae.streaming import row_blocks
 
 #: Entries (cells x genes) read at once: 16M, 64 MB of float32 when dense.
 CHUNK_ENTRIES = 1 << 24
@@ -42,10 +43,7 @@ def default_chunk_rows(n_genes: int) -> int:
 def row_chunks(X, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
     """``(start, rows)`` over consecutive chunks of a matrix: numpy, scipy sparse, or an anndata backed
     dataset (only the chunk is read). A chunk comes as CSR or a dense ndarray."""
-    n_obs, n_genes = X.shape
-    step = chunk_rows or default_chunk_rows(n_genes)
-    for start in range(0, n_obs, step):
-        part = X[start:min(start + step, n_obs)]
+    for start, part in row_blocks(X, chunk_rows or default_chunk_rows(X.shape[1])):
         yield start, (part.tocsr() if sp.issparse(part) else np.asarray(part))
 
 

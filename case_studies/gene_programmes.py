@@ -37,6 +37,7 @@ from sciencevae.adapters.cells import (OBSM_KEY, CellsAdapter, missing_labels, m
 from sciencevae.consensus import Consensus, consensus
 from sciencevae.io import atomic_path, atomic_write_text
 from sciencevae.label_matching import label_matching
+from sciencevae.model import posterior_kl
 from sciencevae.objectives import Objective
 from sciencevae.streaming import Streamed, row_blocks
 from sciencevae.train import resolve_device
@@ -567,18 +568,7 @@ def fit_one(prepared: Prepared | Streamed, n_latent: int, seed: int, rotation: s
         turn = guided_rotation(raw_weights, prior, varimax(denovo) if rotation == "varimax" and denovo.size else None)
     mean, std = model.encode(prepared, return_std=True)
     return Fit(model=model, weights=raw_weights @ turn, latents=mean @ turn, rotation=turn,
-               kl_per_latent=kl_per_latent(mean, std))
-
-
-def kl_per_latent(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(latents,) mean over cells of KL(N(mean, std²) || N(0, 1)) per latent, in nats, from the posterior means
-    and standard deviations (cells x latents) of one encoding pass (``BetaVAE.kl_per_latent`` encodes again).
-
-    >>> kl_per_latent(np.array([[1.0], [-1.0]]), np.ones((2, 1))).tolist()
-    [0.5]
-    """
-    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-    return 0.5 * np.mean(mean ** 2 + std ** 2 - 1.0 - 2.0 * np.log(std), axis=0)
+               kl_per_latent=posterior_kl(mean, 2.0 * np.log(std)))
 
 
 def stability_table(found: Consensus, seeds: list[int]) -> pd.DataFrame:

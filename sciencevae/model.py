@@ -31,7 +31,7 @@ from .networks import ConvDecoder, ConvEncoder, GaussianEncoder, LinearDecoder, 
 from .objectives import ElboTerms, Objective
 from .train import TrainConfig, batch_and_lr, epoch_sums, fit, resolve_device
 
-__all__ = ["ModelConfig", "VAEModule", "BetaVAE"]
+__all__ = ["ModelConfig", "VAEModule", "BetaVAE", "posterior_kl"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,17 @@ class VAEModule(nn.Module):
         if batch.feature_weights is not None:
             log_lik = log_lik * batch.feature_weights
         return log_lik.sum(-1)
+
+
+def posterior_kl(mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """(n_latent,) mean over rows of KL(N(mean, exp(logvar)) || N(0, 1)) per latent, in nats, from posterior
+    means and log-variances (rows x latents).
+
+    >>> posterior_kl(np.array([[1.0], [-1.0]]), np.zeros((2, 1))).tolist()
+    [0.5]
+    """
+    mean, logvar = np.asarray(mean, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    return 0.5 * np.mean(mean**2 + np.exp(logvar) - 1.0 - logvar, axis=0)
 
 
 def _terms_from_noise(module: VAEModule, x, covariates, size_factor, feature_weights, count_constant,
@@ -561,8 +572,7 @@ class BetaVAE:
 
     def kl_per_latent(self, X, covariates=None) -> np.ndarray:
         """Mean KL(q(z_j|x) || N(0,1)) over the samples of X, in nats per latent."""
-        mean, logvar = self._posterior(X, covariates)
-        return 0.5 * np.mean(mean**2 + np.exp(logvar) - 1.0 - logvar, axis=0)
+        return posterior_kl(*self._posterior(X, covariates))
 
     def save(self, path: str | Path) -> Path:
         """Write weights + JSON config (+ history.csv) to folder ``path``."""
